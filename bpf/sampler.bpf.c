@@ -1,0 +1,194 @@
+// SPDX-License-Identifier: GPL-2.0
+/* The ddprofiler sampler: one perf_event program, attached to a cpu-clock event per CPU.
+ *
+ * Input: the perf event context (registers at the interrupt).
+ * Output: one exact-size record per sample in the `samples` ring buffer (layout in
+ * sampler.h), per-CPU counters in `counters`.
+ * Non-goals: unwinding, symbolization, aggregation. User space does all of that.
+ */
+#include <linux/bpf.h>
+#include <linux/bpf_perf_event.h>
+#include <asm/ptrace.h>
+#include <bpf/bpf_helpers.h>
+#include "sampler.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* Load-time knobs, set by user space before loading. */
+volatile const __u32 ustack_size = 16384;   /* bytes of user stack to copy, <= DDPROF_MAX_USTACK_BYTES */
+volatile const __u32 filter_pids = 0;       /* 1: only pids present in pid_filter */
+volatile const __u64 wakeup_bytes = 1 << 20; /* wake the reader when this much is pending */
+
+#define PAGE_SIZE 4096
+#define KSTACK_BYTES (DDPROF_MAX_KSTACK_DEPTH * 8)
+#define HDR_BYTES sizeof(struct sample_header)
+/* Room for the header, the largest snapshot plus one page of slack for the verifier's bound
+ * on the page-by-page copy, and the kernel stack. */
+#define SCRATCH_BYTES (HDR_BYTES + DDPROF_MAX_USTACK_BYTES + PAGE_SIZE + KSTACK_BYTES)
+
+struct scratch {
+	__u8 data[SCRATCH_BYTES];
+};
+
+/* Per-CPU scratch: a PERCPU_ARRAY value cannot exceed 32 KiB, so this is a plain ARRAY with
+ * one slot per CPU (max_entries set by user space to the number of possible CPUs). A perf
+ * event program cannot re-enter itself on one CPU, so the slot is ours while we run. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct scratch);
+} scratch_bufs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 8 << 20);
+} samples SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, DDPROF_CNT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u8);
+} pid_filter SEC(".maps");
+
+static __always_inline void count(__u32 id)
+{
+	__u64 *v = bpf_map_lookup_elem(&counters, &id);
+	if (v)
+		*v += 1;
+}
+
+/* Copy up to `len` bytes of user stack from `sp` into `dst`. A read that touches an
+ * unmapped page fails whole, so try the whole length first (the common case), then fall
+ * back to page by page and stop at the first page that does not read. */
+static __always_inline __u32 copy_user_stack(__u8 *dst, __u64 sp, __u32 len, __u32 *clamped)
+{
+	if (len > DDPROF_MAX_USTACK_BYTES)
+		len = DDPROF_MAX_USTACK_BYTES;
+	if (len == 0)
+		return 0;
+	if (bpf_probe_read_user(dst, len, (void *)sp) == 0)
+		return len;
+
+	*clamped = 1;
+	__u32 done = 0;
+	for (int i = 0; i < DDPROF_MAX_USTACK_BYTES / PAGE_SIZE + 1; i++) {
+		if (done >= len)
+			break;
+		__u32 chunk = PAGE_SIZE - ((sp + done) & (PAGE_SIZE - 1));
+		if (chunk > len - done)
+			chunk = len - done;
+		if (chunk > PAGE_SIZE || chunk == 0)
+			break;
+		__u32 off = done & (DDPROF_MAX_USTACK_BYTES - 1);
+		if (done >= DDPROF_MAX_USTACK_BYTES)
+			break;
+		if (bpf_probe_read_user(dst + off, chunk, (void *)(sp + done)) != 0)
+			break;
+		done += chunk;
+	}
+	return done;
+}
+
+SEC("perf_event")
+int ddprof_sample(struct bpf_perf_event_data *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 pid = pid_tgid >> 32;
+	__u32 tid = (__u32)pid_tgid;
+
+	count(DDPROF_CNT_SAMPLES);
+	if (tid == 0) { /* the idle task is not CPU time anyone spent */
+		count(DDPROF_CNT_FILTERED);
+		return 0;
+	}
+	if (filter_pids && !bpf_map_lookup_elem(&pid_filter, &pid)) {
+		count(DDPROF_CNT_FILTERED);
+		return 0;
+	}
+
+	__u32 cpu = bpf_get_smp_processor_id();
+	struct scratch *s = bpf_map_lookup_elem(&scratch_bufs, &cpu);
+	if (!s)
+		return 0;
+	struct sample_header *h = (struct sample_header *)s->data;
+
+	h->ktime_ns = bpf_ktime_get_ns();
+	h->pid = pid;
+	h->tid = tid;
+	h->cpu = cpu;
+	h->flags = 0;
+	h->user_ip = 0;
+	h->user_sp = 0;
+	h->user_bp = 0;
+	h->kstack_len = 0;
+	h->ustack_len = 0;
+	bpf_get_current_comm(h->comm, sizeof(h->comm));
+
+	/* User registers: from the interrupt when it hit user mode, else the task's saved ones. */
+	struct pt_regs regs;
+	if ((ctx->regs.cs & 3) == 3) {
+		__builtin_memcpy(&regs, &ctx->regs, sizeof(regs));
+	} else {
+		h->flags |= DDPROF_F_KERNEL_MODE;
+		struct task_struct *task = bpf_get_current_task_btf();
+		long uregs = bpf_task_pt_regs(task);
+		if (!uregs || bpf_probe_read_kernel(&regs, sizeof(regs), (void *)uregs) != 0)
+			__builtin_memset(&regs, 0, sizeof(regs));
+	}
+
+	__u32 ulen = 0;
+	if ((regs.cs & 3) == 3 && regs.rsp != 0) {
+		h->flags |= DDPROF_F_USER_REGS;
+		h->user_ip = regs.rip;
+		h->user_sp = regs.rsp;
+		h->user_bp = regs.rbp;
+		__u32 clamped = 0;
+		ulen = copy_user_stack(s->data + HDR_BYTES, regs.rsp, ustack_size, &clamped);
+		if (clamped)
+			count(DDPROF_CNT_USTACK_CLAMPED);
+		if (ulen >= ustack_size)
+			h->flags |= DDPROF_F_USTACK_CUT;
+		if (ulen == 0)
+			count(DDPROF_CNT_USTACK_FAILED);
+	} else {
+		count(DDPROF_CNT_REGS_FAILED);
+	}
+	ulen &= DDPROF_MAX_USTACK_BYTES * 2 - 1;
+	if (ulen > DDPROF_MAX_USTACK_BYTES)
+		ulen = DDPROF_MAX_USTACK_BYTES;
+	h->ustack_len = ulen;
+
+	__u32 kstack_off = (ulen + 7) & ~7U;
+	if (kstack_off > DDPROF_MAX_USTACK_BYTES)
+		kstack_off = DDPROF_MAX_USTACK_BYTES;
+	__u32 klen = 0;
+	if (h->flags & DDPROF_F_KERNEL_MODE) {
+		long n = bpf_get_stack(ctx, s->data + HDR_BYTES + kstack_off, KSTACK_BYTES, 0);
+		if (n > 0)
+			klen = (__u32)n / 8;
+		else
+			count(DDPROF_CNT_KSTACK_FAILED);
+	}
+	if (klen > DDPROF_MAX_KSTACK_DEPTH)
+		klen = DDPROF_MAX_KSTACK_DEPTH;
+	h->kstack_len = klen;
+
+	__u64 total = HDR_BYTES + kstack_off + (__u64)klen * 8;
+	if (total > SCRATCH_BYTES)
+		total = SCRATCH_BYTES;
+	__u64 flags = bpf_ringbuf_query(&samples, BPF_RB_AVAIL_DATA) + total >= wakeup_bytes
+			      ? BPF_RB_FORCE_WAKEUP
+			      : BPF_RB_NO_WAKEUP;
+	if (bpf_ringbuf_output(&samples, s->data, total, flags) != 0)
+		count(DDPROF_CNT_RB_DROPPED);
+	return 0;
+}

@@ -1,0 +1,67 @@
+"""Typed stub of the private Rust extension. Users import from ``ddprofiler``, not from here.
+
+The snapshot is the only data that crosses into Python: interned tables of an aggregate,
+never single samples.
+"""
+from typing import Optional, Sequence, TypedDict
+
+__version__: str
+
+class BpfUnavailableError(RuntimeError):
+    """The kernel lacks something the sampler needs (BTF, ring buffer, a helper...)."""
+
+class Mapping(TypedDict):
+    start: int          # first address of the mapping in the process
+    limit: int          # one past its last address
+    offset: int         # file offset mapped at `start`
+    path: str           # the file as the process names it, or "[kernel.kallsyms]", "[vdso]", "[anon]"
+    build_id: str       # GNU build id as hex, "" when unknown
+    is_kernel: bool
+
+class Line(TypedDict):
+    function: str       # demangled name
+    system_name: str    # mangled (linkage) name, "" when the same as function
+    file: str           # source file, "" when unknown
+    line: int           # 0 when unknown
+
+class Location(TypedDict):
+    mapping: int        # index into Snapshot.mappings, -1 for marker frames
+    address: int        # address in the process (kernel address for kernel frames)
+    lines: list[Line]   # innermost inlined first; empty when unsymbolized
+
+class Sample(TypedDict):
+    pid: int
+    tid: int
+    cpu: int
+    stack: int          # index into Snapshot.stacks
+    count: int
+    thread_name: str
+    process_name: str
+
+class Snapshot(TypedDict):
+    start_ns: int       # wall clock (Unix epoch ns) of the aggregate's start
+    end_ns: int
+    frequency: int
+    mappings: list[Mapping]
+    locations: list[Location]
+    stacks: list[list[int]]   # location indices, leaf first
+    samples: list[Sample]
+    stats: dict[str, int]
+
+class Profiler:
+    """An eBPF sampler on every online CPU with its drain thread.
+
+    Raises PermissionError (message says which privilege) or BpfUnavailableError on start.
+    """
+    def __init__(
+        self,
+        frequency: int = 99,
+        pids: Optional[Sequence[int]] = None,
+        stack_bytes: int = 16384,
+    ) -> None: ...
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def stats(self) -> dict[str, int]:
+        """Running counters: samples, lost, processes, unwind failures by reason (unwind_*)."""
+    def snapshot(self, reset: bool = True) -> Snapshot:
+        """Symbolize and hand over the aggregate so far; with reset, start a new one."""

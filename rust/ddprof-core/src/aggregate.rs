@@ -1,0 +1,197 @@
+//! The aggregate of one period: interned mappings, locations (symbolized frames) and stacks,
+//! and a count per (pid, tid, cpu, stack).
+//!
+//! Input: frames already resolved to a mapping and symbolized (see `pipeline`). Output: a
+//! [`Snapshot`] of interned tables, which is all that Python ever sees. Non-goals: I/O.
+use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::symbolize::Lines;
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum FrameKey {
+    /// A lookup address in a mapping of the snapshot's mapping table.
+    User { mapping: u32, addr: u64 },
+    /// An address in no known mapping.
+    Unmapped { addr: u64 },
+    Kernel { addr: u64 },
+    Marker(&'static str),
+}
+
+#[derive(Clone, Debug)]
+pub struct SnapshotMapping {
+    pub start: u64,
+    pub limit: u64,
+    pub offset: u64,
+    pub path: String,
+    pub build_id: String,
+    pub is_kernel: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct SnapshotLocation {
+    /// Index into the mapping table; -1 for marker and unmapped frames.
+    pub mapping: i64,
+    pub address: u64,
+    pub lines: Lines,
+}
+
+#[derive(Clone, Debug)]
+pub struct SnapshotSample {
+    pub pid: u32,
+    pub tid: u32,
+    pub cpu: u32,
+    pub stack: u32,
+    pub count: u64,
+    pub thread_name: String,
+    pub process_name: String,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub frequency: u64,
+    pub mappings: Vec<SnapshotMapping>,
+    pub locations: Vec<SnapshotLocation>,
+    pub stacks: Vec<Box<[u32]>>,
+    pub samples: Vec<SnapshotSample>,
+    pub stats: Vec<(String, u64)>,
+}
+
+pub fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+pub struct Aggregate {
+    start_ns: u64,
+    mappings: Vec<SnapshotMapping>,
+    mapping_ids: HashMap<(u32, u64), u32>,
+    kernel_mapping: Option<u32>,
+    locations: Vec<SnapshotLocation>,
+    frame_ids: HashMap<FrameKey, u32>,
+    stacks: Vec<Box<[u32]>>,
+    stack_ids: HashMap<Box<[u32]>, u32>,
+    counts: HashMap<(u32, u32, u32, u32), u64>,
+    thread_names: HashMap<u32, String>,
+    process_names: HashMap<u32, String>,
+}
+
+impl Default for Aggregate {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Aggregate {
+    pub fn new() -> Self {
+        Aggregate {
+            start_ns: now_ns(),
+            mappings: Vec::new(),
+            mapping_ids: HashMap::new(),
+            kernel_mapping: None,
+            locations: Vec::new(),
+            frame_ids: HashMap::new(),
+            stacks: Vec::new(),
+            stack_ids: HashMap::new(),
+            counts: HashMap::new(),
+            thread_names: HashMap::new(),
+            process_names: HashMap::new(),
+        }
+    }
+
+    /// The id of a process mapping, interning it with `make` on first use.
+    pub fn mapping(&mut self, pid: u32, start: u64, make: impl FnOnce() -> SnapshotMapping) -> u32 {
+        if let Some(&id) = self.mapping_ids.get(&(pid, start)) {
+            return id;
+        }
+        let id = self.mappings.len() as u32;
+        self.mappings.push(make());
+        self.mapping_ids.insert((pid, start), id);
+        id
+    }
+
+    pub fn kernel_mapping(&mut self) -> u32 {
+        if let Some(id) = self.kernel_mapping {
+            return id;
+        }
+        let id = self.mappings.len() as u32;
+        self.mappings.push(SnapshotMapping {
+            start: 0xffff_8000_0000_0000,
+            limit: u64::MAX,
+            offset: 0,
+            path: "[kernel.kallsyms]".into(),
+            build_id: String::new(),
+            is_kernel: true,
+        });
+        self.kernel_mapping = Some(id);
+        id
+    }
+
+    /// The id of a frame; `symbolize` runs only on the first sight of it in this period.
+    pub fn frame(&mut self, key: FrameKey, symbolize: impl FnOnce(&mut Self) -> (i64, Lines)) -> u32 {
+        if let Some(&id) = self.frame_ids.get(&key) {
+            return id;
+        }
+        let (mapping, lines) = symbolize(self);
+        let address = match key {
+            FrameKey::User { addr, .. } | FrameKey::Unmapped { addr } | FrameKey::Kernel { addr } => addr,
+            FrameKey::Marker(_) => 0,
+        };
+        let id = self.locations.len() as u32;
+        self.locations.push(SnapshotLocation { mapping, address, lines });
+        self.frame_ids.insert(key, id);
+        id
+    }
+
+    pub fn add(&mut self, pid: u32, tid: u32, cpu: u32, frames: &[u32], thread_name: &str, process_name: impl FnOnce() -> String) {
+        let stack = match self.stack_ids.get(frames) {
+            Some(&id) => id,
+            None => {
+                let id = self.stacks.len() as u32;
+                let b: Box<[u32]> = frames.into();
+                self.stacks.push(b.clone());
+                self.stack_ids.insert(b, id);
+                id
+            }
+        };
+        *self.counts.entry((pid, tid, cpu, stack)).or_insert(0) += 1;
+        if !self.thread_names.contains_key(&tid) {
+            self.thread_names.insert(tid, thread_name.to_string());
+        }
+        if !self.process_names.contains_key(&pid) {
+            self.process_names.insert(pid, process_name());
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.counts.is_empty()
+    }
+
+    pub fn into_snapshot(self, frequency: u64, stats: Vec<(String, u64)>) -> Snapshot {
+        let mut samples: Vec<SnapshotSample> = self
+            .counts
+            .iter()
+            .map(|(&(pid, tid, cpu, stack), &count)| SnapshotSample {
+                pid,
+                tid,
+                cpu,
+                stack,
+                count,
+                thread_name: self.thread_names.get(&tid).cloned().unwrap_or_default(),
+                process_name: self.process_names.get(&pid).cloned().unwrap_or_default(),
+            })
+            .collect();
+        samples.sort_by_key(|s| (s.pid, s.tid, s.cpu, s.stack));
+        Snapshot {
+            start_ns: self.start_ns,
+            end_ns: now_ns(),
+            frequency,
+            mappings: self.mappings,
+            locations: self.locations,
+            stacks: self.stacks,
+            samples,
+            stats,
+        }
+    }
+}

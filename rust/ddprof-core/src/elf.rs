@@ -1,0 +1,213 @@
+//! ELF files as the unwinder and the mapping table need them, cached by file identity.
+//!
+//! Input: an open file (through `/proc/PID/map_files` or `/proc/PID/root`, so files inside
+//! containers and deleted files work). Output: an [`ElfFile`] holding the memory map, the GNU
+//! build id, the PT_LOAD segments (to compute the bias between addresses in the process and
+//! addresses in the file) and the unwind sections, as ranges of the memory map.
+//! Non-goals: symbols (see `symbolize`), CFI evaluation (framehop does it).
+use std::collections::HashMap;
+use std::fs::File;
+use std::ops::{Deref, Range};
+use std::os::unix::fs::MetadataExt;
+use std::sync::Arc;
+
+use memmap2::Mmap;
+use object::{Object, ObjectSection, ObjectSegment};
+
+/// A file's identity: device and inode as `/proc/PID/maps` reports them.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct FileKey {
+    pub dev: u64,
+    pub inode: u64,
+}
+
+/// A byte range of a shared memory map; what framehop keeps of each section.
+#[derive(Clone)]
+pub struct MapSlice {
+    map: Arc<Mmap>,
+    range: Range<usize>,
+}
+
+impl Deref for MapSlice {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.map[self.range.clone()]
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct LoadSegment {
+    pub file_offset: u64,
+    pub file_size: u64,
+    pub vaddr: u64,
+}
+
+#[derive(Clone, Default)]
+pub struct Section {
+    /// Address in the file (SVMA) and the bytes; `None` data for SHT_NOBITS or compressed.
+    pub svma: Range<u64>,
+    pub data: Option<Range<usize>>,
+}
+
+pub struct ElfFile {
+    pub key: FileKey,
+    map: Arc<Mmap>,
+    pub size: u64,
+    pub build_id: Option<Vec<u8>>,
+    pub segments: Vec<LoadSegment>,
+    pub text: Option<Section>,
+    pub eh_frame: Option<Section>,
+    pub eh_frame_hdr: Option<Section>,
+    pub debug_frame: Option<Section>,
+    pub got: Option<Section>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ElfError {
+    #[error("cannot open: {0}")]
+    Open(std::io::Error),
+    #[error("not the mapped file (inode changed)")]
+    Replaced,
+    #[error("cannot map: {0}")]
+    Map(std::io::Error),
+    #[error("not a valid ELF file: {0}")]
+    Parse(String),
+}
+
+impl ElfFile {
+    pub fn open(file: File, key: FileKey) -> Result<ElfFile, ElfError> {
+        let meta = file.metadata().map_err(ElfError::Open)?;
+        if meta.ino() != key.inode {
+            return Err(ElfError::Replaced);
+        }
+        // SAFETY: the map is read-only. A file truncated under us could fault on access; the
+        // files we map are executables mapped by live processes, which the kernel protects
+        // from writes (ETXTBSY) for as long as they are mapped.
+        let map = Arc::new(unsafe { Mmap::map(&file) }.map_err(ElfError::Map)?);
+        Self::parse(map, key, meta.len())
+    }
+
+    fn parse(map: Arc<Mmap>, key: FileKey, size: u64) -> Result<ElfFile, ElfError> {
+        let obj = object::File::parse(&**map).map_err(|e| ElfError::Parse(e.to_string()))?;
+        let build_id = obj.build_id().ok().flatten().map(<[u8]>::to_vec);
+        let segments = obj
+            .segments()
+            .map(|s| {
+                let (off, size) = s.file_range();
+                LoadSegment { file_offset: off, file_size: size, vaddr: s.address() }
+            })
+            .collect();
+        let section = |name: &str| -> Option<Section> {
+            let s = obj.section_by_name(name)?;
+            let svma = s.address()..s.address() + s.size();
+            let data = match s.compressed_file_range() {
+                Ok(r) if r.format == object::CompressionFormat::None => {
+                    let (off, len) = (r.offset as usize, r.uncompressed_size as usize);
+                    (off.checked_add(len)? <= map.len()).then_some(off..off + len)
+                }
+                _ => None,
+            };
+            Some(Section { svma, data })
+        };
+        Ok(ElfFile {
+            key,
+            size,
+            build_id,
+            segments,
+            text: section(".text"),
+            eh_frame: section(".eh_frame"),
+            eh_frame_hdr: section(".eh_frame_hdr"),
+            debug_frame: section(".debug_frame"),
+            got: section(".got"),
+            map: map.clone(),
+        })
+    }
+
+    pub fn slice(&self, s: &Option<Section>) -> Option<MapSlice> {
+        let r = s.as_ref()?.data.clone()?;
+        Some(MapSlice { map: self.map.clone(), range: r })
+    }
+
+    /// The bias (address in the process minus address in the file) of a mapping of this file
+    /// that starts at `start` and maps file offset `offset`.
+    pub fn bias_for(&self, start: u64, offset: u64) -> u64 {
+        const PAGE: u64 = 4096;
+        let seg = self
+            .segments
+            .iter()
+            .find(|s| {
+                let lo = s.file_offset & !(PAGE - 1);
+                offset >= lo && offset < s.file_offset + s.file_size.max(1)
+            })
+            .or_else(|| self.segments.first());
+        match seg {
+            // avma = start + (fileoff - offset); svma = vaddr + (fileoff - file_offset)
+            Some(s) => start.wrapping_sub(offset).wrapping_add(s.file_offset).wrapping_sub(s.vaddr),
+            None => start.wrapping_sub(offset),
+        }
+    }
+
+    pub fn build_id_hex(&self) -> String {
+        self.build_id.as_deref().map(hex).unwrap_or_default()
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// Parsed files by identity, bounded in count. Failures are remembered too, so a corrupt or
+/// unreadable file costs one attempt, not one per sample.
+pub struct FileCache {
+    files: HashMap<FileKey, Result<Arc<ElfFile>, ()>>,
+    limit: usize,
+    pub errors: u64,
+}
+
+impl FileCache {
+    pub fn new(limit: usize) -> Self {
+        FileCache { files: HashMap::new(), limit, errors: 0 }
+    }
+
+    /// The cached file for `key`, opening it with `open` on a miss.
+    pub fn get_or_open(
+        &mut self,
+        key: FileKey,
+        open: impl FnOnce() -> Result<File, std::io::Error>,
+    ) -> Option<Arc<ElfFile>> {
+        if let Some(r) = self.files.get(&key) {
+            return r.as_ref().ok().cloned();
+        }
+        if self.files.len() >= self.limit {
+            // Drop what no live process holds any more; if that frees nothing, start over.
+            self.files.retain(|_, v| matches!(v, Ok(f) if Arc::strong_count(f) > 1));
+            if self.files.len() >= self.limit {
+                self.files.clear();
+            }
+        }
+        let res = open().map_err(ElfError::Open).and_then(|f| ElfFile::open(f, key));
+        let entry = match res {
+            Ok(f) => Ok(Arc::new(f)),
+            Err(e) => {
+                self.errors += 1;
+                log::debug!("file {key:?}: {e}");
+                Err(())
+            }
+        };
+        self.files.insert(key, entry.clone());
+        entry.ok()
+    }
+
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+}

@@ -1,0 +1,149 @@
+//! One record in, one counted stack out: parse, unwind, resolve each address to a mapping,
+//! symbolize new frames, add to the aggregate. Runs on the drain thread only.
+//!
+//! Per-sample failures are data: each becomes a counter (and a `[truncated]` marker frame
+//! where the stack was cut), never an error.
+use std::collections::BTreeMap;
+
+use crate::abi::{self, Record};
+use crate::aggregate::{Aggregate, FrameKey, SnapshotMapping};
+use crate::process::{mapped_file_path, MapKind, Registry};
+use crate::symbolize::Symbolizer;
+use crate::unwind::{Outcome, StackUnwinder};
+
+pub const TRUNCATED: &str = "[truncated]";
+
+pub struct Pipeline {
+    pub registry: Registry,
+    pub symbolizer: Symbolizer,
+    unwinder: StackUnwinder,
+    pub aggregate: Aggregate,
+    pub counts: BTreeMap<&'static str, u64>,
+    addrs: Vec<u64>,
+    frames: Vec<u32>,
+}
+
+impl Default for Pipeline {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Pipeline {
+    pub fn new() -> Self {
+        Pipeline {
+            registry: Registry::new(),
+            symbolizer: Symbolizer::new(),
+            unwinder: StackUnwinder::new(),
+            aggregate: Aggregate::new(),
+            counts: BTreeMap::new(),
+            addrs: Vec::with_capacity(256),
+            frames: Vec::with_capacity(256),
+        }
+    }
+
+    fn count(&mut self, name: &'static str) {
+        *self.counts.entry(name).or_insert(0) += 1;
+    }
+
+    pub fn ingest(&mut self, bytes: &[u8]) {
+        let Some(rec) = Record::parse(bytes) else {
+            self.count("bad_records");
+            return;
+        };
+        self.count("samples");
+        let h = rec.header;
+        self.frames.clear();
+
+        for addr in rec.kernel_stack() {
+            let sym = &mut self.symbolizer;
+            let id = self.aggregate.frame(FrameKey::Kernel { addr }, |agg| {
+                (agg.kernel_mapping() as i64, sym.kernel(addr))
+            });
+            self.frames.push(id);
+        }
+
+        if h.flags & abi::F_USER_REGS != 0 {
+            self.user_frames(&rec);
+        } else if h.pid != 0 && rec.kernel_stack().next().is_none() {
+            self.count("no_stack");
+        }
+
+        let frames = std::mem::take(&mut self.frames);
+        let comm = rec.comm();
+        let registry = &self.registry;
+        self.aggregate.add(h.pid, h.tid, h.cpu, &frames, &comm, || {
+            registry.get(h.pid).map(|p| p.name.clone()).unwrap_or_else(|| comm.clone())
+        });
+        self.frames = frames;
+        self.registry.sweep(false);
+    }
+
+    fn user_frames(&mut self, rec: &Record<'_>) {
+        let h = rec.header;
+        if self.registry.process(h.pid).is_none() {
+            self.count("process_gone");
+            return;
+        }
+        // An ip outside the known mappings means new code was mapped (dlopen, exec): reload.
+        self.registry.refresh_for(h.pid, h.user_ip);
+        let Some(process) = self.registry.get(h.pid) else {
+            self.count("process_gone");
+            return;
+        };
+        let cut = h.flags & abi::F_USTACK_CUT != 0;
+        let mut addrs = std::mem::take(&mut self.addrs);
+        let outcome = self.unwinder.unwind(process, h.user_ip, h.user_sp, h.user_bp, rec.ustack, cut, &mut addrs);
+        *self.counts.entry(outcome.stat_name()).or_insert(0) += 1;
+
+        for &addr in &addrs {
+            let key = match process.mapping_index(addr) {
+                Some(mi) => {
+                    let m = &process.mappings[mi];
+                    let agg = &mut self.aggregate;
+                    let mapping = agg.mapping(h.pid, m.start, || SnapshotMapping {
+                        start: m.start,
+                        limit: m.end,
+                        offset: m.offset,
+                        path: m.path.clone(),
+                        build_id: m.file.as_ref().map(|f| f.build_id_hex()).unwrap_or_default(),
+                        is_kernel: false,
+                    });
+                    let sym = &mut self.symbolizer;
+                    let id = agg.frame(FrameKey::User { mapping, addr }, |_| {
+                        let lines = match (&m.kind, &m.file) {
+                            (MapKind::File, Some(f)) => sym.user(f.key, &mapped_file_path(h.pid, m), m.file_offset(addr)),
+                            _ => Symbolizer::marker(&if m.path.is_empty() { "[anon]".to_string() } else { m.path.clone() }),
+                        };
+                        (mapping as i64, lines)
+                    });
+                    self.frames.push(id);
+                    continue;
+                }
+                None => FrameKey::Unmapped { addr },
+            };
+            let id = self.aggregate.frame(key, |_| (-1, Symbolizer::marker("[unknown]")));
+            self.frames.push(id);
+        }
+        if outcome != Outcome::Complete {
+            let id = self.aggregate.frame(FrameKey::Marker(TRUNCATED), |_| (-1, Symbolizer::marker(TRUNCATED)));
+            self.frames.push(id);
+        }
+        self.addrs = addrs;
+    }
+
+    /// Counters of this pipeline, the registry and the symbolizer.
+    pub fn stats(&self) -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = self.counts.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        let r = &self.registry.stats;
+        v.push(("processes".into(), self.registry.len() as u64));
+        v.push(("processes_seen".into(), r.processes_seen));
+        v.push(("processes_exited".into(), r.processes_exited));
+        v.push(("maps_refreshes".into(), r.maps_refreshes));
+        v.push(("maps_errors".into(), r.maps_errors));
+        v.push(("elf_errors".into(), self.registry.files.errors));
+        v.push(("files_cached".into(), self.registry.files.len() as u64));
+        v.push(("symbolize_failures".into(), self.symbolizer.failures));
+        v
+    }
+}

@@ -1,0 +1,183 @@
+//! Loads the embedded BPF sampler with aya and attaches it to a cpu-clock perf event on every
+//! online CPU.
+//!
+//! Input: frequency, optional pid filter, user stack snapshot size.
+//! Output: a [`Sampler`] whose ring buffer yields raw records (see `abi`) and whose per-CPU
+//! counters can be read at any time. Non-goals: parsing records beyond the header, unwinding.
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::Path;
+
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use aya::programs::perf_event::{
+    PerfEvent, PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent,
+};
+use aya::{Ebpf, EbpfError, EbpfLoader};
+
+use crate::abi::{self, counter};
+use crate::error::{self, Error, Result};
+
+static SAMPLER_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sampler.bpf.o"));
+
+/// Pending bytes at which the program wakes the reader; below that, the reader's 50 ms
+/// timer drains. Measured here: waking per record costs ~2.5% of a CPU at 999 Hz.
+const WAKEUP_BYTES: u64 = 1 << 20;
+
+pub struct SamplerConfig {
+    pub frequency: u64,
+    pub pids: Vec<u32>,
+    pub stack_bytes: u32,
+}
+
+pub struct Sampler {
+    // Field order matters for drop: maps before the Ebpf object that owns the program links.
+    ring: RingBuf<MapData>,
+    counters: PerCpuArray<MapData, u64>,
+    _bpf: Ebpf,
+    pub cpus: Vec<u32>,
+}
+
+fn check_kernel_support() -> Result<()> {
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        return Err(Error::BpfUnavailable(
+            "this kernel exposes no BTF (/sys/kernel/btf/vmlinux is missing): ddprofiler needs a \
+             kernel built with CONFIG_DEBUG_INFO_BTF=y (Linux 5.8+)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+fn ebpf_error(context: &str, e: EbpfError) -> Error {
+    match &e {
+        EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. }) => {
+            error::from_os(context, io_error)
+        }
+        EbpfError::ProgramError(aya::programs::ProgramError::SyscallError(s)) => {
+            error::from_os(context, &s.io_error)
+        }
+        EbpfError::BtfError(_) => Error::BpfUnavailable(format!("{context}: {e} (is BTF available?)")),
+        _ => Error::Other(format!("{context}: {e}")),
+    }
+}
+
+fn program_error(context: &str, e: aya::programs::ProgramError) -> Error {
+    match &e {
+        aya::programs::ProgramError::SyscallError(s) => error::from_os(context, &s.io_error),
+        aya::programs::ProgramError::LoadError { io_error, verifier_log } => {
+            if matches!(io_error.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES)) {
+                error::from_os(context, io_error)
+            } else {
+                Error::BpfUnavailable(format!("{context}: the verifier refused the sampler ({io_error}): {verifier_log}"))
+            }
+        }
+        _ => Error::Other(format!("{context}: {e}")),
+    }
+}
+
+fn raise_memlock_rlimit() {
+    // Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; later ones ignore it.
+    let lim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: plain syscall with a valid pointer.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) } != 0 {
+        log::debug!("could not raise RLIMIT_MEMLOCK: {}", std::io::Error::last_os_error());
+    }
+}
+
+impl Sampler {
+    pub fn start(cfg: &SamplerConfig) -> Result<Sampler> {
+        if cfg.frequency == 0 || cfg.frequency > 10_000 {
+            return Err(Error::InvalidArgument(format!("frequency {} is outside 1..10000", cfg.frequency)));
+        }
+        if cfg.stack_bytes > abi::MAX_USTACK_BYTES || cfg.stack_bytes % 8 != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "stack snapshot size {} must be a multiple of 8 up to {}",
+                cfg.stack_bytes,
+                abi::MAX_USTACK_BYTES
+            )));
+        }
+        check_kernel_support()?;
+        raise_memlock_rlimit();
+        let nr_cpus = aya::util::nr_cpus().map_err(|(f, e)| error::from_os(f, &e))? as u32;
+        let cpus = aya::util::online_cpus().map_err(|(f, e)| error::from_os(f, &e))?;
+        let filter: u32 = u32::from(!cfg.pids.is_empty());
+        let stack_bytes = cfg.stack_bytes;
+        let mut bpf = EbpfLoader::new()
+            .override_global("ustack_size", &stack_bytes, true)
+            .override_global("filter_pids", &filter, true)
+            .override_global("wakeup_bytes", &WAKEUP_BYTES, true)
+            .map_max_entries("scratch_bufs", nr_cpus)
+            .load(SAMPLER_OBJ)
+            .map_err(|e| ebpf_error("loading the BPF sampler", e))?;
+
+        if !cfg.pids.is_empty() {
+            let mut pf: BpfHashMap<_, u32, u8> = BpfHashMap::try_from(
+                bpf.map_mut("pid_filter").ok_or_else(|| Error::Other("map pid_filter missing".into()))?,
+            )
+            .map_err(|e| Error::Other(format!("pid_filter: {e}")))?;
+            for pid in &cfg.pids {
+                pf.insert(pid, 1, 0).map_err(|e| Error::Other(format!("pid_filter insert: {e}")))?;
+            }
+        }
+
+        let prog: &mut PerfEvent = bpf
+            .program_mut("ddprof_sample")
+            .ok_or_else(|| Error::Other("program ddprof_sample missing from the object".into()))?
+            .try_into()
+            .map_err(|e| program_error("ddprof_sample", e))?;
+        prog.load().map_err(|e| program_error("loading the BPF sampler", e))?;
+        for &cpu in &cpus {
+            prog.attach(
+                PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                PerfEventScope::AllProcessesOneCpu { cpu },
+                SamplePolicy::Frequency(cfg.frequency),
+                false,
+            )
+            .map_err(|e| program_error(&format!("attaching to the cpu-clock event of CPU {cpu}"), e))?;
+        }
+
+        let ring = RingBuf::try_from(
+            bpf.take_map("samples").ok_or_else(|| Error::Other("map samples missing".into()))?,
+        )
+        .map_err(|e| Error::Other(format!("ring buffer: {e}")))?;
+        let counters = PerCpuArray::try_from(
+            bpf.take_map("counters").ok_or_else(|| Error::Other("map counters missing".into()))?,
+        )
+        .map_err(|e| Error::Other(format!("counters: {e}")))?;
+        log::info!(
+            "sampling {} CPUs at {} Hz, {} B user stack snapshots{}",
+            cpus.len(),
+            cfg.frequency,
+            cfg.stack_bytes,
+            if cfg.pids.is_empty() { String::new() } else { format!(", pids {:?}", cfg.pids) }
+        );
+        Ok(Sampler { ring, counters, _bpf: bpf, cpus })
+    }
+
+    /// Waits up to `timeout_ms` for the ring buffer to have data (or the timer to expire).
+    pub fn wait(&self, timeout_ms: i32) {
+        let mut pfd = libc::pollfd { fd: self.ring.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+    }
+
+    /// Calls `f` on every pending record, then releases them. Returns how many were seen.
+    pub fn drain(&mut self, mut f: impl FnMut(&[u8])) -> u64 {
+        let mut n = 0;
+        while let Some(item) = self.ring.next() {
+            f(&item);
+            n += 1;
+        }
+        n
+    }
+
+    /// Sum over CPUs of each BPF counter, with its stats name.
+    pub fn counters(&self) -> Vec<(&'static str, u64)> {
+        counter::NAMES
+            .iter()
+            .map(|&(idx, name)| {
+                let v = self.counters.get(&idx, 0).map(|vals| vals.iter().sum()).unwrap_or(0);
+                (name, v)
+            })
+            .collect()
+    }
+}
