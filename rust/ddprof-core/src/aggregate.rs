@@ -1,11 +1,14 @@
-//! The aggregate of one period: interned mappings, locations (symbolized frames) and stacks,
-//! and a count per (pid, tid, cpu, stack).
+//! The aggregate of one period: interned mappings, locations and stacks, and a count per
+//! (pid, tid, cpu, stack).
 //!
-//! Input: frames already resolved to a mapping and symbolized (see `pipeline`). Output: a
-//! [`Snapshot`] of interned tables, which is all that Python ever sees. Non-goals: I/O.
+//! Input: frames already resolved to a mapping (see `pipeline`), each with what it takes to
+//! symbolize it later. Output: a [`Snapshot`] of interned tables, which is all that Python
+//! ever sees; `symbolize` fills in the lines of its locations. Non-goals: I/O.
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::elf::ElfFile;
 use crate::symbolize::Lines;
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -16,6 +19,16 @@ pub enum FrameKey {
     Unmapped { addr: u64 },
     Kernel { addr: u64 },
     Marker(&'static str),
+}
+
+/// What symbolizing a location takes; resolved when the snapshot is taken.
+#[derive(Clone)]
+pub enum SymRequest {
+    /// A file offset in an ELF file, kept open by the Arc until then.
+    File { file: Arc<ElfFile>, offset: u64 },
+    Kernel { addr: u64 },
+    /// Already known: marker frames, anonymous memory.
+    Fixed(Lines),
 }
 
 #[derive(Clone, Debug)]
@@ -63,12 +76,14 @@ pub fn now_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
+#[derive(Clone)]
 pub struct Aggregate {
     start_ns: u64,
     mappings: Vec<SnapshotMapping>,
     mapping_ids: HashMap<(u32, u64), u32>,
     kernel_mapping: Option<u32>,
-    locations: Vec<SnapshotLocation>,
+    /// Per location: (mapping, address, how to symbolize it).
+    locations: Vec<(i64, u64, SymRequest)>,
     frame_ids: HashMap<FrameKey, u32>,
     stacks: Vec<Box<[u32]>>,
     stack_ids: HashMap<Box<[u32]>, u32>,
@@ -128,18 +143,19 @@ impl Aggregate {
         id
     }
 
-    /// The id of a frame; `symbolize` runs only on the first sight of it in this period.
-    pub fn frame(&mut self, key: FrameKey, symbolize: impl FnOnce(&mut Self) -> (i64, Lines)) -> u32 {
+    /// The id of a frame; `make` (mapping index and symbolization request) runs only on the
+    /// first sight of it in this period.
+    pub fn frame(&mut self, key: FrameKey, make: impl FnOnce(&mut Self) -> (i64, SymRequest)) -> u32 {
         if let Some(&id) = self.frame_ids.get(&key) {
             return id;
         }
-        let (mapping, lines) = symbolize(self);
+        let (mapping, req) = make(self);
         let address = match key {
             FrameKey::User { addr, .. } | FrameKey::Unmapped { addr } | FrameKey::Kernel { addr } => addr,
             FrameKey::Marker(_) => 0,
         };
         let id = self.locations.len() as u32;
-        self.locations.push(SnapshotLocation { mapping, address, lines });
+        self.locations.push((mapping, address, req));
         self.frame_ids.insert(key, id);
         id
     }
@@ -168,7 +184,15 @@ impl Aggregate {
         self.counts.is_empty()
     }
 
-    pub fn into_snapshot(self, frequency: u64, stats: Vec<(String, u64)>) -> Snapshot {
+    /// Closes the period. `symbolize` turns the requests into lines, all at once so that it
+    /// can batch per file.
+    pub fn into_snapshot(
+        self,
+        frequency: u64,
+        stats: Vec<(String, u64)>,
+        symbolize: impl FnOnce(&[SymRequest]) -> Vec<Lines>,
+    ) -> Snapshot {
+        let end_ns = now_ns();
         let mut samples: Vec<SnapshotSample> = self
             .counts
             .iter()
@@ -183,12 +207,20 @@ impl Aggregate {
             })
             .collect();
         samples.sort_by_key(|s| (s.pid, s.tid, s.cpu, s.stack));
+        let (meta, requests): (Vec<(i64, u64)>, Vec<SymRequest>) =
+            self.locations.into_iter().map(|(m, a, r)| ((m, a), r)).unzip();
+        let lines = symbolize(&requests);
+        let locations = meta
+            .into_iter()
+            .zip(lines)
+            .map(|((mapping, address), lines)| SnapshotLocation { mapping, address, lines })
+            .collect();
         Snapshot {
             start_ns: self.start_ns,
-            end_ns: now_ns(),
+            end_ns,
             frequency,
             mappings: self.mappings,
-            locations: self.locations,
+            locations,
             stacks: self.stacks,
             samples,
             stats,

@@ -51,6 +51,9 @@ pub struct Section {
 
 pub struct ElfFile {
     pub key: FileKey,
+    /// Kept open so that the file stays readable (for symbolization at snapshot time) after
+    /// the process that mapped it exits or the file is deleted.
+    file: File,
     map: Arc<Mmap>,
     pub size: u64,
     pub build_id: Option<Vec<u8>>,
@@ -84,10 +87,10 @@ impl ElfFile {
         // files we map are executables mapped by live processes, which the kernel protects
         // from writes (ETXTBSY) for as long as they are mapped.
         let map = Arc::new(unsafe { Mmap::map(&file) }.map_err(ElfError::Map)?);
-        Self::parse(map, key, meta.len())
+        Self::parse(file, map, key, meta.len())
     }
 
-    fn parse(map: Arc<Mmap>, key: FileKey, size: u64) -> Result<ElfFile, ElfError> {
+    fn parse(file: File, map: Arc<Mmap>, key: FileKey, size: u64) -> Result<ElfFile, ElfError> {
         let obj = object::File::parse(&**map).map_err(|e| ElfError::Parse(e.to_string()))?;
         let build_id = obj.build_id().ok().flatten().map(<[u8]>::to_vec);
         let segments = obj
@@ -111,6 +114,7 @@ impl ElfFile {
         };
         Ok(ElfFile {
             key,
+            file,
             size,
             build_id,
             segments,
@@ -145,6 +149,13 @@ impl ElfFile {
             Some(s) => start.wrapping_sub(offset).wrapping_add(s.file_offset).wrapping_sub(s.vaddr),
             None => start.wrapping_sub(offset),
         }
+    }
+
+    /// A path that opens this very file for as long as it is cached, whatever happened to
+    /// the process or the name it was mapped from.
+    pub fn fd_path(&self) -> String {
+        use std::os::fd::AsRawFd;
+        format!("/proc/self/fd/{}", self.file.as_raw_fd())
     }
 
     pub fn build_id_hex(&self) -> String {

@@ -1,13 +1,14 @@
-//! One record in, one counted stack out: parse, unwind, resolve each address to a mapping,
-//! symbolize new frames, add to the aggregate. Runs on the drain thread only.
+//! One record in, one counted stack out: parse, unwind, resolve each address to a mapping
+//! (and what it will take to symbolize it), add to the aggregate. Runs on the drain thread
+//! only; symbolization waits for the snapshot, on another thread.
 //!
 //! Per-sample failures are data: each becomes a counter (and a `[truncated]` marker frame
 //! where the stack was cut), never an error.
 use std::collections::BTreeMap;
 
 use crate::abi::{self, Record};
-use crate::aggregate::{Aggregate, FrameKey, SnapshotMapping};
-use crate::process::{mapped_file_path, MapKind, Registry};
+use crate::aggregate::{Aggregate, FrameKey, SnapshotMapping, SymRequest};
+use crate::process::{MapKind, Registry};
 use crate::symbolize::Symbolizer;
 use crate::unwind::{Outcome, StackUnwinder};
 
@@ -15,7 +16,6 @@ pub const TRUNCATED: &str = "[truncated]";
 
 pub struct Pipeline {
     pub registry: Registry,
-    pub symbolizer: Symbolizer,
     unwinder: StackUnwinder,
     pub aggregate: Aggregate,
     pub counts: BTreeMap<&'static str, u64>,
@@ -33,7 +33,6 @@ impl Pipeline {
     pub fn new() -> Self {
         Pipeline {
             registry: Registry::new(),
-            symbolizer: Symbolizer::new(),
             unwinder: StackUnwinder::new(),
             aggregate: Aggregate::new(),
             counts: BTreeMap::new(),
@@ -56,9 +55,8 @@ impl Pipeline {
         self.frames.clear();
 
         for addr in rec.kernel_stack() {
-            let sym = &mut self.symbolizer;
             let id = self.aggregate.frame(FrameKey::Kernel { addr }, |agg| {
-                (agg.kernel_mapping() as i64, sym.kernel(addr))
+                (agg.kernel_mapping() as i64, SymRequest::Kernel { addr })
             });
             self.frames.push(id);
         }
@@ -109,24 +107,23 @@ impl Pipeline {
                         build_id: m.file.as_ref().map(|f| f.build_id_hex()).unwrap_or_default(),
                         is_kernel: false,
                     });
-                    let sym = &mut self.symbolizer;
                     let id = agg.frame(FrameKey::User { mapping, addr }, |_| {
-                        let lines = match (&m.kind, &m.file) {
-                            (MapKind::File, Some(f)) => sym.user(f.key, &mapped_file_path(h.pid, m), m.file_offset(addr)),
-                            _ => Symbolizer::marker(&if m.path.is_empty() { "[anon]".to_string() } else { m.path.clone() }),
+                        let req = match (&m.kind, &m.file) {
+                            (MapKind::File, Some(f)) => SymRequest::File { file: f.clone(), offset: m.file_offset(addr) },
+                            _ => SymRequest::Fixed(Symbolizer::marker(if m.path.is_empty() { "[anon]" } else { &m.path })),
                         };
-                        (mapping as i64, lines)
+                        (mapping as i64, req)
                     });
                     self.frames.push(id);
                     continue;
                 }
                 None => FrameKey::Unmapped { addr },
             };
-            let id = self.aggregate.frame(key, |_| (-1, Symbolizer::marker("[unknown]")));
+            let id = self.aggregate.frame(key, |_| (-1, SymRequest::Fixed(Symbolizer::marker("[unknown]"))));
             self.frames.push(id);
         }
         if outcome != Outcome::Complete {
-            let id = self.aggregate.frame(FrameKey::Marker(TRUNCATED), |_| (-1, Symbolizer::marker(TRUNCATED)));
+            let id = self.aggregate.frame(FrameKey::Marker(TRUNCATED), |_| (-1, SymRequest::Fixed(Symbolizer::marker(TRUNCATED))));
             self.frames.push(id);
         }
         self.addrs = addrs;
@@ -143,7 +140,6 @@ impl Pipeline {
         v.push(("maps_errors".into(), r.maps_errors));
         v.push(("elf_errors".into(), self.registry.files.errors));
         v.push(("files_cached".into(), self.registry.files.len() as u64));
-        v.push(("symbolize_failures".into(), self.symbolizer.failures));
         v
     }
 }

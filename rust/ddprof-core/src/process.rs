@@ -138,7 +138,7 @@ impl Default for Registry {
 
 impl Registry {
     pub fn new() -> Self {
-        Registry { procs: HashMap::new(), files: FileCache::new(1024), stats: RegistryStats::default(), last_sweep: Instant::now() }
+        Registry { procs: HashMap::new(), files: FileCache::new(512), stats: RegistryStats::default(), last_sweep: Instant::now() }
     }
 
     pub fn len(&self) -> usize {
@@ -267,10 +267,6 @@ pub fn open_mapped_file(pid: u32, start: u64, end: u64, path: &str) -> std::io::
     })
 }
 
-/// The path blazesym should read a mapping's file from, while the process lives.
-pub fn mapped_file_path(pid: u32, m: &Mapping) -> String {
-    format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end)
-}
 
 #[cfg(test)]
 mod tests {

@@ -1,9 +1,11 @@
-//! The running profiler: the sampler plus the drain thread that owns the pipeline.
+//! The running profiler: the sampler, the drain thread that owns the pipeline, and the
+//! symbolizer thread that turns a closed period into a [`Snapshot`].
 //!
-//! Input: a [`SamplerConfig`]. Output: running stats at any time and, on request, a symbolized
-//! [`Snapshot`] of the aggregate (optionally starting a new one). The drain thread wakes when
-//! the BPF side signals ~1 MiB pending, or every 50 ms, whichever comes first. Callers never
-//! block the drain thread for longer than a channel send.
+//! Input: a [`SamplerConfig`]. Output: running stats at any time and, on request, a
+//! symbolized snapshot of the aggregate (optionally starting a new one). The drain thread
+//! wakes when the BPF side signals ~1 MiB pending, or every 50 ms, and never symbolizes: a
+//! first parse of a large binary's DWARF can take seconds, and the ring buffer would overflow
+//! meanwhile.
 use std::collections::BTreeMap;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
@@ -14,74 +16,88 @@ use crate::aggregate::{Aggregate, Snapshot};
 use crate::error::{Error, Result};
 use crate::pipeline::Pipeline;
 use crate::sampler::{Sampler, SamplerConfig};
+use crate::symbolize::Symbolizer;
 
 const DRAIN_INTERVAL_MS: i32 = 50;
+
+type Stats = Arc<Mutex<BTreeMap<String, u64>>>;
 
 enum Command {
     Snapshot { reset: bool, reply: Sender<Snapshot> },
     Stop,
 }
 
+struct SymJob {
+    aggregate: Aggregate,
+    reply: Sender<Snapshot>,
+}
+
 pub struct Profiler {
-    tx: Sender<Command>,
-    thread: Option<JoinHandle<()>>,
-    stats: Arc<Mutex<BTreeMap<String, u64>>>,
+    tx: Option<Sender<Command>>,
+    threads: Vec<JoinHandle<()>>,
+    stats: Stats,
     frequency: u64,
 }
 
-fn publish(stats: &Mutex<BTreeMap<String, u64>>, sampler: &Sampler, pipeline: &Pipeline) {
-    let mut all: BTreeMap<String, u64> = pipeline.stats().into_iter().collect();
-    for (k, v) in sampler.counters() {
-        all.insert(k.to_string(), v);
-    }
+fn publish(stats: &Stats, sampler: Option<&Sampler>, pipeline: &Pipeline) {
     if let Ok(mut s) = stats.lock() {
-        *s = all;
+        for (k, v) in pipeline.stats() {
+            s.insert(k, v);
+        }
+        if let Some(sampler) = sampler {
+            for (k, v) in sampler.counters() {
+                s.insert(k.to_string(), v);
+            }
+        }
     }
 }
 
-fn drain_loop(mut sampler: Sampler, rx: Receiver<Command>, stats: Arc<Mutex<BTreeMap<String, u64>>>, frequency: u64) {
+fn close_period(pipeline: &mut Pipeline, reset: bool, reply: Sender<Snapshot>, sym: &Sender<SymJob>) {
+    let aggregate = if reset { std::mem::take(&mut pipeline.aggregate) } else { pipeline.aggregate.clone() };
+    let _ = sym.send(SymJob { aggregate, reply });
+}
+
+fn drain_loop(mut sampler: Sampler, rx: Receiver<Command>, sym: Sender<SymJob>, stats: Stats) {
     let mut pipeline = Pipeline::new();
     loop {
         sampler.wait(DRAIN_INTERVAL_MS);
         sampler.drain(|bytes| pipeline.ingest(bytes));
-        publish(&stats, &sampler, &pipeline);
+        publish(&stats, Some(&sampler), &pipeline);
         match rx.recv_timeout(Duration::ZERO) {
             Ok(Command::Snapshot { reset, reply }) => {
                 sampler.drain(|bytes| pipeline.ingest(bytes));
-                publish(&stats, &sampler, &pipeline);
-                let stat_vec = stats.lock().map(|s| s.iter().map(|(k, v)| (k.clone(), *v)).collect()).unwrap_or_default();
-                let agg = if reset {
-                    std::mem::take(&mut pipeline.aggregate)
-                } else {
-                    // Without reset the caller gets a copy and we keep counting into the same.
-                    let snap = std::mem::replace(&mut pipeline.aggregate, Aggregate::new());
-                    let copy = snap.into_snapshot(frequency, stat_vec);
-                    let _ = reply.send(copy.clone());
-                    // Re-seeding an aggregate from a snapshot is not supported; keep the new
-                    // (empty) one. `reset=false` is for peeking at the end of a run.
-                    continue;
-                };
-                let _ = reply.send(agg.into_snapshot(frequency, stat_vec));
+                publish(&stats, Some(&sampler), &pipeline);
+                close_period(&mut pipeline, reset, reply, &sym);
             }
-            Ok(Command::Stop) | Err(RecvTimeoutError::Disconnected) => {
-                sampler.drain(|bytes| pipeline.ingest(bytes));
-                publish(&stats, &sampler, &pipeline);
-                // Detach the program and free the maps now, not when the handle goes away.
-                drop(sampler);
-                // Keep serving snapshots of what was collected until the handle goes away.
-                while let Ok(cmd) = rx.recv() {
-                    if let Command::Snapshot { reset, reply } = cmd {
-                        let stat_vec = stats.lock().map(|s| s.iter().map(|(k, v)| (k.clone(), *v)).collect()).unwrap_or_default();
-                        let agg = std::mem::take(&mut pipeline.aggregate);
-                        let snap = agg.into_snapshot(frequency, stat_vec);
-                        let _ = reset;
-                        let _ = reply.send(snap);
-                    }
-                }
-                return;
-            }
+            Ok(Command::Stop) | Err(RecvTimeoutError::Disconnected) => break,
             Err(RecvTimeoutError::Timeout) => {}
         }
+    }
+    sampler.drain(|bytes| pipeline.ingest(bytes));
+    publish(&stats, Some(&sampler), &pipeline);
+    // Detach the program and free the maps now, not when the handle goes away.
+    drop(sampler);
+    // Keep serving snapshots of what was collected until the handle goes away.
+    while let Ok(cmd) = rx.recv() {
+        if let Command::Snapshot { reset, reply } = cmd {
+            close_period(&mut pipeline, reset, reply, &sym);
+        }
+    }
+}
+
+fn symbolize_loop(rx: Receiver<SymJob>, stats: Stats, frequency: u64) {
+    let mut symbolizer = Symbolizer::new();
+    while let Ok(job) = rx.recv() {
+        let stat_vec: Vec<(String, u64)> = stats
+            .lock()
+            .map(|s| s.iter().map(|(k, v)| (k.clone(), *v)).collect())
+            .unwrap_or_default();
+        let mut snap = job.aggregate.into_snapshot(frequency, stat_vec, |reqs| symbolizer.resolve(reqs));
+        snap.stats.push(("symbolize_failures".into(), symbolizer.failures));
+        if let Ok(mut s) = stats.lock() {
+            s.insert("symbolize_failures".into(), symbolizer.failures);
+        }
+        let _ = job.reply.send(snap);
     }
 }
 
@@ -90,15 +106,23 @@ impl Profiler {
     /// the caller's thread: privileges, kernel support, bad arguments.
     pub fn start(cfg: SamplerConfig) -> Result<Profiler> {
         let frequency = cfg.frequency;
+        raise_nofile_limit();
         let sampler = Sampler::start(&cfg)?;
         let (tx, rx) = mpsc::channel();
-        let stats = Arc::new(Mutex::new(BTreeMap::new()));
-        let s2 = stats.clone();
-        let thread = std::thread::Builder::new()
+        let (sym_tx, sym_rx) = mpsc::channel();
+        let stats: Stats = Arc::new(Mutex::new(BTreeMap::new()));
+        let spawn_err = |e| Error::Io { context: "starting a profiler thread".into(), source: e };
+        let s1 = stats.clone();
+        let drain = std::thread::Builder::new()
             .name("ddprof-drain".into())
-            .spawn(move || drain_loop(sampler, rx, s2, frequency))
-            .map_err(|e| Error::Io { context: "starting the drain thread".into(), source: e })?;
-        Ok(Profiler { tx, thread: Some(thread), stats, frequency })
+            .spawn(move || drain_loop(sampler, rx, sym_tx, s1))
+            .map_err(spawn_err)?;
+        let s2 = stats.clone();
+        let symbolize = std::thread::Builder::new()
+            .name("ddprof-symbols".into())
+            .spawn(move || symbolize_loop(sym_rx, s2, frequency))
+            .map_err(spawn_err)?;
+        Ok(Profiler { tx: Some(tx), threads: vec![drain, symbolize], stats, frequency })
     }
 
     pub fn frequency(&self) -> u64 {
@@ -111,28 +135,40 @@ impl Profiler {
 
     /// The aggregate so far, symbolized; with `reset`, counting restarts from empty.
     pub fn snapshot(&self, reset: bool) -> Result<Snapshot> {
+        let stopped = || Error::Other("the profiler's threads have stopped".into());
         let (reply, rx) = mpsc::channel();
-        self.tx
-            .send(Command::Snapshot { reset, reply })
-            .map_err(|_| Error::Other("the drain thread has stopped".into()))?;
-        rx.recv().map_err(|_| Error::Other("the drain thread has stopped".into()))
+        self.tx.as_ref().ok_or_else(stopped)?.send(Command::Snapshot { reset, reply }).map_err(|_| stopped())?;
+        rx.recv().map_err(|_| stopped())
     }
 
-    /// Detaches the BPF program (by dropping the sampler on the drain thread) after a last
-    /// drain. Snapshots stay available.
+    /// Stops sampling and detaches the BPF program after a last drain. Snapshots of what was
+    /// collected stay available.
     pub fn stop(&mut self) {
-        let _ = self.tx.send(Command::Stop);
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Command::Stop);
+        }
     }
 }
 
 impl Drop for Profiler {
     fn drop(&mut self) {
-        let _ = self.tx.send(Command::Stop);
-        // Closing the channel ends the drain thread's snapshot-serving loop.
-        let (dead_tx, _) = mpsc::channel();
-        drop(std::mem::replace(&mut self.tx, dead_tx));
-        if let Some(t) = self.thread.take() {
+        self.stop();
+        // Closing the channel ends the drain thread, which closes the symbolizer's.
+        self.tx = None;
+        for t in self.threads.drain(..) {
             let _ = t.join();
+        }
+    }
+}
+
+/// Each cached ELF file holds a descriptor; make room beyond the usual soft limit of 1024.
+fn raise_nofile_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: plain syscalls with valid pointers.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max.min(65536);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
     }
 }

@@ -1,11 +1,13 @@
 //! Turns addresses into functions, files and lines, through blazesym (ELF symtab/dynsym,
 //! DWARF lines and inlined functions, demangling, kallsyms).
 //!
-//! Input: a file offset in an ELF file (plus the file's identity, for caching) or a kernel
-//! address. Output: the lines of that address, innermost inlined function first, as pprof
-//! wants them; empty when nothing resolves (the caller keeps module + address).
-//! Cached per (file identity, offset) and per kernel address, bounded. blazesym's own caches
-//! are keyed by file identity (stat), so several processes mapping one binary parse it once.
+//! Input: a period's symbolization requests: file offsets in ELF files (kept open, read
+//! through /proc/self/fd so deleted files and exited processes still work) and kernel
+//! addresses. Output: the lines of each, innermost inlined function first, as pprof wants
+//! them; empty when nothing resolves (the location keeps module + address).
+//! Runs on its own thread (blazesym's symbolizer is not Send), so a slow first parse of a
+//! large binary never stalls the ring buffer drain. Cached per (file identity, offset) and
+//! per kernel address, bounded.
 //! Non-goals: unwinding, deciding which file an address is in (see `process`).
 use std::collections::HashMap;
 use std::path::Path;
@@ -15,7 +17,8 @@ use blazesym::symbolize::source::{Elf, Kernel, Source};
 use blazesym::symbolize::{CodeInfo, Input, Symbolized, Symbolizer as Blaze};
 use blazesym::MaybeDefault;
 
-use crate::elf::FileKey;
+use crate::aggregate::SymRequest;
+use crate::elf::{ElfFile, FileKey};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Line {
@@ -34,8 +37,6 @@ pub struct Symbolizer {
     kernel: HashMap<u64, Lines>,
     empty: Lines,
     pub failures: u64,
-    /// blazesym keeps a path entry per distinct path; rebuilt when this many were used.
-    paths_used: usize,
 }
 
 impl Default for Symbolizer {
@@ -46,6 +47,8 @@ impl Default for Symbolizer {
 
 fn new_blaze() -> Blaze {
     Blaze::builder()
+        // Paths are /proc/self/fd/N, which a later file may reuse: check identity each time.
+        .enable_auto_reload(true)
         .enable_code_info(true)
         .enable_inlined_fns(true)
         .enable_demangling(true)
@@ -88,72 +91,102 @@ impl Symbolizer {
             kernel: HashMap::new(),
             empty: Arc::from(Vec::new()),
             failures: 0,
-            paths_used: 0,
         }
     }
 
-    /// Lines of `file_offset` in the file `key`, read through `path` on a miss.
-    pub fn user(&mut self, key: FileKey, path: &str, file_offset: u64) -> Lines {
-        if let Some(l) = self.user.get(&(key, file_offset)) {
-            return l.clone();
-        }
+    /// Lines for each request, in order. File offsets are batched per file, and each
+    /// (file, offset) and kernel address is resolved once while it stays cached.
+    pub fn resolve(&mut self, requests: &[SymRequest]) -> Vec<Lines> {
         if self.user.len() >= MAX_CACHED {
             self.user.clear();
         }
-        self.paths_used += 1;
-        if self.paths_used > 4096 {
-            // Paths are per process (/proc/PID/map_files/...); start afresh to bound them.
-            self.blaze = new_blaze();
-            self.paths_used = 0;
+        if self.kernel.len() >= MAX_CACHED {
+            self.kernel.clear();
         }
-        let src = Source::Elf(Elf::new(path));
-        let lines = match self.blaze.symbolize(&src, Input::FileOffset(&[file_offset])) {
-            Ok(v) => v.first().and_then(to_lines),
-            Err(e) => {
-                log::debug!("symbolizing {path}+{file_offset:#x}: {e}");
-                None
+        // Gather what is missing, per file.
+        let mut missing: HashMap<FileKey, (Arc<ElfFile>, Vec<u64>)> = HashMap::new();
+        let mut kmissing: Vec<u64> = Vec::new();
+        for r in requests {
+            match r {
+                SymRequest::File { file, offset } => {
+                    if !self.user.contains_key(&(file.key, *offset)) {
+                        missing.entry(file.key).or_insert_with(|| (file.clone(), Vec::new())).1.push(*offset);
+                    }
+                }
+                SymRequest::Kernel { addr } => {
+                    if !self.kernel.contains_key(addr) {
+                        kmissing.push(*addr);
+                    }
+                }
+                SymRequest::Fixed(_) => {}
             }
-        };
-        let lines: Lines = match lines {
+        }
+        for (key, (file, mut offsets)) in missing {
+            offsets.sort_unstable();
+            offsets.dedup();
+            let src = Source::Elf(Elf::new(file.fd_path()));
+            let result: Result<Vec<Option<Vec<Line>>>, _> = self
+                .blaze
+                .symbolize(&src, Input::FileOffset(&offsets))
+                .map(|syms| syms.iter().map(to_lines).collect());
+            match result {
+                Ok(all) => {
+                    for (off, lines) in offsets.iter().zip(all) {
+                        let lines = self.lines_or_empty(lines);
+                        self.user.insert((key, *off), lines);
+                    }
+                }
+                Err(e) => {
+                    log::debug!("symbolizing {key:?}: {e}");
+                    for off in &offsets {
+                        let lines = self.lines_or_empty(None);
+                        self.user.insert((key, *off), lines);
+                    }
+                }
+            }
+        }
+        if !kmissing.is_empty() {
+            kmissing.sort_unstable();
+            kmissing.dedup();
+            let mut k = Kernel::default();
+            // kallsyms is enough for names; searching for a vmlinux image costs time for nothing.
+            k.vmlinux = MaybeDefault::None;
+            let syms: Vec<Option<Vec<Line>>> = self
+                .blaze
+                .symbolize(&Source::Kernel(k), Input::AbsAddr(&kmissing))
+                .map(|syms| syms.iter().map(to_lines).collect())
+                .unwrap_or_default();
+            for (i, addr) in kmissing.iter().enumerate() {
+                let lines = syms.get(i).cloned().flatten().map(|mut l| {
+                    for line in &mut l {
+                        if line.file.is_empty() {
+                            line.file = "[kernel.kallsyms]".into();
+                        }
+                    }
+                    l
+                });
+                let lines = self.lines_or_empty(lines);
+                self.kernel.insert(*addr, lines);
+            }
+        }
+        requests
+            .iter()
+            .map(|r| match r {
+                SymRequest::File { file, offset } => self.user.get(&(file.key, *offset)).cloned().unwrap_or_else(|| self.empty.clone()),
+                SymRequest::Kernel { addr } => self.kernel.get(addr).cloned().unwrap_or_else(|| self.empty.clone()),
+                SymRequest::Fixed(l) => l.clone(),
+            })
+            .collect()
+    }
+
+    fn lines_or_empty(&mut self, lines: Option<Vec<Line>>) -> Lines {
+        match lines {
             Some(l) => Arc::from(l),
             None => {
                 self.failures += 1;
                 self.empty.clone()
             }
-        };
-        self.user.insert((key, file_offset), lines.clone());
-        lines
-    }
-
-    pub fn kernel(&mut self, addr: u64) -> Lines {
-        if let Some(l) = self.kernel.get(&addr) {
-            return l.clone();
         }
-        if self.kernel.len() >= MAX_CACHED {
-            self.kernel.clear();
-        }
-        let mut k = Kernel::default();
-        // kallsyms is enough for names; searching for a vmlinux image costs time for nothing.
-        k.vmlinux = MaybeDefault::None;
-        let lines = self
-            .blaze
-            .symbolize(&Source::Kernel(k), Input::AbsAddr(&[addr]))
-            .ok()
-            .and_then(|v| v.first().and_then(to_lines))
-            .map(|mut l| {
-                for line in &mut l {
-                    if line.file.is_empty() {
-                        line.file = "[kernel.kallsyms]".into();
-                    }
-                }
-                Arc::from(l)
-            })
-            .unwrap_or_else(|| {
-                self.failures += 1;
-                self.empty.clone()
-            });
-        self.kernel.insert(addr, lines.clone());
-        lines
     }
 
     /// A constant marker frame such as `[truncated]`.

@@ -1,0 +1,35 @@
+# Development entry points. `make` builds and installs (editable) for development;
+# `make test` runs every test; `make run` records a 10 s system-wide profile.
+PYTHON ?= python3
+APT_PACKAGES = clang-19 llvm-19 libbpf-dev linux-libc-dev bpftool linux-perf binutils gcc make python3 util-linux
+
+.PHONY: all deps install test test-rust test-python run wheel clean
+
+all: install
+
+# System packages the build (clang, libbpf headers) and the tests (perf, Debian's python3) need.
+deps:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
+	else echo "make deps: run as root on Debian/Ubuntu, or install: $(APT_PACKAGES)"; fi
+
+install:
+	$(PYTHON) -m pip install -q -e '.[test]'
+
+test: install test-rust test-python
+
+test-rust:
+	cargo test -q -p ddprof-core
+
+test-python:
+	$(PYTHON) -m pytest -v tests
+
+run: install
+	$(PYTHON) -m ddprofiler record --duration 10 --output profile.pprof
+
+wheel:
+	$(PYTHON) -m maturin build --release
+
+clean:
+	cargo clean
+	rm -f python/ddprofiler/_native*.so
