@@ -93,9 +93,4 @@ impl<'a> Record<'a> {
             .chunks_exact(8)
             .map(|c| u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
     }
-
-    pub fn comm(&self) -> String {
-        let end = self.header.comm.iter().position(|&b| b == 0).unwrap_or(16);
-        String::from_utf8_lossy(&self.header.comm[..end]).into_owned()
-    }
 }

@@ -72,6 +72,15 @@ pub struct Snapshot {
     pub stats: Vec<(String, u64)>,
 }
 
+/// A kernel task name (NUL-padded, at most 16 bytes) as text.
+pub fn comm_str(comm: &[u8; 16]) -> &str {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    match std::str::from_utf8(&comm[..end]) {
+        Ok(s) => s,
+        Err(e) => std::str::from_utf8(&comm[..e.valid_up_to()]).unwrap_or_default(),
+    }
+}
+
 pub fn now_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
@@ -87,8 +96,12 @@ pub struct Aggregate {
     frame_ids: HashMap<FrameKey, u32>,
     stacks: Vec<Box<[u32]>>,
     stack_ids: HashMap<Box<[u32]>, u32>,
-    counts: HashMap<(u32, u32, u32, u32), u64>,
-    thread_names: HashMap<u32, String>,
+    /// Keyed by (pid, tid, cpu, stack, thread name id): a thread renamed mid-period (exec,
+    /// pthread_setname_np) counts under each of its names.
+    counts: HashMap<(u32, u32, u32, u32, u32), u64>,
+    thread_names: Vec<[u8; 16]>,
+    thread_name_ids: HashMap<[u8; 16], u32>,
+    /// The latest name seen for each process.
     process_names: HashMap<u32, String>,
 }
 
@@ -110,7 +123,8 @@ impl Aggregate {
             stacks: Vec::new(),
             stack_ids: HashMap::new(),
             counts: HashMap::new(),
-            thread_names: HashMap::new(),
+            thread_names: Vec::new(),
+            thread_name_ids: HashMap::new(),
             process_names: HashMap::new(),
         }
     }
@@ -160,7 +174,9 @@ impl Aggregate {
         id
     }
 
-    pub fn add(&mut self, pid: u32, tid: u32, cpu: u32, frames: &[u32], thread_name: &str, process_name: impl FnOnce() -> String) {
+    /// Counts one sample. `comm` is the thread's name as the kernel gave it (NUL-padded);
+    /// `process_name` the process's, when known.
+    pub fn add(&mut self, pid: u32, tid: u32, cpu: u32, frames: &[u32], comm: &[u8; 16], process_name: Option<&str>) {
         let stack = match self.stack_ids.get(frames) {
             Some(&id) => id,
             None => {
@@ -171,12 +187,23 @@ impl Aggregate {
                 id
             }
         };
-        *self.counts.entry((pid, tid, cpu, stack)).or_insert(0) += 1;
-        if !self.thread_names.contains_key(&tid) {
-            self.thread_names.insert(tid, thread_name.to_string());
-        }
-        if !self.process_names.contains_key(&pid) {
-            self.process_names.insert(pid, process_name());
+        let name_id = match self.thread_name_ids.get(comm) {
+            Some(&id) => id,
+            None => {
+                let id = self.thread_names.len() as u32;
+                self.thread_names.push(*comm);
+                self.thread_name_ids.insert(*comm, id);
+                id
+            }
+        };
+        *self.counts.entry((pid, tid, cpu, stack, name_id)).or_insert(0) += 1;
+        let name = process_name.unwrap_or_else(|| comm_str(comm));
+        match self.process_names.get_mut(&pid) {
+            Some(n) if n == name => {}
+            Some(n) => *n = name.to_string(),
+            None => {
+                self.process_names.insert(pid, name.to_string());
+            }
         }
     }
 
@@ -196,13 +223,13 @@ impl Aggregate {
         let mut samples: Vec<SnapshotSample> = self
             .counts
             .iter()
-            .map(|(&(pid, tid, cpu, stack), &count)| SnapshotSample {
+            .map(|(&(pid, tid, cpu, stack, name), &count)| SnapshotSample {
                 pid,
                 tid,
                 cpu,
                 stack,
                 count,
-                thread_name: self.thread_names.get(&tid).cloned().unwrap_or_default(),
+                thread_name: self.thread_names.get(name as usize).map(|c| comm_str(c).to_string()).unwrap_or_default(),
                 process_name: self.process_names.get(&pid).cloned().unwrap_or_default(),
             })
             .collect();

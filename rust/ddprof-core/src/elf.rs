@@ -136,12 +136,20 @@ impl ElfFile {
     /// that starts at `start` and maps file offset `offset`.
     pub fn bias_for(&self, start: u64, offset: u64) -> u64 {
         const PAGE: u64 = 4096;
+        // The kernel maps each PT_LOAD from its page-aligned file offset, and linkers such as
+        // lld pack segments so that one page holds the end of one and the start of the next:
+        // the segment that begins on `offset` wins over one that merely covers it. Failing
+        // that (a mapping split by mprotect), the covering segment that starts last.
+        let lo = |s: &LoadSegment| s.file_offset & !(PAGE - 1);
         let seg = self
             .segments
             .iter()
-            .find(|s| {
-                let lo = s.file_offset & !(PAGE - 1);
-                offset >= lo && offset < s.file_offset + s.file_size.max(1)
+            .rfind(|s| lo(s) == offset)
+            .or_else(|| {
+                self.segments
+                    .iter()
+                    .filter(|s| lo(s) <= offset && offset < s.file_offset + s.file_size.max(1))
+                    .max_by_key(|s| s.file_offset)
             })
             .or_else(|| self.segments.first());
         match seg {
@@ -161,6 +169,31 @@ impl ElfFile {
     pub fn build_id_hex(&self) -> String {
         self.build_id.as_deref().map(hex).unwrap_or_default()
     }
+}
+
+/// The vDSO image, the same in every process on this kernel: copied from our own address
+/// space into a memfd so that it can be unwound and symbolized like any file.
+pub fn load_vdso() -> Option<ElfFile> {
+    use std::io::Write;
+    use std::os::fd::FromRawFd;
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    let line = maps.lines().find(|l| l.ends_with("[vdso]"))?;
+    let (range, _) = line.split_once(' ')?;
+    let (s, e) = range.split_once('-')?;
+    let (start, end) = (usize::from_str_radix(s, 16).ok()?, usize::from_str_radix(e, 16).ok()?);
+    // SAFETY: the [vdso] mapping of this very process is readable for its whole range and
+    // never unmapped.
+    let image = unsafe { std::slice::from_raw_parts(start as *const u8, end.checked_sub(start)?) };
+    // SAFETY: memfd_create with a valid C string; the fd is owned by the File below.
+    let fd = unsafe { libc::memfd_create(c"ddprof-vdso".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: fd is a fresh descriptor that nothing else owns.
+    let mut file = unsafe { File::from_raw_fd(fd) };
+    file.write_all(image).ok()?;
+    let inode = file.metadata().ok()?.ino();
+    ElfFile::open(file, FileKey { dev: 0, inode }).ok()
 }
 
 pub fn hex(bytes: &[u8]) -> String {
@@ -220,5 +253,54 @@ impl FileCache {
 
     pub fn is_empty(&self) -> bool {
         self.files.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(file_offset: u64, vaddr: u64, file_size: u64) -> LoadSegment {
+        LoadSegment { file_offset, file_size, vaddr }
+    }
+
+    fn bias(segments: Vec<LoadSegment>, start: u64, offset: u64) -> u64 {
+        // Only the segments matter to bias_for; build the rest from an empty map.
+        let map = Arc::new(memmap2::MmapMut::map_anon(1).expect("anon map").make_read_only().expect("ro"));
+        let file = File::open("/dev/null").expect("/dev/null");
+        let f = ElfFile {
+            key: FileKey { dev: 0, inode: 0 },
+            file,
+            map,
+            size: 0,
+            build_id: None,
+            segments,
+            text: None,
+            eh_frame: None,
+            eh_frame_hdr: None,
+            debug_frame: None,
+            got: None,
+        };
+        f.bias_for(start, offset)
+    }
+
+    #[test]
+    fn lld_packed_segments_use_the_segment_that_starts_on_the_mapping() {
+        // readelf -l of an lld-linked Rust cdylib: the R segment covers file offset 0x8d000
+        // too, but the kernel maps the R E segment there, 0x1000 further in memory.
+        let segs = vec![seg(0, 0, 0x8d8cc), seg(0x8d8cc, 0x8e8cc, 0x209ce4), seg(0x2975b0, 0x2995b0, 0xa848)];
+        let start = 0x7f00_0008_e000;
+        let b = bias(segs, start, 0x8d000);
+        // file offset 0x8d900 (.text) is at svma 0x8e900.
+        let avma = start + (0x8d900 - 0x8d000);
+        assert_eq!(avma - b, 0x8e900);
+    }
+
+    #[test]
+    fn classic_layout_and_split_mappings() {
+        let segs = vec![seg(0, 0, 0x1000), seg(0x1000, 0x1000, 0x5000)];
+        assert_eq!(bias(segs.clone(), 0x5555_0000_1000, 0x1000), 0x5555_0000_0000);
+        // A mapping that begins in the middle of the text segment.
+        assert_eq!(bias(segs, 0x5555_0000_3000, 0x3000), 0x5555_0000_0000);
     }
 }

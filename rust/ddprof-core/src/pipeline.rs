@@ -67,13 +67,8 @@ impl Pipeline {
             self.count("no_stack");
         }
 
-        let frames = std::mem::take(&mut self.frames);
-        let comm = rec.comm();
-        let registry = &self.registry;
-        self.aggregate.add(h.pid, h.tid, h.cpu, &frames, &comm, || {
-            registry.get(h.pid).map(|p| p.name.clone()).unwrap_or_else(|| comm.clone())
-        });
-        self.frames = frames;
+        let process_name = self.registry.get(h.pid).map(|p| p.name.as_str());
+        self.aggregate.add(h.pid, h.tid, h.cpu, &self.frames, &h.comm, process_name);
         self.registry.sweep(false);
     }
 
@@ -109,7 +104,7 @@ impl Pipeline {
                     });
                     let id = agg.frame(FrameKey::User { mapping, addr }, |_| {
                         let req = match (&m.kind, &m.file) {
-                            (MapKind::File, Some(f)) => SymRequest::File { file: f.clone(), offset: m.file_offset(addr) },
+                            (MapKind::File | MapKind::Vdso, Some(f)) => SymRequest::File { file: f.clone(), offset: m.file_offset(addr) },
                             _ => SymRequest::Fixed(Symbolizer::marker(if m.path.is_empty() { "[anon]" } else { &m.path })),
                         };
                         (mapping as i64, req)

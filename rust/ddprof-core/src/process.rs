@@ -125,6 +125,8 @@ pub struct RegistryStats {
 
 pub struct Registry {
     procs: HashMap<u32, Process>,
+    /// Loaded on first sight of a vDSO mapping; `Some(None)` when that failed.
+    vdso: Option<Option<Arc<ElfFile>>>,
     pub files: FileCache,
     pub stats: RegistryStats,
     last_sweep: Instant,
@@ -138,7 +140,7 @@ impl Default for Registry {
 
 impl Registry {
     pub fn new() -> Self {
-        Registry { procs: HashMap::new(), files: FileCache::new(512), stats: RegistryStats::default(), last_sweep: Instant::now() }
+        Registry { procs: HashMap::new(), vdso: None, files: FileCache::new(512), stats: RegistryStats::default(), last_sweep: Instant::now() }
     }
 
     pub fn len(&self) -> usize {
@@ -229,7 +231,8 @@ impl Registry {
                     let (start, end, path) = (l.start, l.end, l.path.clone());
                     self.files.get_or_open(key, || open_mapped_file(pid, start, end, &path))
                 }
-                _ => None,
+                MapKind::Vdso => self.vdso.get_or_insert_with(|| crate::elf::load_vdso().map(Arc::new)).clone(),
+                MapKind::Anon => None,
             };
             let bias = file.as_ref().map(|f| f.bias_for(l.start, l.offset)).unwrap_or(l.start);
             if let Some(f) = &file {

@@ -1,5 +1,6 @@
-//! Turns addresses into functions, files and lines, through blazesym (ELF symtab/dynsym,
-//! DWARF lines and inlined functions, demangling, kallsyms).
+//! Turns addresses into functions, files and lines: user code through blazesym (ELF
+//! symtab/dynsym, DWARF lines and inlined functions, demangling), kernel code through
+//! `kallsyms`.
 //!
 //! Input: a period's symbolization requests: file offsets in ELF files (kept open, read
 //! through /proc/self/fd so deleted files and exited processes still work) and kernel
@@ -13,12 +14,13 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use blazesym::symbolize::source::{Elf, Kernel, Source};
+use blazesym::symbolize::source::{Elf, Source};
 use blazesym::symbolize::{CodeInfo, Input, Symbolized, Symbolizer as Blaze};
-use blazesym::MaybeDefault;
+use std::time::{Duration, Instant};
 
 use crate::aggregate::SymRequest;
 use crate::elf::{ElfFile, FileKey};
+use crate::kallsyms::{KernelSymbols, CORE_MODULE};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Line {
@@ -37,7 +39,11 @@ pub struct Symbolizer {
     kernel: HashMap<u64, Lines>,
     empty: Lines,
     pub failures: u64,
+    ksyms: Option<KernelSymbols>,
+    ksyms_loaded: Option<Instant>,
 }
+
+const KALLSYMS_MAX_AGE: Duration = Duration::from_secs(600);
 
 impl Default for Symbolizer {
     fn default() -> Self {
@@ -91,6 +97,8 @@ impl Symbolizer {
             kernel: HashMap::new(),
             empty: Arc::from(Vec::new()),
             failures: 0,
+            ksyms: None,
+            ksyms_loaded: None,
         }
     }
 
@@ -129,6 +137,10 @@ impl Symbolizer {
                 .blaze
                 .symbolize(&src, Input::FileOffset(&offsets))
                 .map(|syms| syms.iter().map(to_lines).collect());
+            // A parsed binary with its debug info can hold tens of MiB (libc with its debug
+            // file: ~11 MiB). Results are cached above, so forget the parse after each file:
+            // peak memory is that of the largest binary, not of all of them.
+            self.blaze = new_blaze();
             match result {
                 Ok(all) => {
                     for (off, lines) in offsets.iter().zip(all) {
@@ -146,27 +158,20 @@ impl Symbolizer {
             }
         }
         if !kmissing.is_empty() {
-            kmissing.sort_unstable();
-            kmissing.dedup();
-            let mut k = Kernel::default();
-            // kallsyms is enough for names; searching for a vmlinux image costs time for nothing.
-            k.vmlinux = MaybeDefault::None;
-            let syms: Vec<Option<Vec<Line>>> = self
-                .blaze
-                .symbolize(&Source::Kernel(k), Input::AbsAddr(&kmissing))
-                .map(|syms| syms.iter().map(to_lines).collect())
-                .unwrap_or_default();
-            for (i, addr) in kmissing.iter().enumerate() {
-                let lines = syms.get(i).cloned().flatten().map(|mut l| {
-                    for line in &mut l {
-                        if line.file.is_empty() {
-                            line.file = "[kernel.kallsyms]".into();
-                        }
-                    }
-                    l
-                });
+            let ksyms = self.kernel_symbols();
+            let resolved: Vec<(u64, Option<Vec<Line>>)> = kmissing
+                .iter()
+                .map(|&addr| {
+                    let lines = ksyms.and_then(|k| k.lookup(addr)).map(|(name, module)| {
+                        let file = if module == CORE_MODULE { module.to_string() } else { format!("[{module}]") };
+                        vec![Line { function: name.to_string(), file, line: 0 }]
+                    });
+                    (addr, lines)
+                })
+                .collect();
+            for (addr, lines) in resolved {
                 let lines = self.lines_or_empty(lines);
-                self.kernel.insert(*addr, lines);
+                self.kernel.insert(addr, lines);
             }
         }
         requests
@@ -177,6 +182,27 @@ impl Symbolizer {
                 SymRequest::Fixed(l) => l.clone(),
             })
             .collect()
+    }
+
+    /// kallsyms, loaded on first need and again every 10 minutes (modules come and go).
+    fn kernel_symbols(&mut self) -> Option<&KernelSymbols> {
+        let stale = self.ksyms_loaded.is_none_or(|t| t.elapsed() > KALLSYMS_MAX_AGE);
+        if stale {
+            self.ksyms_loaded = Some(Instant::now());
+            self.kernel.clear();
+            self.ksyms = match KernelSymbols::load() {
+                Ok(k) if !k.is_empty() => Some(k),
+                Ok(_) => {
+                    log::warn!("/proc/kallsyms shows no addresses: kernel frames stay unsymbolized (needs root or kernel.kptr_restrict=0)");
+                    None
+                }
+                Err(e) => {
+                    log::warn!("cannot read /proc/kallsyms ({e}): kernel frames stay unsymbolized");
+                    None
+                }
+            };
+        }
+        self.ksyms.as_ref()
     }
 
     fn lines_or_empty(&mut self, lines: Option<Vec<Line>>) -> Lines {
