@@ -11,7 +11,7 @@ Follows the Datadog CPU-profile contract (``datadog-contracts.md``, pprof sectio
   location ``i`` is Location id ``i + 1``, mapping ``-1`` (marker frames) is mapping_id 0;
 - Functions interned by (name, system name, file), ``start_line`` 0;
 - sample labels ``process_id``, ``thread id``, ``thread name``, ``process name``,
-  ``cpu.logical_number``; empty string labels are left out;
+  ``cpu.logical_number``, all strings (ids in decimal); empty string labels are left out;
 - a stack of more than 600 locations keeps its 599 leaf-most ones and ends with a
   ``[truncated]`` frame that has no mapping.
 
@@ -197,14 +197,16 @@ def _marker_line(name: str) -> Dict[str, Any]:
 
 
 def _labels(sample, strings: _Strings) -> List[profile_pb2.Label]:
+    # Ids are decimal strings, as Datadog's host profiler writes them: pprof readers drop a
+    # numeric label whose value is 0 (CPU 0), and the backend keys on the string form.
     Label = profile_pb2.Label
     labels = [
-        Label(key=strings(LABEL_PID), num=sample["pid"]),
-        Label(key=strings(LABEL_TID), num=sample["tid"]),
+        Label(key=strings(LABEL_PID), str=strings(str(sample["pid"]))),
+        Label(key=strings(LABEL_TID), str=strings(str(sample["tid"]))),
     ]
     names = ((LABEL_THREAD_NAME, sample["thread_name"]), (LABEL_PROCESS_NAME, sample["process_name"]))
     for key, text in names:
         if text:
             labels.append(Label(key=strings(key), str=strings(text)))
-    labels.append(Label(key=strings(LABEL_CPU), num=sample["cpu"]))
+    labels.append(Label(key=strings(LABEL_CPU), str=strings(str(sample["cpu"]))))
     return labels

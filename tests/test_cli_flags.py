@@ -1,0 +1,396 @@
+"""The command line, without root and without the Rust extension.
+
+- every bad ``record`` flag is a one-line usage error (exit 2), no traceback, nothing
+  written; ``--help`` lists every option;
+- the whole ``record`` path (status line, summary, signals, atomic pprof, error lines) runs
+  against a fake ``ddprofiler._native`` injected before the CLI starts;
+- the privilege message and the status/summary formatting, as plain functions.
+
+The CLI runs as ``python -m ddprofiler``: the installed package when one is importable,
+else the source tree (``PYTHONPATH=python``).
+"""
+from __future__ import annotations
+
+import functools
+import io
+import os
+import pty
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from ddprofiler import privileges
+from ddprofiler.pprof import read_pprof, stacks
+from ddprofiler.status import StatusLine, format_status, summary_lines
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@functools.lru_cache(maxsize=None)
+def cli_env() -> tuple:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    installed = subprocess.run(
+        [sys.executable, "-c", "import ddprofiler.cli"], env=env, cwd="/", capture_output=True
+    ).returncode == 0
+    if not installed:
+        env["PYTHONPATH"] = str(REPO / "python")
+    return tuple(sorted(env.items()))
+
+
+def run_cli(*args, cwd, timeout=60, **extra_env):
+    env = dict(cli_env(), **extra_env)
+    return subprocess.run(
+        [sys.executable, "-m", "ddprofiler", *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def assert_one_line_usage_error(result, flag):
+    assert result.returncode == 2, result
+    err = result.stderr.strip()
+    assert err and "\n" not in err, f"expected one line, got:\n{result.stderr}"
+    assert flag in err, err
+    assert "Traceback" not in result.stderr
+    assert err.startswith("ddprofiler: error: ")
+
+
+NO_SUCH_PID = "999999999"  # above the largest pid_max (2**22)
+
+BAD_FLAGS = [
+    ("--duration", ["--duration", "0"]),
+    ("--duration", ["--duration", "-1"]),
+    ("--duration", ["--duration=-0.5"]),
+    ("--duration", ["--duration", "soon"]),
+    ("--duration", ["--duration", "nan"]),
+    ("--duration", ["--duration", "inf"]),
+    ("--frequency", ["--frequency", "0"]),
+    ("--frequency", ["--frequency", "10001"]),
+    ("--frequency", ["--frequency", "-5"]),
+    ("--frequency", ["--frequency", "1.5"]),
+    ("--stack-bytes", ["--stack-bytes", "1016"]),
+    ("--stack-bytes", ["--stack-bytes", "65544"]),
+    ("--stack-bytes", ["--stack-bytes", "4100"]),
+    ("--pid", ["--pid", NO_SUCH_PID]),
+    ("--pid", ["--pid", "0"]),
+    ("--pid", ["--pid", "self"]),
+    ("--pid", ["--pid", str(os.getpid()), "--pid", NO_SUCH_PID]),
+    ("--bogus", ["--bogus"]),
+]
+
+
+@pytest.mark.parametrize("flag,args", BAD_FLAGS, ids=[" ".join(a) for _, a in BAD_FLAGS])
+def test_bad_flag_is_a_one_line_usage_error(tmp_path, flag, args):
+    result = run_cli("record", *args, "-o", str(tmp_path / "out.pprof"), cwd=tmp_path)
+    assert_one_line_usage_error(result, flag)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_in_missing_directory(tmp_path):
+    result = run_cli("record", "-o", str(tmp_path / "nope" / "out.pprof"), cwd=tmp_path)
+    assert_one_line_usage_error(result, "--output")
+    assert "does not exist" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_is_a_directory(tmp_path):
+    (tmp_path / "d").mkdir()
+    for target in (str(tmp_path / "d"), str(tmp_path / "new") + "/"):
+        result = run_cli("record", "--output", target, cwd=tmp_path)
+        assert_one_line_usage_error(result, "--output")
+        assert "directory" in result.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["d"]
+    assert list((tmp_path / "d").iterdir()) == []
+
+
+def test_output_is_not_a_regular_file(tmp_path):
+    result = run_cli("record", "-o", "/dev/null", cwd=tmp_path)
+    assert_one_line_usage_error(result, "--output")
+    assert "regular file" in result.stderr
+
+
+def _read_only_directory(tmp_path):
+    if os.geteuid() != 0:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        return ro
+    # root ignores permission bits, but no one can create a file in /proc
+    return Path("/proc")
+
+
+def test_output_directory_not_writable(tmp_path):
+    directory = _read_only_directory(tmp_path)
+    target = directory / "ddprofiler-test-out.pprof"
+    result = run_cli("record", "-o", str(target), cwd=tmp_path)
+    assert_one_line_usage_error(result, "--output")
+    assert "not writable" in result.stderr
+    assert not target.exists()
+
+
+def test_help_lists_every_option(tmp_path):
+    result = run_cli("record", "--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    options = ("--pid", "--duration", "--frequency", "--stack-bytes", "-o", "--output", "-v", "--verbose")
+    for option in options:
+        assert option in result.stdout
+    top = run_cli("--help", cwd=tmp_path)
+    assert top.returncode == 0 and "record" in top.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- the record path against a fake extension -------------------------------------------
+
+FAKE_MAIN = textwrap.dedent(
+    '''
+    import os, sys, time, types
+
+    mode = os.environ.get("FAKE_NATIVE", "ok")
+    if mode == "missing":
+        sys.modules["ddprofiler._native"] = None  # makes `import ddprofiler._native` fail
+    else:
+        native = types.ModuleType("ddprofiler._native")
+
+        class BpfUnavailableError(RuntimeError):
+            pass
+
+        class Profiler:
+            def __init__(self, frequency=99, pids=None, stack_bytes=16384):
+                self.frequency, self.pids, self.stack_bytes = frequency, pids, stack_bytes
+
+            def start(self):
+                if mode == "eperm":
+                    raise PermissionError("CAP_PERFMON is missing (fake)")
+                if mode == "nobpf":
+                    raise BpfUnavailableError("BTF is missing at /sys/kernel/btf/vmlinux (fake)")
+                self.start_ns = time.time_ns()
+                print("STARTED", flush=True)
+
+            def stop(self):
+                self.end_ns = time.time_ns()
+
+            def stats(self):
+                return {"samples": 5, "lost": 1, "processes": 2, "unwind_no_cfi": 3,
+                        "unwind_bad_pc": 0, "read_errors": 2, "stacks": 7}
+
+            def snapshot(self, reset=True):
+                pid = self.pids[0] if self.pids else 1
+                return {
+                    "start_ns": self.start_ns, "end_ns": self.end_ns, "frequency": self.frequency,
+                    "mappings": [{"start": 0x1000, "limit": 0x2000, "offset": 0, "path": "/bin/fake",
+                                  "build_id": "", "is_kernel": False}],
+                    "locations": [{"mapping": 0, "address": 0x1010,
+                                   "lines": [{"function": "fake_main", "system_name": "",
+                                              "file": "fake.c", "line": 3}]},
+                                  {"mapping": 0, "address": 0x1200, "lines": []}],
+                    "stacks": [[1, 0]],
+                    "samples": [{"pid": pid, "tid": pid, "cpu": 0, "stack": 0, "count": 5,
+                                 "thread_name": "fake", "process_name": "fake"}],
+                    "stats": {"samples": 5, "stack_bytes": self.stack_bytes},
+                }
+
+        native.BpfUnavailableError = BpfUnavailableError
+        native.Profiler = Profiler
+        sys.modules["ddprofiler._native"] = native
+
+    from ddprofiler import privileges
+    if os.environ.get("FAKE_PRIVILEGES") == "missing":
+        privileges.problem = lambda **kw: "missing CAP_BPF and CAP_PERFMON (fake)"
+    else:
+        privileges.problem = lambda **kw: None
+
+    from ddprofiler.cli import main
+    main(prog_name="ddprofiler")
+    '''
+)
+
+
+def fake_cmd(*args):
+    return [sys.executable, "-c", FAKE_MAIN, *args]
+
+
+def run_fake(*args, cwd, timeout=60, **extra_env):
+    env = dict(cli_env(), **extra_env)
+    return subprocess.run(fake_cmd(*args), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_record_writes_pprof_and_summary(tmp_path):
+    pid = os.getpid()
+    result = run_fake("record", "--duration", "0.3", "--frequency", "100", "--pid", str(pid), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["profile.pprof"]  # the default, no temp left
+    assert (tmp_path / "profile.pprof").read_bytes()[:2] == b"\x1f\x8b"
+    profile = read_pprof(tmp_path / "profile.pprof")
+    assert profile.period == 10_000_000
+    (stack,) = stacks(profile)
+    assert (stack.pid, stack.count, stack.frames) == (pid, 5, ["fake+0x1200", "fake_main"])
+
+    err = result.stderr
+    assert "\r" not in err  # no live line when stderr is not a TTY
+    assert "wrote profile.pprof" in err
+    assert "samples: 5" in err
+    assert "lost: 1 (16.7%)" in err
+    assert "unwinding failures: 3 (no_cfi 3)" in err
+    assert "other errors: read_errors 2" in err
+    assert "stacks" not in err  # not an error counter
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_stops_early_and_still_writes(tmp_path, signum):
+    out = tmp_path / "early.pprof"
+    proc = subprocess.Popen(
+        fake_cmd("record", "--duration", "60", "-o", str(out)),
+        cwd=tmp_path, env=dict(cli_env()), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "STARTED"
+        started = time.monotonic()
+        proc.send_signal(signum)
+        stdout, stderr = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr
+    assert time.monotonic() - started < 10
+    assert "Traceback" not in stderr and "samples: 5" in stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["early.pprof"]
+    assert stacks(read_pprof(out))[0].frames == ["fake+0x1200", "fake_main"]
+
+
+def test_live_status_line_on_a_tty(tmp_path):
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        fake_cmd("record", "--duration", "1.2"), cwd=tmp_path, env=dict(cli_env()),
+        stdout=subprocess.DEVNULL, stderr=slave,
+    )
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:  # EIO once the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    assert proc.wait(timeout=20) == 0
+    tty = b"".join(chunks).decode()
+    assert "\rrecording" in tty and "samples 5 | processes 2 | lost 1" in tty
+    assert "samples: 5" in tty  # the summary still follows
+
+
+@pytest.mark.parametrize(
+    "env,expected",
+    [
+        ({"FAKE_NATIVE": "missing"}, "pip install ."),
+        ({"FAKE_PRIVILEGES": "missing"}, "missing CAP_BPF and CAP_PERFMON (fake)"),
+        ({"FAKE_NATIVE": "eperm"}, "CAP_PERFMON is missing (fake)"),
+        ({"FAKE_NATIVE": "nobpf"}, "BTF is missing at /sys/kernel/btf/vmlinux (fake)"),
+    ],
+    ids=["no-extension", "no-privileges", "PermissionError", "BpfUnavailableError"],
+)
+def test_runtime_failures_are_one_error_line(tmp_path, env, expected):
+    result = run_fake("record", "--duration", "0.2", cwd=tmp_path, **env)
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ddprofiler: error: "), result.stderr
+    assert expected in lines[0]
+    assert "STARTED" not in result.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_package_import_does_not_load_the_extension():
+    code = "import sys, ddprofiler, ddprofiler.cli; print('ddprofiler._native' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], env=dict(cli_env()), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
+# --- privileges -------------------------------------------------------------------------
+
+BPF, PERFMON, SYS_ADMIN = 1 << 39, 1 << 38, 1 << 21
+
+
+def test_capabilities_parsed_from_status():
+    status = "Name:\tpython3\nCapPrm:\t0000000000000000\nCapEff:\t000000c000000000\n"
+    assert privileges.effective_capabilities(status) == BPF | PERFMON
+
+
+@pytest.mark.parametrize("caps", [SYS_ADMIN, BPF | PERFMON, (1 << 41) - 1])
+def test_enough_privileges(caps):
+    assert privileges.problem(cap_eff=caps, cap_last_cap=40, perf_event_paranoid=2, euid=1000) is None
+
+
+def test_missing_perfmon_only():
+    message = privileges.problem(cap_eff=BPF, cap_last_cap=40, perf_event_paranoid=2, euid=1000)
+    assert message.startswith("missing CAP_PERFMON (or CAP_SYS_ADMIN)")
+    assert "CAP_BPF and" not in message
+    assert "sudo" in message and privileges.SETCAP_COMMAND in message
+    assert "perf_event_paranoid" not in message
+    assert "\n" not in message
+
+
+def test_missing_both_with_locked_down_paranoid():
+    message = privileges.problem(cap_eff=0, cap_last_cap=40, perf_event_paranoid=4, euid=1000)
+    assert message.startswith("missing CAP_BPF and CAP_PERFMON")
+    assert "kernel.perf_event_paranoid=4" in message
+    assert "sudo setcap cap_bpf,cap_perfmon,cap_sys_resource+ep $(readlink -f $(which python3))" in message
+    assert "\n" not in message
+
+
+def test_root_without_capabilities_is_a_container():
+    message = privileges.problem(cap_eff=PERFMON, cap_last_cap=40, perf_event_paranoid=2, euid=0)
+    assert message.startswith("missing CAP_BPF (or CAP_SYS_ADMIN)")
+    assert "--cap-add BPF" in message
+
+
+def test_old_kernel_needs_sys_admin():
+    message = privileges.problem(cap_eff=0, cap_last_cap=37, perf_event_paranoid=2, euid=1000)
+    assert message.startswith("missing CAP_SYS_ADMIN") and "sudo" in message
+
+
+# --- status line and summary ------------------------------------------------------------
+
+
+class FakeTTY(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_status_line_redraws_in_place_on_a_tty():
+    stream = FakeTTY()
+    line = StatusLine(stream)
+    line.update(1.0, {"samples": 12345, "processes": 3, "lost": 0})
+    line.update(1.5, {"samples": 7, "processes": 3, "lost": 0})
+    line.update(2.0, {"samples": 8, "processes": 3, "lost": 0})
+    line.finish()
+    first = format_status(1.0, {"samples": 12345, "processes": 3, "lost": 0})
+    second = format_status(1.5, {"samples": 7, "processes": 3, "lost": 0})
+    third = format_status(2.0, {"samples": 8, "processes": 3, "lost": 0})
+    pad = " " * (len(first) - len(second))
+    assert stream.getvalue() == f"\r{first}\r{second}{pad}\r{third}{pad}\r{' ' * len(first)}\r"
+
+
+def test_status_line_is_silent_off_a_tty():
+    stream = io.StringIO()
+    line = StatusLine(stream)
+    line.update(1.0, {"samples": 1})
+    line.finish()
+    assert stream.getvalue() == ""
+
+
+def test_summary_lines():
+    stats = {"samples": 990, "lost": 10, "processes": 4, "unwind_no_cfi": 5, "unwind_stack_end": 7,
+             "unwind_complete": 978, "map_read_failed": 2, "symbolize_errors": 0, "stacks": 40,
+             "bpf_ustack_clamped": 300}
+    assert summary_lines(stats) == [
+        "samples: 990",
+        "lost: 10 (1.0%)",
+        "unwinding failures: 12 (stack_end 7, no_cfi 5)",
+        "other errors: map_read_failed 2",
+    ]
+    assert summary_lines({}) == ["samples: 0", "lost: 0"]
