@@ -1,0 +1,82 @@
+"""What must not break a profile: a binary linked by lld (packed PT_LOAD segments), an
+executable mapping of a file that is not ELF, and a binary replaced on disk while it runs.
+
+Each test profiles a workload by pid with the CLI and checks its stacks and the summary's
+counters.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from helpers import Workload, find_seq, for_pid, format_stacks, record, skip_or_fail, total, weighted_fraction
+
+pytestmark = pytest.mark.bpf
+
+CHAIN = ["leaf", "middle", "outer", "main"]
+RUN = "40"
+
+
+def _profile(tmp_path, pid):
+    res = record(tmp_path / "p.pprof", "--pid", pid, "--duration", "3", "--frequency", "999").check()
+    mine = for_pid(res.stacks, pid)
+    assert total(mine) > 300, f"too few samples for {pid}:\n{res.proc.stderr}"
+    return res, mine
+
+
+@pytest.fixture(scope="module")
+def rust_chain(tmp_path_factory):
+    rustc = shutil.which("rustc") or os.path.expanduser("~/.cargo/bin/rustc")
+    if not os.access(rustc, os.X_OK):
+        skip_or_fail("rustc is needed to build the Rust workload")
+    out = tmp_path_factory.mktemp("rust") / "chain_rs"
+    src = os.path.join(os.path.dirname(__file__), "workloads", "chain.rs")
+    subprocess.run([rustc, "-O", "--crate-name", "chain_rs", "-C", "force-frame-pointers=no", "-o", str(out), src], check=True)
+    return out
+
+
+def test_rust_binary_linked_by_lld(tmp_path, rust_chain):
+    comment = subprocess.run(["readelf", "-p", ".comment", str(rust_chain)], capture_output=True, text=True).stdout
+    with Workload([rust_chain, RUN]) as w:
+        _, mine = _profile(tmp_path, w.pid)
+    chain = ["chain_rs::rs_leaf", "chain_rs::rs_middle", "chain_rs::rs_outer", "chain_rs::main"]
+    in_leaf = [s for s in mine if s.frames and s.frames[0] == "chain_rs::rs_leaf"]
+    assert total(in_leaf) >= 0.8 * total(mine), format_stacks(mine)
+    frac = weighted_fraction(in_leaf, lambda s: find_seq(s.frames, chain) >= 0)
+    assert frac >= 0.95, f"{frac:.1%} whole Rust chains ({comment.strip()!r}):\n{format_stacks(in_leaf)}"
+    # ... and below main, Rust's runtime start and glibc's.
+    whole = [s for s in in_leaf if find_seq(s.frames, chain) >= 0]
+    assert all("main" in s.frames[s.frames.index("chain_rs::main") + 1:] for s in whole), format_stacks(whole)
+
+
+def test_corrupt_elf_mapping_is_counted_not_fatal(tmp_path, workloads):
+    src = os.path.join(os.path.dirname(__file__), "workloads", "mapcorrupt.c")
+    exe = tmp_path / "mapcorrupt"
+    subprocess.run(["gcc", "-O2", "-fomit-frame-pointer", "-I", os.path.dirname(src), "-o", str(exe), src], check=True)
+    bogus = tmp_path / "bogus.so"
+    # An ELF magic followed by garbage: parsing must fail, cleanly.
+    bogus.write_bytes(b"\x7fELF\x02\x01\x01" + os.urandom(65536))
+    with Workload([exe, RUN, bogus]) as w:
+        res, mine = _profile(tmp_path, w.pid)
+    m = re.search(r"elf_errors (\d+)", res.proc.stderr)
+    assert m and int(m.group(1)) >= 1, f"the bad mapping was not counted:\n{res.proc.stderr}"
+    frac = weighted_fraction(mine, lambda s: find_seq(s.frames, CHAIN) >= 0)
+    assert frac >= 0.95, format_stacks(mine)
+
+
+def test_binary_replaced_on_disk(tmp_path, workloads):
+    exe = tmp_path / "chain"
+    shutil.copy(workloads["chain"], exe)
+    with Workload([exe, RUN]) as w:
+        # What a package upgrade does: a new file renamed over the old name.
+        replacement = tmp_path / "chain.new"
+        shutil.copy(workloads["syscalls"], replacement)
+        os.replace(replacement, exe)
+        _, mine = _profile(tmp_path, w.pid)
+    frac = weighted_fraction(mine, lambda s: find_seq(s.frames, CHAIN) >= 0)
+    assert frac >= 0.95, format_stacks(mine)
+    assert not any("sys_leaf" in s.frames for s in mine), "symbols came from the new file"
