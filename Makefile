@@ -3,7 +3,7 @@
 PYTHON ?= python3
 APT_PACKAGES = clang-19 llvm-19 libbpf-dev linux-libc-dev bpftool linux-perf binutils gcc make python3 util-linux
 
-.PHONY: all deps install test test-rust test-python run wheel clean
+.PHONY: all deps install test test-rust test-wheel test-python run wheel clean
 
 all: install
 
@@ -16,10 +16,15 @@ deps:
 install:
 	$(PYTHON) -m pip install -q -e '.[test]'
 
-test: install test-rust test-python
+# pytest last: its summary is the run's closing line.
+test: install test-rust test-wheel test-python
 
 test-rust:
 	cargo test -q -p ddprof-core
+
+# The release wheel is one abi3 wheel that installs and runs on CPython 3.9.
+test-wheel:
+	PYTHON=$(PYTHON) scripts/check-wheel.sh
 
 test-python:
 	$(PYTHON) -m pytest -v tests
