@@ -38,6 +38,13 @@ class Sample(TypedDict):
     thread_name: str
     process_name: str
 
+class ProcessInfo(TypedDict):
+    pid: int
+    name: str           # the process's comm
+    exe: str            # /proc/PID/exe target, "" when unreadable
+    env: dict[str, str] # only DD_SERVICE, DD_ENV, DD_VERSION, OTEL_SERVICE_NAME, POD_NAME, KUBERNETES_POD_NAME
+    cgroup: str         # /proc/PID/cgroup as read when first sampled
+
 class Snapshot(TypedDict):
     start_ns: int       # wall clock (Unix epoch ns) of the aggregate's start
     end_ns: int
@@ -46,7 +53,8 @@ class Snapshot(TypedDict):
     locations: list[Location]
     stacks: list[list[int]]   # location indices, leaf first
     samples: list[Sample]
-    stats: dict[str, int]
+    processes: list[ProcessInfo]  # one per sampled pid whose /proc could be read; kernel threads have none
+    stats: dict[str, int]     # cumulative counters since start (not reset by snapshot)
 
 class Profiler:
     """An eBPF sampler on every online CPU with its drain thread.
@@ -62,6 +70,7 @@ class Profiler:
     def start(self) -> None: ...
     def stop(self) -> None: ...
     def stats(self) -> dict[str, int]:
-        """Running counters: samples, lost, processes, unwind failures by reason (unwind_*)."""
+        """Cumulative counters: samples, lost, processes, how unwinds ended (unwind_complete
+        is a success; every other unwind_* a failure reason), *_errors, *_failed."""
     def snapshot(self, reset: bool = True) -> Snapshot:
         """Symbolize and hand over the aggregate so far; with reset, start a new one."""

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::elf::ElfFile;
+use crate::procinfo::ProcessInfo;
 use crate::symbolize::Lines;
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -69,6 +70,7 @@ pub struct Snapshot {
     pub locations: Vec<SnapshotLocation>,
     pub stacks: Vec<Box<[u32]>>,
     pub samples: Vec<SnapshotSample>,
+    pub processes: Vec<Arc<ProcessInfo>>,
     pub stats: Vec<(String, u64)>,
 }
 
@@ -103,6 +105,8 @@ pub struct Aggregate {
     thread_name_ids: HashMap<[u8; 16], u32>,
     /// The latest name seen for each process.
     process_names: HashMap<u32, String>,
+    /// What each process said about itself (service, container), when it could be read.
+    process_info: HashMap<u32, Arc<ProcessInfo>>,
 }
 
 impl Default for Aggregate {
@@ -126,6 +130,7 @@ impl Aggregate {
             thread_names: Vec::new(),
             thread_name_ids: HashMap::new(),
             process_names: HashMap::new(),
+            process_info: HashMap::new(),
         }
     }
 
@@ -175,8 +180,17 @@ impl Aggregate {
     }
 
     /// Counts one sample. `comm` is the thread's name as the kernel gave it (NUL-padded);
-    /// `process_name` the process's, when known.
-    pub fn add(&mut self, pid: u32, tid: u32, cpu: u32, frames: &[u32], comm: &[u8; 16], process_name: Option<&str>) {
+    /// `info` what the process said about itself, when it could be read.
+    pub fn add(&mut self, pid: u32, tid: u32, cpu: u32, frames: &[u32], comm: &[u8; 16], info: Option<&Arc<ProcessInfo>>) {
+        let process_name = info.map(|i| i.name.as_str());
+        if let Some(i) = info {
+            match self.process_info.get(&pid) {
+                Some(old) if Arc::ptr_eq(old, i) => {}
+                _ => {
+                    self.process_info.insert(pid, i.clone());
+                }
+            }
+        }
         let stack = match self.stack_ids.get(frames) {
             Some(&id) => id,
             None => {
@@ -242,7 +256,10 @@ impl Aggregate {
             .zip(lines)
             .map(|((mapping, address), lines)| SnapshotLocation { mapping, address, lines })
             .collect();
+        let mut processes: Vec<Arc<ProcessInfo>> = self.process_info.into_values().collect();
+        processes.sort_by_key(|p| p.pid);
         Snapshot {
+            processes,
             start_ns: self.start_ns,
             end_ns,
             frequency,

@@ -9,6 +9,7 @@ pub mod elf;
 pub mod error;
 pub mod kallsyms;
 pub mod pipeline;
+pub mod procinfo;
 pub mod process;
 pub mod profiler;
 pub mod sampler;

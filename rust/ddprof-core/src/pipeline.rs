@@ -67,8 +67,8 @@ impl Pipeline {
             self.count("no_stack");
         }
 
-        let process_name = self.registry.get(h.pid).map(|p| p.name.as_str());
-        self.aggregate.add(h.pid, h.tid, h.cpu, &self.frames, &h.comm, process_name);
+        let info = self.registry.get(h.pid).map(|p| &p.info);
+        self.aggregate.add(h.pid, h.tid, h.cpu, &self.frames, &h.comm, info);
         self.registry.sweep(false);
     }
 

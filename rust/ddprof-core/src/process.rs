@@ -14,6 +14,7 @@ use framehop::x86_64::UnwinderX86_64;
 use framehop::{ExplicitModuleSectionInfo, Module, Unwinder};
 
 use crate::elf::{FileCache, FileKey, MapSlice};
+use crate::procinfo::ProcessInfo;
 pub use crate::elf::ElfFile;
 
 const REFRESH_MIN_INTERVAL: Duration = Duration::from_millis(200);
@@ -51,6 +52,7 @@ impl Mapping {
 pub struct Process {
     pub pid: u32,
     pub name: String,
+    pub info: Arc<ProcessInfo>,
     /// Executable mappings, sorted by start.
     pub mappings: Vec<Mapping>,
     pub unwinder: UnwinderX86_64<MapSlice>,
@@ -257,7 +259,9 @@ impl Registry {
             mappings.push(Mapping { start: l.start, end: l.end, offset: l.offset, path: l.path, kind, file, bias });
         }
         mappings.sort_by_key(|m| m.start);
-        Some(Process { pid, name: read_comm(pid), mappings, unwinder, exe_inode: exe_inode(pid), refreshed: Instant::now() })
+        let name = read_comm(pid);
+        let info = Arc::new(ProcessInfo::read(pid, &name));
+        Some(Process { pid, name, info, mappings, unwinder, exe_inode: exe_inode(pid), refreshed: Instant::now() })
     }
 }
 

@@ -81,6 +81,21 @@ fn snapshot_to_py<'py>(py: Python<'py>, s: &Snapshot) -> PyResult<Bound<'py, PyD
         samples.append(sd)?;
     }
     d.set_item("samples", samples)?;
+    let processes = PyList::empty(py);
+    for p in &s.processes {
+        let pd = PyDict::new(py);
+        pd.set_item("pid", p.pid)?;
+        pd.set_item("name", &p.name)?;
+        pd.set_item("exe", &p.exe)?;
+        let env = PyDict::new(py);
+        for (k, v) in &p.env {
+            env.set_item(k, v)?;
+        }
+        pd.set_item("env", env)?;
+        pd.set_item("cgroup", &p.cgroup)?;
+        processes.append(pd)?;
+    }
+    d.set_item("processes", processes)?;
     let stats = PyDict::new(py);
     for (k, v) in &s.stats {
         stats.set_item(k, v)?;
