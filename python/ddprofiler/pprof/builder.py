@@ -11,7 +11,9 @@ Follows the Datadog CPU-profile contract (``datadog-contracts.md``, pprof sectio
   location ``i`` is Location id ``i + 1``, mapping ``-1`` (marker frames) is mapping_id 0;
 - Functions interned by (name, system name, file), ``start_line`` 0;
 - sample labels ``process_id``, ``thread id``, ``thread name``, ``process name``,
-  ``cpu.logical_number``, all strings (ids in decimal); empty string labels are left out;
+  ``cpu.logical_number``, all strings (ids in decimal), and ``container_id``,
+  ``container_name``, ``pod_name`` when the sample dict carries them; empty string labels
+  are left out;
 - a stack of more than 600 locations keeps its 599 leaf-most ones and ends with a
   ``[truncated]`` frame that has no mapping.
 
@@ -37,6 +39,8 @@ LABEL_TID = "thread id"
 LABEL_THREAD_NAME = "thread name"
 LABEL_PROCESS_NAME = "process name"
 LABEL_CPU = "cpu.logical_number"
+# Added by the runner where known; a sample dict may carry any of them.
+OPTIONAL_LABELS = ("container_id", "container_name", "pod_name")
 
 _U64_MAX = (1 << 64) - 1
 _NS_PER_S = 1_000_000_000
@@ -204,7 +208,8 @@ def _labels(sample, strings: _Strings) -> List[profile_pb2.Label]:
         Label(key=strings(LABEL_PID), str=strings(str(sample["pid"]))),
         Label(key=strings(LABEL_TID), str=strings(str(sample["tid"]))),
     ]
-    names = ((LABEL_THREAD_NAME, sample["thread_name"]), (LABEL_PROCESS_NAME, sample["process_name"]))
+    names = ((LABEL_THREAD_NAME, sample["thread_name"]), (LABEL_PROCESS_NAME, sample["process_name"]),
+             *((key, sample.get(key) or "") for key in OPTIONAL_LABELS))
     for key, text in names:
         if text:
             labels.append(Label(key=strings(key), str=strings(text)))

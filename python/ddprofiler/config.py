@@ -1,0 +1,264 @@
+"""Settings of the continuous profiler: where each comes from, checked once at start.
+
+Input: the flags given on the command line (``None`` when absent) and the environment.
+Output: a frozen :class:`Settings` and, per setting, the source it came from (``flag
+--x``, ``env DD_X``, ``default``). Precedence: flag > ``DD_HOST_PROFILING_X`` > ``DD_X`` >
+default, with the names of ``datadog-contracts.md``. A malformed value raises
+:class:`ConfigError` (the CLI turns it into a one-line usage error, exit 2).
+Secrets (the API key) are only ever shown masked. Non-goals: reading config files.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+import socket
+import urllib.parse
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+
+from ddprofiler.tagging import parse_dd_tags
+
+SITES = ("datadoghq.com", "datadoghq.eu", "us3.datadoghq.com", "us5.datadoghq.com",
+         "ap1.datadoghq.com", "ap2.datadoghq.com", "ddog-gov.com")
+_API_KEY = re.compile(r"^[0-9a-z]{32}$")
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
+
+
+class ConfigError(ValueError):
+    """A setting is malformed; the message names it and where it came from."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    agent_url: str = "http://localhost:8126"
+    sampling_rate: int = 20
+    upload_period: float = 60.0
+    environment: Optional[str] = None
+    tags: Tuple[str, ...] = ()
+    split_by_service: bool = True
+    host_service: Optional[str] = None
+    node: str = ""
+    site: str = "datadoghq.com"
+    api_key: Optional[str] = dataclasses.field(default=None, repr=False)
+    agentless: bool = False
+    output_dir: Optional[str] = None
+    shutdown_timeout: float = 10.0
+    stack_bytes: int = 16384
+    max_queue_bytes: int = 64 << 20
+
+    def __repr__(self) -> str:  # the key never shows, whatever prints a Settings
+        fields = (f"{f.name}={mask(getattr(self, f.name)) if f.name == 'api_key' else getattr(self, f.name)!r}"
+                  for f in dataclasses.fields(self))
+        return f"Settings({', '.join(fields)})"
+
+
+def mask(secret: Optional[str]) -> str:
+    """How a secret is shown: its last four characters at most."""
+    if not secret:
+        return "(unset)"
+    return "****" + secret[-4:] if len(secret) >= 12 else "****"
+
+
+# ------------------------------------------------------------------- parsing of values
+
+def _bool(text: str) -> bool:
+    t = text.strip().lower()
+    if t in ("1", "true", "yes", "on", "y", "t"):
+        return True
+    if t in ("0", "false", "no", "off", "n", "f"):
+        return False
+    raise ValueError(f"'{text}' is not a boolean (true/false)")
+
+
+def _seconds(text: str) -> float:
+    """Seconds from '60', '60s', '1m', '500ms', '1.5h' (Go-style durations, as the peer takes)."""
+    m = _DURATION.match(str(text).strip())
+    if not m:
+        raise ValueError(f"'{text}' is not a duration (e.g. 60, 60s, 1m)")
+    value = float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
+    return value
+
+
+def _positive_int(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            v = int(str(text).strip())
+        except ValueError:
+            raise ValueError(f"'{text}' is not a whole number") from None
+        if not lo <= v <= hi:
+            raise ValueError(f"{v} is outside {lo}..{hi}")
+        return v
+    return parse
+
+
+def _period(text: str) -> float:
+    v = _seconds(text)
+    if not 1 <= v <= 3600:
+        raise ValueError(f"{v:g} s is outside 1 s..1 h")
+    return v
+
+
+def _timeout(text: str) -> float:
+    v = _seconds(text)
+    if not 0 <= v <= 600:
+        raise ValueError(f"{v:g} s is outside 0..600 s")
+    return v
+
+
+def _agent_url(text: str) -> str:
+    url = text.strip()
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme == "unix":
+        if not parsed.path.startswith("/"):
+            raise ValueError(f"'{url}' names no absolute socket path (unix:///path/to/apm.socket)")
+        return url
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ValueError(f"'{url}' is not an http://, https:// or unix:// URL")
+    try:
+        parsed.port
+    except ValueError:
+        raise ValueError(f"'{url}' has an invalid port") from None
+    return url.rstrip("/")
+
+
+def _site(text: str) -> str:
+    site = text.strip().lower()
+    if site not in SITES:
+        raise ValueError(f"'{text}' is not a Datadog site (one of {', '.join(SITES)})")
+    return site
+
+
+def _api_key(text: str) -> str:
+    key = text.strip()
+    if not _API_KEY.match(key):
+        # Never echo the value: it may be a real key with a typo.
+        raise ValueError("is malformed: expected 32 lowercase hexadecimal-like characters")
+    return key
+
+
+def _text(text: str) -> Optional[str]:
+    return text.strip() or None
+
+
+def _tags(text: str) -> Tuple[str, ...]:
+    # As Datadog's libraries read DD_TAGS: split on commas when there are any, else spaces.
+    return tuple(parse_dd_tags(text))
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    name: str
+    flag: str
+    envs: Tuple[str, ...]
+    parse: Callable[[str], Any]
+    help: str
+    secret: bool = False
+
+
+SPECS: Tuple[Spec, ...] = (
+    Spec("agent_url", "--agent-url", ("DD_HOST_PROFILING_TRACE_AGENT_URL", "DD_TRACE_AGENT_URL"),
+         _agent_url, "Datadog Agent URL: http(s)://host:port or unix:///path/apm.socket. "
+         "Also DD_AGENT_HOST + DD_TRACE_AGENT_PORT."),
+    Spec("sampling_rate", "--sampling-rate", ("DD_HOST_PROFILING_SAMPLING_RATE",), _positive_int(1, 10000),
+         "Samples per second on each CPU."),
+    Spec("upload_period", "--upload-period", ("DD_HOST_PROFILING_UPLOAD_PERIOD",), _period,
+         "Seconds between uploads (60, 60s, 1m), with a few percent of jitter."),
+    Spec("environment", "--environment", ("DD_HOST_PROFILING_ENV", "DD_ENV"), _text,
+         "env tag of processes that set no DD_ENV of their own."),
+    Spec("tags", "--tags", ("DD_HOST_PROFILING_TAGS", "DD_TAGS"), _tags,
+         "Extra tags, 'k:v' separated by commas (or spaces when there is no comma)."),
+    Spec("split_by_service", "--split-by-service/--no-split-by-service",
+         ("DD_HOST_PROFILING_SPLIT_BY_SERVICE",), _bool, "One profile per service per period."),
+    Spec("host_service", "--host-service", ("DD_HOST_PROFILING_SERVICE",), _text,
+         "Service of the single profile when not splitting by service."),
+    Spec("node", "--node", ("DD_HOST_PROFILING_NODE", "KUBERNETES_NODE_NAME", "NODE_NAME"), _text,
+         "host tag. Default: the hostname."),
+    Spec("site", "--site", ("DD_HOST_PROFILING_SITE", "DD_SITE"), _site, "Datadog site, for agentless uploads."),
+    Spec("api_key", "--api-key", ("DD_HOST_PROFILING_API_KEY", "DD_API_KEY"), _api_key,
+         "Datadog API key, for agentless uploads. Prefer the environment to the flag.", secret=True),
+    Spec("agentless", "--agentless/--no-agentless", ("DD_HOST_PROFILING_AGENTLESS",), _bool,
+         "Upload straight to the intake of --site instead of the Agent."),
+    Spec("output_dir", "--output-dir", ("DD_HOST_PROFILING_OUTPUT_DIR",), _text,
+         "Write one pprof file per service per period here instead of uploading."),
+    Spec("shutdown_timeout", "--shutdown-timeout", ("DD_HOST_PROFILING_SHUTDOWN_TIMEOUT",), _timeout,
+         "Seconds to wait for pending uploads at exit."),
+    Spec("stack_bytes", "--stack-bytes", ("DD_HOST_PROFILING_STACK_BYTES",), _positive_int(1024, 65536),
+         "Bytes of user stack copied per sample (a multiple of 8)."),
+    Spec("max_queue_bytes", "--max-queue-bytes", ("DD_HOST_PROFILING_MAX_QUEUE_BYTES",),
+         _positive_int(1 << 20, 1 << 30), "Bound of the upload queue, in compressed bytes."),
+)
+SPEC_BY_NAME: Dict[str, Spec] = {s.name: s for s in SPECS}
+
+
+def resolve(flags: Mapping[str, Any], environ: Mapping[str, str]) -> Tuple[Settings, Dict[str, str]]:
+    """Settings from `flags` (already typed by click, None when absent) and `environ`.
+
+    Returns the settings and, per setting, where its value came from."""
+    values: Dict[str, Any] = {}
+    sources: Dict[str, str] = {}
+    for spec in SPECS:
+        flag_value = flags.get(spec.name)
+        if flag_value is not None and flag_value != ():
+            try:
+                values[spec.name] = spec.parse(flag_value) if isinstance(flag_value, str) else flag_value
+            except ValueError as e:
+                raise ConfigError(f"{spec.flag.split('/')[0]}: {e}") from None
+            sources[spec.name] = f"flag {spec.flag.split('/')[0]}"
+            continue
+        for env in spec.envs:
+            raw = environ.get(env)
+            if raw is None or raw.strip() == "":
+                continue
+            try:
+                values[spec.name] = spec.parse(raw)
+            except ValueError as e:
+                raise ConfigError(f"{env}: {e}") from None
+            sources[spec.name] = f"env {env}"
+            break
+        else:
+            sources[spec.name] = "default"
+
+    if "agent_url" not in values and environ.get("DD_AGENT_HOST"):
+        port = environ.get("DD_TRACE_AGENT_PORT") or "8126"
+        host = environ["DD_AGENT_HOST"].strip()
+        host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+        try:
+            values["agent_url"] = _agent_url(f"http://{host}:{port}")
+        except ValueError as e:
+            raise ConfigError(f"DD_AGENT_HOST/DD_TRACE_AGENT_PORT: {e}") from None
+        sources["agent_url"] = "env DD_AGENT_HOST + DD_TRACE_AGENT_PORT"
+    if "node" not in values:
+        values["node"] = socket.gethostname()
+        sources["node"] = "default (hostname)"
+
+    settings = Settings(**values)
+    if settings.stack_bytes % 8:
+        raise ConfigError(f"{_origin('stack_bytes', sources)}: {settings.stack_bytes} is not a multiple of 8")
+    if not settings.split_by_service and not settings.host_service:
+        raise ConfigError("--host-service (DD_HOST_PROFILING_SERVICE) is required with --no-split-by-service")
+    if settings.agentless and not settings.output_dir and not settings.api_key:
+        raise ConfigError("--agentless needs an API key: set DD_API_KEY (or DD_HOST_PROFILING_API_KEY)")
+    return settings, sources
+
+
+def _origin(name: str, sources: Mapping[str, str]) -> str:
+    src = sources.get(name, "")
+    return src.split(" ", 1)[1] if " " in src else SPEC_BY_NAME[name].flag
+
+
+def describe(settings: Settings, sources: Mapping[str, str]) -> Sequence[Tuple[str, str, str]]:
+    """(name, shown value, source) per setting, secrets masked: what `config` prints."""
+    rows = []
+    for spec in SPECS:
+        value = getattr(settings, spec.name)
+        if spec.secret:
+            shown = mask(value)
+        elif isinstance(value, tuple):
+            shown = ",".join(value) or "(none)"
+        elif value is None:
+            shown = "(unset)"
+        elif isinstance(value, bool):
+            shown = "true" if value else "false"
+        else:
+            shown = str(value)
+        rows.append((spec.name, shown, sources.get(spec.name, "default")))
+    return rows
