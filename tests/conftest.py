@@ -105,3 +105,15 @@ def go_binary() -> str:
     if not os.access(go, os.X_OK):
         skip_or_fail("the Go toolchain (go tool pprof) is not installed")
     return go
+
+
+@pytest.fixture
+def test_agent(tmp_path):
+    """Datadog's agent emulator on loopback (tests/agent_fixtures.AgentEmulator)."""
+    from agent_fixtures import AGENT_BIN, AgentEmulator
+
+    if not AGENT_BIN.exists():
+        skip_or_fail(f"{AGENT_BIN} is missing: run scripts/install-test-agent.sh")
+    agent = AgentEmulator(tmp_path)
+    yield agent
+    agent.close()

@@ -23,7 +23,7 @@ from typing import Callable, Iterator, Optional, Tuple
 import click
 
 import ddprofiler
-from ddprofiler import privileges
+from ddprofiler import config, privileges
 from ddprofiler.status import StatusLine, summary_lines
 
 log = logging.getLogger(__name__)
@@ -64,10 +64,122 @@ class _Group(click.Group):
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+def _setting_options(f):
+    """The settings of the continuous profiler as flags (None when absent, so that the
+    environment and defaults can take over: see ddprofiler.config)."""
+    defaults = config.Settings()
+    for spec in reversed(config.SPECS):
+        envs = ", ".join(spec.envs)
+        default = getattr(defaults, spec.name)
+        shown = {True: "true", False: "false", None: "none", (): "none"}.get(default, default) \
+            if isinstance(default, (bool, tuple, type(None))) else default
+        if spec.name == "node":
+            shown = "the hostname"
+        help_text = f"{spec.help} [env: {envs}; default: {shown}]"
+        if "/" in spec.flag:
+            f = click.option(spec.flag, spec.name, default=None, help=help_text)(f)
+        else:
+            f = click.option(spec.flag, spec.name, default=None, metavar="VALUE", help=help_text)(f)
+    return f
+
+
+@click.group(cls=_Group, invoke_without_command=True,
+             context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(ddprofiler.__version__, prog_name="ddprofiler")
-def main() -> None:
-    """ddprofiler: a continuous eBPF CPU profiler."""
+@_setting_options
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
+@click.pass_context
+def main(ctx: click.Context, verbose: bool, **flags) -> None:
+    """ddprofiler: a continuous eBPF CPU profiler.
+
+    Without a command, runs the continuous profiler (same as `ddprofiler run`): samples
+    every CPU and sends one profile per service per period to the Datadog Agent (or the
+    intake with --agentless, or files with --output-dir) until SIGTERM or SIGINT.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["flags"] = {k: v for k, v in flags.items() if v is not None}
+    ctx.obj["verbose"] = verbose
+    if ctx.invoked_subcommand is None:
+        _run(ctx.obj["flags"], verbose)
+
+
+def _settings(flags) -> "tuple[config.Settings, dict]":
+    try:
+        return config.resolve(flags, os.environ)
+    except config.ConfigError as e:
+        raise click.UsageError(str(e)) from None
+
+
+@main.command()
+@_setting_options
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
+@click.pass_context
+def run(ctx: click.Context, verbose: bool, **flags) -> None:
+    """Profile continuously and upload every period (the default command)."""
+    merged = {**ctx.obj.get("flags", {}), **{k: v for k, v in flags.items() if v is not None}}
+    _run(merged, verbose or ctx.obj.get("verbose", False))
+
+
+@main.command("config")
+@_setting_options
+@click.pass_context
+def config_command(ctx: click.Context, **flags) -> None:
+    """Show the effective settings and where each came from (secrets masked)."""
+    merged = {**ctx.obj.get("flags", {}), **{k: v for k, v in flags.items() if v is not None}}
+    settings, sources = _settings(merged)
+    rows = config.describe(settings, sources)
+    width = max(len(r[0]) for r in rows)
+    vwidth = min(60, max(len(r[1]) for r in rows))
+    for name, value, source in rows:
+        click.echo(f"{name:<{width}}  {value:<{vwidth}}  {source}")
+
+
+def _run(flags, verbose: bool) -> None:
+    settings, sources = _settings(flags)
+    if settings.output_dir:
+        _check_output_dir(settings.output_dir)
+    _configure_logging(verbose, default=logging.INFO)
+    try:
+        native = ddprofiler.load_native()
+    except ImportError as e:
+        raise Failure(str(e)) from e
+    problem = privileges.problem()
+    if problem:
+        raise Failure(problem)
+    from ddprofiler.runner import Runner  # protobuf, zstandard: only from here on
+    from ddprofiler import exporters
+
+    exporter = exporters.from_settings(settings)
+    log.info("ddprofiler %s: %s", ddprofiler.__version__, exporters.describe(settings))
+    with _stop_on_signals(second_exits=True) as stop_requested:
+        try:
+            profiler = native.Profiler(frequency=settings.sampling_rate, pids=None,
+                                       stack_bytes=settings.stack_bytes)
+            profiler.start()
+        except native.BpfUnavailableError as e:
+            exporter.close(0)
+            raise Failure(str(e)) from e
+        except PermissionError as e:
+            exporter.close(0)
+            raise Failure(str(e) or privileges.problem(cap_eff=0) or "permission denied") from e
+        Runner(settings, profiler, exporter).run(stop_requested)
+        log.info("stopping: waiting up to %gs for pending uploads", settings.shutdown_timeout)
+        exporter.close(settings.shutdown_timeout)
+        stats = exporter.stats()
+        log.info("stopped: uploads ok %d, failed %d, dropped %d", stats.get("uploads_ok", 0),
+                 stats.get("uploads_failed", 0), stats.get("uploads_dropped", 0))
+
+
+def _check_output_dir(path: str) -> None:
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise click.UsageError(f"--output-dir: cannot create '{path}' ({e.strerror or e})") from None
+    try:
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise click.UsageError(f"--output-dir: '{path}' is not writable ({e.strerror or e})") from None
 
 
 def _check_duration(ctx, param, value: float) -> float:
@@ -173,20 +285,25 @@ def record(pids, duration, frequency, stack_bytes, output, verbose) -> None:
 class _StopFlag:
     """Callable flag set by SIGINT/SIGTERM; remembers which signal."""
 
-    def __init__(self) -> None:
+    def __init__(self, second_exits: bool = False) -> None:
         self.signum: Optional[int] = None
+        self.second_exits = second_exits
 
     def __call__(self) -> bool:
         return self.signum is not None
 
     def set(self, signum, frame) -> None:
+        if self.signum is not None and self.second_exits:
+            os.write(2, b"ddprofiler: second signal, exiting now\n")
+            os._exit(128 + signum)
         self.signum = signum
 
 
 @contextlib.contextmanager
-def _stop_on_signals() -> Iterator[Callable[[], bool]]:
-    """While inside, SIGINT and SIGTERM set the yielded flag instead of killing us."""
-    flag = _StopFlag()
+def _stop_on_signals(second_exits: bool = False) -> Iterator[Callable[[], bool]]:
+    """While inside, SIGINT and SIGTERM set the yielded flag instead of killing us; with
+    `second_exits`, a second signal ends the process at once."""
+    flag = _StopFlag(second_exits)
     previous = {sig: signal.signal(sig, flag.set) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield flag
@@ -195,9 +312,9 @@ def _stop_on_signals() -> Iterator[Callable[[], bool]]:
             signal.signal(sig, handler)
 
 
-def _configure_logging(verbose: bool) -> None:
+def _configure_logging(verbose: bool, default: int = logging.WARNING) -> None:
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING,
+        level=logging.DEBUG if verbose else default,
         format="ddprofiler: %(levelname)s: %(name)s: %(message)s",
         stream=sys.stderr,
     )

@@ -1,0 +1,137 @@
+"""The continuous profiler (`python -m ddprofiler`) end to end against Datadog's agent
+emulator: periods, the split by service, tags, labels, headers, the partial period at
+SIGTERM, and an agent that is down when the profiler starts.
+
+A chain workload runs with DD_SERVICE set; the profiler uploads every 2 s to
+ddapm-test-agent on loopback; the test decodes what the agent recorded.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from agent_fixtures import AGENT_BIN, AgentEmulator, decode_upload, free_port, recorded
+from ddprofiler.pprof import profile_pb2, stacks
+from helpers import Workload, find_seq, skip_or_fail
+
+pytestmark = pytest.mark.bpf
+
+CHAIN = ["leaf", "middle", "outer", "main"]
+SERVICE = "checkout-e2e"
+
+
+def start_profiler(agent_url: str, period: str = "2", *extra: str, **env) -> subprocess.Popen:
+    full = {**os.environ, "DD_ENV": "e2e", "DD_TAGS": "team:core,Bad Tag!,9lives:x", **env}
+    full.pop("DD_SERVICE", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "ddprofiler", "--agent-url", agent_url, "--upload-period", period,
+         "--sampling-rate", "99", "--shutdown-timeout", "10", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full)
+
+
+def stop(proc: subprocess.Popen, timeout: float = 30) -> str:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+        pytest.fail(f"the profiler did not exit within {timeout}s of SIGTERM:\n{err}")
+    assert proc.returncode == 0, err
+    return err
+
+
+def service_uploads(agent: AgentEmulator, token, service: str = SERVICE) -> list:
+    ups = [decode_upload(r) for r in recorded(agent, token)]
+    return [u for u in ups if f"service:{service}" in u.event["tags_profiler"].split(",")]
+
+
+def tags_of(up) -> dict:
+    out = {}
+    for t in up.event["tags_profiler"].split(","):
+        k, _, v = t.partition(":")
+        out.setdefault(k, v)
+    return out
+
+
+@pytest.fixture
+def agent(tmp_path):
+    if not AGENT_BIN.exists():
+        skip_or_fail(f"{AGENT_BIN} is missing: run scripts/install-test-agent.sh")
+    a = AgentEmulator(tmp_path)
+    a.get("/test/session/start?test_session_token=run")
+    yield a
+    a.close()
+
+
+def test_periods_tags_and_stacks(agent, workloads):
+    with Workload([workloads["chain"], "40"], env={**os.environ, "DD_SERVICE": SERVICE}) as w:
+        prof = start_profiler(agent.url)
+        time.sleep(7)
+        err = stop(prof)
+    ups = service_uploads(agent, "run")
+    assert len(ups) >= 3, f"{len(ups)} uploads for {SERVICE}:\n{err}"
+    seqs = [int(tags_of(u)["profile_seq"]) for u in ups]
+    assert seqs == list(range(1, len(ups) + 1)), seqs  # in order, none lost
+    for u in ups:
+        t = tags_of(u)
+        assert t["service_inferred"] == "no" and t["env"] == "e2e" and t["runtime"] == "ebpf"
+        assert t["profiler_name"] == "ddprofiler" and t["cpu_arch"] == "amd64" and t["host"]
+        assert t["team"] == "core" and "bad" not in t and "9lives" not in t  # invalid ones dropped
+        assert u.event["family"] == "ebpf" and u.event["version"] == "4"
+        assert u.event["attachments"] == ["cpu.pprof"] and u.compressed[:4] == b"\x28\xb5\x2f\xfd"
+        h = u.request.headers
+        assert h["dd-evp-origin"] == "ddprofiler" and "dd-api-key" not in h
+        assert h.get("datadog-entity-id", "").startswith(("ci-", "in-")) or "datadog-entity-id" not in h
+    # Every sample of these profiles is the workload's, with its chain and its pid.
+    whole = 0
+    for u in ups:
+        p = profile_pb2.Profile.FromString(u.pprof)
+        for s in stacks(p):
+            assert s.pid == w.pid, f"pid {s.pid} ({s.process_name}) in {SERVICE}'s profile"
+            whole += s.count if find_seq(s.frames, CHAIN) >= 0 else 0
+    total = sum(s.count for u in ups for s in stacks(profile_pb2.Profile.FromString(u.pprof)))
+    assert total > 300 and whole >= 0.95 * total, (whole, total)
+    assert "period:" in err  # the telemetry line
+
+
+def test_sigterm_mid_period_sends_the_partial_profile(agent, workloads):
+    with Workload([workloads["chain"], "40"], env={**os.environ, "DD_SERVICE": SERVICE}) as w:
+        prof = start_profiler(agent.url, "60")
+        time.sleep(4)
+        t0 = time.monotonic()
+        stop(prof)
+        assert time.monotonic() - t0 < 15
+    ups = service_uploads(agent, "run")
+    assert len(ups) == 1, len(ups)
+    p = profile_pb2.Profile.FromString(ups[0].pprof)
+    assert 2e9 < p.duration_nanos < 20e9
+    assert sum(s.count for s in stacks(p) if s.pid == w.pid) > 100
+
+
+def test_agent_down_at_start_then_up(tmp_path, workloads):
+    if not AGENT_BIN.exists():
+        skip_or_fail(f"{AGENT_BIN} is missing: run scripts/install-test-agent.sh")
+    port = free_port()
+    with Workload([workloads["chain"], "60"], env={**os.environ, "DD_SERVICE": SERVICE}):
+        prof = start_profiler(f"http://127.0.0.1:{port}")
+        time.sleep(5)  # two periods or more queue up while nothing listens
+        agent = AgentEmulator(tmp_path, port=port)
+        try:
+            # Retries back off up to 30 s; all queued profiles arrive within that.
+            deadline = time.monotonic() + 45
+            while time.monotonic() < deadline and len(service_uploads(agent, None)) < 5:
+                time.sleep(1)
+            err = stop(prof)
+            ups = service_uploads(agent, None)
+        finally:
+            agent.close()
+    seqs = [int(tags_of(u)["profile_seq"]) for u in ups]
+    # What was queued while the agent was down arrives first, in order, none lost.
+    assert len(seqs) >= 5 and seqs == sorted(seqs) and seqs == list(range(seqs[0], seqs[0] + len(seqs))), (seqs, err)
+    assert seqs[0] == 1, f"profiles queued while the agent was down were lost: {seqs}\n{err}"
