@@ -14,12 +14,11 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from helpers import skip_or_fail
+from cgroups import container_cgroup
 from ddprofiler.tagging import (cgroup_inode, container_id_from_cgroup, pod_uid_from_cgroup,
                                 process_tags)
 from ddprofiler.tagging.containers import is_host_cgroup
@@ -195,78 +194,23 @@ def test_process_tags_inode_only_without_container_id(monkeypatch):
 # ---------------------------------------------------------------- live, needs root
 
 
-def _v2_root() -> Path | None:
-    for root in (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified")):
-        if (root / "cgroup.controllers").exists() and (root / "cgroup.procs").exists():
-            return root
-    return None
-
-
-def _v1_root(controller: str = "pids") -> Path | None:
-    root = Path("/sys/fs/cgroup") / controller
-    return root if (root / "cgroup.procs").exists() and not (root / "cgroup.controllers").exists() \
-        else None
-
-
-def _own_path(text: str, hierarchy: Path, v2: bool) -> str:
-    name = hierarchy.name
-    for line in text.splitlines():
-        hid, controllers, path = line.split(":", 2)
-        if (v2 and hid == "0" and controllers == "") or \
-                (not v2 and name in controllers.split(",")):
-            return path
-    raise AssertionError(f"no {name} line in\n{text}")
-
-
 def test_live_docker_style_cgroup():
-    if os.geteuid() != 0:
-        skip_or_fail("creating cgroups and moving a process into one needs root")
-    hierarchies = [(r, True) for r in [_v2_root()] if r] + [(r, False) for r in [_v1_root()] if r]
-    if not hierarchies:
-        skip_or_fail("no writable cgroup hierarchy (neither v2 nor a v1 pids controller)")
     cid = secrets.token_hex(32)
-    tag = f"ddprof-test-{os.getpid()}-{secrets.token_hex(4)}"
     child = subprocess.Popen(["sleep", "30"])
-    made: list[Path] = []
-    moved: list[tuple[Path, str]] = []  # (hierarchy root, original path) to move back to
     try:
-        before = Path(f"/proc/{child.pid}/cgroup").read_text()
-        for root, v2 in hierarchies:
-            leaf = root / tag / (f"docker-{cid}.scope" if v2 else f"docker/{cid}")
-            try:
-                leaf.mkdir(parents=True)
-            except OSError as e:
-                skip_or_fail(f"cannot create {leaf}: {e}")
-            made += [p for p in [root / tag, root / tag / "docker", leaf] if p.exists() and p not in made]
-            (leaf / "cgroup.procs").write_text(str(child.pid))
-            moved.append((root, _own_path(before, root, v2)))
-        text = Path(f"/proc/{child.pid}/cgroup").read_text()
-        assert container_id_from_cgroup(text) == cid, text
-        for root, v2 in hierarchies:
-            line = [ln for ln in text.splitlines() if tag in ln and (ln.startswith("0::") == v2)]
-            assert line and container_id_from_cgroup(line[0]) == cid, text
-            if v2:
-                leaf = root / tag / f"docker-{cid}.scope"
-                cgroup_root = root.parent if root.name == "unified" else root
-                assert cgroup_inode(line[0], str(cgroup_root)) == os.stat(leaf).st_ino
-        tags = process_tags({"pid": child.pid, "name": "sleep", "exe": "/usr/bin/sleep",
-                             "env": {}, "cgroup": text})
-        assert tags.container_id == cid and tags.cgroup_inode is None
+        with container_cgroup(child.pid, cid) as leaves:
+            text = Path(f"/proc/{child.pid}/cgroup").read_text()
+            assert container_id_from_cgroup(text) == cid, text
+            for root, v2, leaf in leaves:
+                line = [ln for ln in text.splitlines() if leaf.parent.name in ln or cid in ln]
+                line = [ln for ln in line if ln.startswith("0::") == v2]
+                assert line and container_id_from_cgroup(line[0]) == cid, text
+                if v2:
+                    cgroup_root = root.parent if root.name == "unified" else root
+                    assert cgroup_inode(line[0], str(cgroup_root)) == os.stat(leaf).st_ino
+            tags = process_tags({"pid": child.pid, "name": "sleep", "exe": "/usr/bin/sleep",
+                                 "env": {}, "cgroup": text})
+            assert tags.container_id == cid and tags.cgroup_inode is None
     finally:
-        for root, path in moved:
-            try:
-                (root / path.lstrip("/") / "cgroup.procs").write_text(str(child.pid))
-            except OSError:
-                pass
         child.kill()
         child.wait()
-        for d in sorted(made, key=lambda p: len(p.parts), reverse=True):
-            for _ in range(50):  # the kernel frees a cgroup shortly after its last task
-                try:
-                    d.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.05)
-    assert not any(d.exists() for d in made), f"left behind: {[d for d in made if d.exists()]}"

@@ -8,6 +8,7 @@ ddapm-test-agent on loopback; the test decodes what the agent recorded.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -135,3 +136,55 @@ def test_agent_down_at_start_then_up(tmp_path, workloads):
     # What was queued while the agent was down arrives first, in order, none lost.
     assert len(seqs) >= 5 and seqs == sorted(seqs) and seqs == list(range(seqs[0], seqs[0] + len(seqs))), (seqs, err)
     assert seqs[0] == 1, f"profiles queued while the agent was down were lost: {seqs}\n{err}"
+
+
+def test_container_headers_and_labels(agent, workloads):
+    from cgroups import container_cgroup
+
+    cid = secrets.token_hex(32)
+    with Workload([workloads["chain"], "40"], env={**os.environ, "DD_SERVICE": SERVICE}) as w:
+        with container_cgroup(w.pid, cid):
+            prof = start_profiler(agent.url)
+            time.sleep(4)
+            stop(prof)
+    ups = service_uploads(agent, "run")
+    assert ups, "no upload for the containerized workload"
+    for u in ups:
+        h = u.request.headers
+        assert h["datadog-container-id"] == cid and h["datadog-entity-id"] == f"ci-{cid}"
+        p = profile_pb2.Profile.FromString(u.pprof)
+        strings = p.string_table
+        for s in p.sample:
+            labels = {strings[lb.key]: strings[lb.str] for lb in s.label}
+            assert labels["container_id"] == cid and labels["process_id"] == str(w.pid)
+
+
+def test_output_dir_writes_one_pprof_per_service_per_period(tmp_path, workloads):
+    from ddprofiler.pprof import read_pprof
+
+    out = tmp_path / "profiles"
+    env = {**os.environ, "DD_SERVICE": SERVICE}
+    with Workload([workloads["chain"], "40"], env=env) as w, \
+            Workload([workloads["chain"], "40"], env={**os.environ, "DD_SERVICE": "other-e2e"}) as w2:
+        prof = subprocess.Popen(
+            [sys.executable, "-m", "ddprofiler", "--output-dir", str(out), "--upload-period", "2",
+             "--sampling-rate", "99"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(7)
+        stop(prof)
+    files = sorted(out.glob("*.pprof"))
+    mine = [f for f in files if f.name.startswith(SERVICE + "-")]
+    other = [f for f in files if f.name.startswith("other-e2e-")]
+    assert len(mine) >= 3 and len(other) >= 3, [f.name for f in files]
+    # one file per service per period: as many of each, with disjoint time ranges
+    assert abs(len(mine) - len(other)) <= 1
+    starts = []
+    for f in mine:
+        p = read_pprof(str(f))
+        st = stacks(p)
+        assert st and {s.pid for s in st} == {w.pid}, f.name
+        assert sum(s.count for s in st if find_seq(s.frames, CHAIN) >= 0) >= 0.95 * sum(s.count for s in st)
+        starts.append((p.time_nanos, p.time_nanos + p.duration_nanos))
+    starts.sort()
+    assert all(a[1] <= b[0] for a, b in zip(starts, starts[1:])), "periods overlap"
+    for f in other:
+        assert {s.pid for s in stacks(read_pprof(str(f)))} == {w2.pid}

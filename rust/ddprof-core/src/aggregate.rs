@@ -90,6 +90,8 @@ pub fn now_ns() -> u64 {
 #[derive(Clone)]
 pub struct Aggregate {
     start_ns: u64,
+    /// Set when the period is closed, so that the next one starts exactly there.
+    end_ns: Option<u64>,
     mappings: Vec<SnapshotMapping>,
     mapping_ids: HashMap<(u32, u64), u32>,
     kernel_mapping: Option<u32>,
@@ -117,8 +119,13 @@ impl Default for Aggregate {
 
 impl Aggregate {
     pub fn new() -> Self {
+        Self::starting_at(now_ns())
+    }
+
+    pub fn starting_at(start_ns: u64) -> Self {
         Aggregate {
-            start_ns: now_ns(),
+            start_ns,
+            end_ns: None,
             mappings: Vec::new(),
             mapping_ids: HashMap::new(),
             kernel_mapping: None,
@@ -225,6 +232,15 @@ impl Aggregate {
         self.counts.is_empty()
     }
 
+    /// Ends this period now and returns it; `self` becomes the next period, starting at the
+    /// same instant: no gap, no overlap.
+    pub fn close(&mut self) -> Aggregate {
+        let now = now_ns();
+        let mut old = std::mem::replace(self, Aggregate::starting_at(now));
+        old.end_ns = Some(now);
+        old
+    }
+
     /// Closes the period. `symbolize` turns the requests into lines, all at once so that it
     /// can batch per file.
     pub fn into_snapshot(
@@ -233,7 +249,7 @@ impl Aggregate {
         stats: Vec<(String, u64)>,
         symbolize: impl FnOnce(&[SymRequest]) -> Vec<Lines>,
     ) -> Snapshot {
-        let end_ns = now_ns();
+        let end_ns = self.end_ns.unwrap_or_else(now_ns);
         let mut samples: Vec<SnapshotSample> = self
             .counts
             .iter()

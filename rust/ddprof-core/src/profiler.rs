@@ -53,7 +53,7 @@ fn publish(stats: &Stats, sampler: Option<&Sampler>, pipeline: &Pipeline) {
 }
 
 fn close_period(pipeline: &mut Pipeline, reset: bool, reply: Sender<Snapshot>, sym: &Sender<SymJob>) {
-    let aggregate = if reset { std::mem::take(&mut pipeline.aggregate) } else { pipeline.aggregate.clone() };
+    let aggregate = if reset { pipeline.aggregate.close() } else { pipeline.aggregate.clone() };
     let _ = sym.send(SymJob { aggregate, reply });
 }
 
