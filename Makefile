@@ -1,9 +1,11 @@
 # Development entry points. `make` builds and installs (editable) for development;
-# `make test` runs every test; `make run` records a 10 s system-wide profile.
+# `make test` runs every test; `make run` runs the continuous profiler: to the Datadog
+# Agent when one answers on localhost:8126, else into ./profiles (one pprof per service
+# every 60 s) until Ctrl-C.
 PYTHON ?= python3
 APT_PACKAGES = clang-19 llvm-19 libbpf-dev linux-libc-dev bpftool linux-perf binutils gcc make python3 util-linux
 
-.PHONY: all deps install test test-rust test-wheel test-python run wheel clean
+.PHONY: all deps install test test-rust test-wheel test-python run record wheel clean
 
 all: install
 
@@ -29,7 +31,18 @@ test-wheel:
 test-python:
 	$(PYTHON) -m pytest -v tests
 
+AGENT_URL ?= http://localhost:8126
+
 run: install
+	@if $(PYTHON) -c "import urllib.request,sys; urllib.request.urlopen('$(AGENT_URL)/info', timeout=2)" 2>/dev/null; then \
+	  echo "ddprofiler: Agent found at $(AGENT_URL)"; \
+	  exec $(PYTHON) -m ddprofiler --agent-url $(AGENT_URL); \
+	else \
+	  echo "ddprofiler: no Agent at $(AGENT_URL): writing profiles to ./profiles"; \
+	  exec $(PYTHON) -m ddprofiler --output-dir profiles; \
+	fi
+
+record: install
 	$(PYTHON) -m ddprofiler record --duration 10 --output profile.pprof
 
 wheel:
