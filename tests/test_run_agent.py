@@ -188,3 +188,27 @@ def test_output_dir_writes_one_pprof_per_service_per_period(tmp_path, workloads)
     assert all(a[1] <= b[0] for a, b in zip(starts, starts[1:])), "periods overlap"
     for f in other:
         assert {s.pid for s in stacks(read_pprof(str(f)))} == {w2.pid}
+
+
+def test_shutdown_deadline_and_second_signal(workloads):
+    from agent_fixtures import FakeAgent
+
+    # An Agent that takes every request and never answers: the drain cannot finish.
+    with FakeAgent(default="hang") as hung, \
+            Workload([workloads["chain"], "40"], env={**os.environ, "DD_SERVICE": SERVICE}):
+        prof = start_profiler(hung.url, "2", "--shutdown-timeout", "3")
+        hung.wait_requests(1, timeout=20)
+        t0 = time.monotonic()
+        stop(prof, timeout=20)  # exit 0 once the 3 s deadline passes, with what it could not send
+        assert 2.5 < time.monotonic() - t0 < 12
+
+        prof = start_profiler(hung.url, "2", "--shutdown-timeout", "60")
+        hung.wait_requests(2, timeout=20)
+        prof.send_signal(signal.SIGTERM)
+        time.sleep(1)
+        t0 = time.monotonic()
+        prof.send_signal(signal.SIGTERM)
+        _, err = prof.communicate(timeout=10)
+        assert time.monotonic() - t0 < 5
+        assert prof.returncode == 128 + signal.SIGTERM, err
+        assert "second signal" in err
