@@ -56,6 +56,10 @@ class Snapshot(TypedDict):
     processes: list[ProcessInfo]  # one per sampled pid whose /proc could be read; kernel threads have none
     stats: dict[str, int]     # cumulative counters since start (not reset by snapshot)
 
+def symbolize_file(path: str, addresses: Sequence[int]) -> list[list[Line]]:
+    """Lines of each address of an ELF file, innermost inlined function first; addresses
+    as the file states them (what addr2line takes). Raises OSError for an unreadable file."""
+
 class Profiler:
     """An eBPF sampler on every online CPU with its drain thread.
 

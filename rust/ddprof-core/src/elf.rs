@@ -57,6 +57,8 @@ pub struct ElfFile {
     map: Arc<Mmap>,
     pub size: u64,
     pub build_id: Option<Vec<u8>>,
+    /// The Go toolchain's build id (`.note.go.buildid`), for Go binaries.
+    pub go_build_id: Option<String>,
     pub segments: Vec<LoadSegment>,
     pub text: Option<Section>,
     pub eh_frame: Option<Section>,
@@ -93,6 +95,10 @@ impl ElfFile {
     fn parse(file: File, map: Arc<Mmap>, key: FileKey, size: u64) -> Result<ElfFile, ElfError> {
         let obj = object::File::parse(&**map).map_err(|e| ElfError::Parse(e.to_string()))?;
         let build_id = obj.build_id().ok().flatten().map(<[u8]>::to_vec);
+        let go_build_id = obj
+            .section_by_name(".note.go.buildid")
+            .and_then(|s| s.data().ok())
+            .and_then(go_build_id_from_note);
         let segments = obj
             .segments()
             .map(|s| {
@@ -117,6 +123,7 @@ impl ElfFile {
             file,
             size,
             build_id,
+            go_build_id,
             segments,
             text: section(".text"),
             eh_frame: section(".eh_frame"),
@@ -166,8 +173,16 @@ impl ElfFile {
         format!("/proc/self/fd/{}", self.file.as_raw_fd())
     }
 
-    pub fn build_id_hex(&self) -> String {
-        self.build_id.as_deref().map(hex).unwrap_or_default()
+    /// The id the backend knows this file by: the GNU build id, else the Go build id, else
+    /// the file hash of datadog-contracts.md.
+    pub fn file_id(&self) -> String {
+        if let Some(b) = self.build_id.as_deref().filter(|b| !b.is_empty()) {
+            return hex(b);
+        }
+        if let Some(g) = &self.go_build_id {
+            return g.clone();
+        }
+        file_hash(&self.map, self.size)
     }
 }
 
@@ -194,6 +209,28 @@ pub fn load_vdso() -> Option<ElfFile> {
     file.write_all(image).ok()?;
     let inode = file.metadata().ok()?.ino();
     ElfFile::open(file, FileKey { dev: 0, inode }).ok()
+}
+
+/// The contents of a `.note.go.buildid` note: namesz, descsz, type 4, "Go\0\0", the id.
+fn go_build_id_from_note(data: &[u8]) -> Option<String> {
+    let word = |i: usize| Some(u32::from_le_bytes(data.get(i..i + 4)?.try_into().ok()?) as usize);
+    let (namesz, descsz, kind) = (word(0)?, word(4)?, word(8)?);
+    if namesz != 4 || kind != 4 || data.get(12..16)? != b"Go\0\0" {
+        return None;
+    }
+    let id = data.get(16..16usize.checked_add(descsz)?)?;
+    std::str::from_utf8(id).ok().map(str::to_string).filter(|s| !s.is_empty())
+}
+
+/// SHA-256 over the first 4096 bytes, the last 4096 bytes and the size (8 bytes, big
+/// endian); the first 16 bytes as 32 hex characters. The id of a file with no build id.
+pub fn file_hash(data: &[u8], size: u64) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(&data[..data.len().min(4096)]);
+    h.update(&data[data.len().saturating_sub(4096)..]);
+    h.update(size.to_be_bytes());
+    hex(&h.finalize()[..16])
 }
 
 pub fn hex(bytes: &[u8]) -> String {
@@ -274,6 +311,7 @@ mod tests {
             map,
             size: 0,
             build_id: None,
+            go_build_id: None,
             segments,
             text: None,
             eh_frame: None,
@@ -294,6 +332,31 @@ mod tests {
         // file offset 0x8d900 (.text) is at svma 0x8e900.
         let avma = start + (0x8d900 - 0x8d000);
         assert_eq!(avma - b, 0x8e900);
+    }
+
+    #[test]
+    fn file_hash_follows_the_contract() {
+        // 10000 bytes: the first 4096 and the last 4096 overlap, as they do for small files.
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        let mut input = data[..4096].to_vec();
+        input.extend_from_slice(&data[10_000 - 4096..]);
+        input.extend_from_slice(&10_000u64.to_be_bytes());
+        use sha2::{Digest, Sha256};
+        let want = hex(&Sha256::digest(&input)[..16]);
+        assert_eq!(file_hash(&data, 10_000), want);
+        assert_eq!(want.len(), 32);
+    }
+
+    #[test]
+    fn go_build_id_note() {
+        let id = b"abc/def";
+        let mut note = vec![4, 0, 0, 0, id.len() as u8, 0, 0, 0, 4, 0, 0, 0];
+        note.extend_from_slice(b"Go\0\0");
+        note.extend_from_slice(id);
+        assert_eq!(go_build_id_from_note(&note).as_deref(), Some("abc/def"));
+        note[8] = 3;
+        assert_eq!(go_build_id_from_note(&note), None);
+        assert_eq!(go_build_id_from_note(&note[..10]), None);
     }
 
     #[test]

@@ -99,7 +99,7 @@ impl Pipeline {
                         limit: m.end,
                         offset: m.offset,
                         path: m.path.clone(),
-                        build_id: m.file.as_ref().map(|f| f.build_id_hex()).unwrap_or_default(),
+                        build_id: m.file.as_ref().map(|f| f.file_id()).unwrap_or_default(),
                         is_kernel: false,
                     });
                     let id = agg.frame(FrameKey::User { mapping, addr }, |_| {

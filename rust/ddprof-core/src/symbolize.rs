@@ -220,3 +220,12 @@ impl Symbolizer {
         Arc::from(vec![Line { function: name.to_string(), file: String::new(), line: 0 }])
     }
 }
+
+/// Lines of addresses as the file states them (virtual addresses, as `addr2line` takes),
+/// for tools and tests: one entry per address, empty where nothing resolves.
+pub fn symbolize_file(path: &str, addrs: &[u64]) -> Result<Vec<Vec<Line>>, String> {
+    let blaze = new_blaze();
+    let src = Source::Elf(Elf::new(path));
+    let syms = blaze.symbolize(&src, Input::VirtOffset(addrs)).map_err(|e| format!("{path}: {e}"))?;
+    Ok(syms.iter().map(|s| to_lines(s).unwrap_or_default()).collect())
+}

@@ -163,11 +163,34 @@ impl Profiler {
     }
 }
 
+/// Lines of each address of an ELF file (addresses as the file states them, as addr2line
+/// takes them), innermost inlined function first.
+#[pyfunction]
+fn symbolize_file<'py>(py: Python<'py>, path: String, addresses: Vec<u64>) -> PyResult<Bound<'py, PyList>> {
+    let all = blocking(py, || ddprof_core::symbolize::symbolize_file(&path, &addresses))
+        .map_err(PyOSError::new_err)?;
+    let out = PyList::empty(py);
+    for lines in all {
+        let l = PyList::empty(py);
+        for line in lines {
+            let x = PyDict::new(py);
+            x.set_item("function", &line.function)?;
+            x.set_item("system_name", "")?;
+            x.set_item("file", &line.file)?;
+            x.set_item("line", line.line)?;
+            l.append(x)?;
+        }
+        out.append(l)?;
+    }
+    Ok(out)
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     pyo3_log::init();
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("BpfUnavailableError", m.py().get_type::<BpfUnavailableError>())?;
     m.add_class::<Profiler>()?;
+    m.add_function(wrap_pyfunction!(symbolize_file, m)?)?;
     Ok(())
 }

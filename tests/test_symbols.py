@@ -1,0 +1,119 @@
+"""Host symbolization checked against binutils' `addr2line -i -f -C`, address by address:
+a C program built here with -O2 -g and a forced inline (inlined function above its caller,
+each with its own line), and real Debian binaries nobody here wrote (python3, libc, and liblzma: the code of xz,
+whose executable exports nothing).
+
+Addresses are virtual addresses of the file, as addr2line takes them
+(`ddprofiler._native.symbolize_file`). Where addr2line names a function we must name the
+same one (or an alias at the same address); where both give a line, the same line.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from helpers import skip_or_fail
+
+WORKLOADS = Path(__file__).parent / "workloads"
+
+
+@pytest.fixture(scope="module")
+def native():
+    try:
+        from ddprofiler import _native
+    except ImportError as e:
+        skip_or_fail(f"the extension is not built: {e}")
+    return _native
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    if not path:
+        skip_or_fail(f"{name} (binutils) is not installed")
+    return path
+
+
+def addr2line(path: str, addrs: list[int]) -> list[list[tuple[str, int]]]:
+    """Per address, the (function, line) frames addr2line reports, innermost first."""
+    out = subprocess.run([tool("addr2line"), "-a", "-i", "-f", "-C", "-e", path, *map(hex, addrs)],
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    groups: list[list[tuple[str, int]]] = []
+    i = 0
+    while i < len(out):
+        if re.fullmatch(r"0x[0-9a-f]+", out[i]):
+            groups.append([])
+            i += 1
+            continue
+        func, where = out[i], out[i + 1]
+        m = re.search(r":(\d+)", where)
+        groups[-1].append((func, int(m.group(1)) if m else 0))
+        i += 2
+    assert len(groups) == len(addrs)
+    return groups
+
+
+def functions(path: str, dynamic: bool) -> list[tuple[int, int, str]]:
+    """(start, size, name) of the defined functions of a file, from nm."""
+    args = [tool("nm"), "-S", "--defined-only"] + (["-D"] if dynamic else []) + [path]
+    rows = []
+    for line in subprocess.run(args, capture_output=True, text=True).stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 4 and parts[2] in "tTwW" and int(parts[1], 16) > 8:
+            rows.append((int(parts[0], 16), int(parts[1], 16), parts[3].split("@")[0]))
+    return rows
+
+
+def ours(native, path, addrs):
+    return [[(ln["function"], ln["line"]) for ln in lines] for lines in native.symbolize_file(path, addrs)]
+
+
+def test_inline_chain_and_lines_match_addr2line(native, tmp_path):
+    exe = tmp_path / "inline"
+    subprocess.run(["gcc", "-O2", "-g", "-o", str(exe), str(WORKLOADS / "inline.c")], check=True)
+    [(start, size, _)] = [f for f in functions(str(exe), dynamic=False) if f[2] == "caller"]
+    addrs = list(range(start, start + size))
+    got, want = ours(native, str(exe), addrs), addr2line(str(exe), addrs)
+    inlined = 0
+    for a, g, w in zip(addrs, got, want):
+        assert g == w, f"{a:#x}: ours {g}, addr2line {w}"
+        inlined += [f for f, _ in g] == ["inlined_fn", "caller"]
+    assert inlined > 4, "no address inside the inlined code"
+    # The lines are the source's: inlined_fn's loop body, caller's call site.
+    src = (WORKLOADS / "inline.c").read_text().splitlines()
+    frames = next(g for g in got if [f for f, _ in g] == ["inlined_fn", "caller"])
+    assert "x * 6364136223846793005UL" in src[frames[0][1] - 1]
+    assert "inlined_fn(x)" in src[frames[1][1] - 1]
+
+
+@pytest.mark.parametrize("path", ["/usr/bin/python3", "/usr/lib/x86_64-linux-gnu/libc.so.6", "/lib/x86_64-linux-gnu/liblzma.so.5"])
+def test_matches_addr2line_on_debian_binaries(native, path):
+    if not os.path.exists(path):
+        skip_or_fail(f"{path} is not installed")
+    path = os.path.realpath(path)
+    funcs = functions(path, dynamic=True)
+    assert funcs, f"no dynamic function symbols in {path}"
+    aliases = defaultdict(set)
+    for start, _, name in funcs + functions(path, dynamic=False):
+        aliases[start].add(name)
+    step = max(1, len(funcs) // 80)
+    picked = funcs[::step][:80]
+    addrs = [start + size // 2 for start, size, _ in picked]
+    got, want = ours(native, path, addrs), addr2line(path, addrs)
+    named = 0
+    for (start, _, _), a, g, w in zip(picked, addrs, got, want):
+        if w[0][0] == "??":
+            continue
+        named += 1
+        where = f"{path} {a:#x}: ours {g}, addr2line {w}"
+        assert len(g) == len(w), where
+        # The outer function: addr2line picks one of the names at that address; so may we.
+        assert g[-1][0] == w[-1][0] or {g[-1][0], w[-1][0]} <= aliases[start] | {w[-1][0]}, where
+        assert [f for f, _ in g[:-1]] == [f for f, _ in w[:-1]], where  # inlined ones
+        assert all(gl == wl for (_, gl), (_, wl) in zip(g, w) if wl), where  # lines, where known
+    assert named >= len(addrs) // 2, f"addr2line named only {named} of {len(addrs)}"
