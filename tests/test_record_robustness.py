@@ -80,3 +80,16 @@ def test_binary_replaced_on_disk(tmp_path, workloads):
     frac = weighted_fraction(mine, lambda s: find_seq(s.frames, CHAIN) >= 0)
     assert frac >= 0.95, format_stacks(mine)
     assert not any("sys_leaf" in s.frames for s in mine), "symbols came from the new file"
+
+
+def test_jit_code_named_by_its_perf_map(tmp_path):
+    src = os.path.join(os.path.dirname(__file__), "workloads", "jit.c")
+    exe = tmp_path / "jit"
+    subprocess.run(["gcc", "-O2", "-fomit-frame-pointer", "-I", os.path.dirname(src), "-o", str(exe), src], check=True)
+    with Workload([exe, RUN]) as w:
+        _, mine = _profile(tmp_path, w.pid)
+    chain = ["jitted_busy_loop", "jit_caller", "main"]
+    in_jit = [s for s in mine if s.frames and s.frames[0] == "jitted_busy_loop"]
+    assert total(in_jit) >= 0.7 * total(mine), format_stacks(mine)
+    frac = weighted_fraction(in_jit, lambda s: find_seq(s.frames, chain) >= 0)
+    assert frac >= 0.95, format_stacks(in_jit)

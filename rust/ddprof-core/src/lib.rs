@@ -8,6 +8,7 @@ pub mod aggregate;
 pub mod elf;
 pub mod error;
 pub mod kallsyms;
+pub mod perfmap;
 pub mod pipeline;
 pub mod procinfo;
 pub mod process;

@@ -4,10 +4,11 @@
 //!
 //! Per-sample failures are data: each becomes a counter (and a `[truncated]` marker frame
 //! where the stack was cut), never an error.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::abi::{self, Record};
 use crate::aggregate::{Aggregate, FrameKey, SnapshotMapping, SymRequest};
+use crate::perfmap::PerfMap;
 use crate::process::{MapKind, Registry};
 use crate::symbolize::Symbolizer;
 use crate::unwind::{Outcome, StackUnwinder};
@@ -18,6 +19,7 @@ pub struct Pipeline {
     pub registry: Registry,
     unwinder: StackUnwinder,
     pub aggregate: Aggregate,
+    perf_maps: HashMap<u32, PerfMap>,
     pub counts: BTreeMap<&'static str, u64>,
     addrs: Vec<u64>,
     frames: Vec<u32>,
@@ -35,6 +37,7 @@ impl Pipeline {
             registry: Registry::new(),
             unwinder: StackUnwinder::new(),
             aggregate: Aggregate::new(),
+            perf_maps: HashMap::new(),
             counts: BTreeMap::new(),
             addrs: Vec::with_capacity(256),
             frames: Vec::with_capacity(256),
@@ -70,6 +73,10 @@ impl Pipeline {
         let info = self.registry.get(h.pid).map(|p| &p.info);
         self.aggregate.add(h.pid, h.tid, h.cpu, &self.frames, &h.comm, info);
         self.registry.sweep(false);
+        if self.perf_maps.len() > self.registry.len() + 64 {
+            let registry = &self.registry;
+            self.perf_maps.retain(|pid, _| registry.get(*pid).is_some());
+        }
     }
 
     fn user_frames(&mut self, rec: &Record<'_>) {
@@ -89,6 +96,12 @@ impl Pipeline {
         let outcome = self.unwinder.unwind(process, h.user_ip, h.user_sp, h.user_bp, rec.ustack, cut, &mut addrs);
         *self.counts.entry(outcome.stat_name()).or_insert(0) += 1;
 
+        // JIT code lives in anonymous executable memory; its names are in the perf map.
+        let jit = addrs.iter().any(|&a| process.mapping_index(a).is_some_and(|i| process.mappings[i].kind == MapKind::Anon));
+        if jit {
+            self.perf_maps.entry(h.pid).or_default().refresh(h.pid);
+        }
+        let perf_map = self.perf_maps.get(&h.pid);
         for &addr in &addrs {
             let key = match process.mapping_index(addr) {
                 Some(mi) => {
@@ -105,7 +118,10 @@ impl Pipeline {
                     let id = agg.frame(FrameKey::User { mapping, addr }, |_| {
                         let req = match (&m.kind, &m.file) {
                             (MapKind::File | MapKind::Vdso, Some(f)) => SymRequest::File { file: f.clone(), offset: m.file_offset(addr) },
-                            _ => SymRequest::Fixed(Symbolizer::marker(if m.path.is_empty() { "[anon]" } else { &m.path })),
+                            _ => match perf_map.and_then(|pm| pm.lookup(addr)) {
+                                Some(name) => SymRequest::Fixed(Symbolizer::jit(name)),
+                                None => SymRequest::Fixed(Symbolizer::marker(if m.path.is_empty() { "[anon]" } else { &m.path })),
+                            },
                         };
                         (mapping as i64, req)
                     });

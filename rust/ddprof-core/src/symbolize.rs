@@ -215,6 +215,11 @@ impl Symbolizer {
         }
     }
 
+    /// A JIT function named by a perf map.
+    pub fn jit(name: &str) -> Lines {
+        Arc::from(vec![Line { function: name.to_string(), file: "[perf-map]".to_string(), line: 0 }])
+    }
+
     /// A constant marker frame such as `[truncated]`.
     pub fn marker(name: &str) -> Lines {
         Arc::from(vec![Line { function: name.to_string(), file: String::new(), line: 0 }])
