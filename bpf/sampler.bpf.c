@@ -59,6 +59,16 @@ struct {
 	__type(value, __u8);
 } pid_filter SEC(".maps");
 
+/* Pids sampled before. The first sample of a pid wakes the reader at once, so that it reads
+ * /proc/PID/maps while a short-lived process still lives (batched wake-ups alone leave up to
+ * 50 ms, longer than many processes live). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, __u8);
+} seen_pids SEC(".maps");
+
 static __always_inline void count(__u32 id)
 {
 	__u64 *v = bpf_map_lookup_elem(&counters, &id);
@@ -185,7 +195,14 @@ int ddprof_sample(struct bpf_perf_event_data *ctx)
 	__u64 total = HDR_BYTES + kstack_off + (__u64)klen * 8;
 	if (total > SCRATCH_BYTES)
 		total = SCRATCH_BYTES;
-	__u64 flags = bpf_ringbuf_query(&samples, BPF_RB_AVAIL_DATA) + total >= wakeup_bytes
+	int wake = 0;
+	if (!bpf_map_lookup_elem(&seen_pids, &pid)) {
+		__u8 one = 1;
+		bpf_map_update_elem(&seen_pids, &pid, &one, BPF_ANY);
+		count(DDPROF_CNT_NEW_PIDS);
+		wake = 1;
+	}
+	__u64 flags = wake || bpf_ringbuf_query(&samples, BPF_RB_AVAIL_DATA) + total >= wakeup_bytes
 			      ? BPF_RB_FORCE_WAKEUP
 			      : BPF_RB_NO_WAKEUP;
 	if (bpf_ringbuf_output(&samples, s->data, total, flags) != 0)

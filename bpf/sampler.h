@@ -29,6 +29,7 @@ enum ddprof_counter {
 	DDPROF_CNT_KSTACK_FAILED = 4, /* bpf_get_stack failed */
 	DDPROF_CNT_REGS_FAILED = 5,   /* no user registers (kernel thread or read failure) */
 	DDPROF_CNT_USTACK_CLAMPED = 6,/* copy clamped to the end of the stack mapping */
+	DDPROF_CNT_NEW_PIDS = 7,      /* first sample of a pid: the reader is woken at once */
 	DDPROF_CNT_MAX = 8,
 };
 

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 
 import pytest
 
@@ -93,3 +94,25 @@ def test_jit_code_named_by_its_perf_map(tmp_path):
     assert total(in_jit) >= 0.7 * total(mine), format_stacks(mine)
     frac = weighted_fraction(in_jit, lambda s: find_seq(s.frames, chain) >= 0)
     assert frac >= 0.95, format_stacks(in_jit)
+
+
+def test_short_lived_processes_keep_their_stacks(tmp_path, workloads):
+    """Processes that live ~40 ms, less than the drain interval: the first sample of a pid
+    wakes the reader at once, so their mappings are read before they exit."""
+    from helpers import start_record, wait_record
+
+    prof = start_record(tmp_path / "p.pprof", "--duration", "4", "--frequency", "999")
+    time.sleep(1.0)  # sampling has started
+    pids = []
+    end = time.monotonic() + 2.0
+    while time.monotonic() < end:
+        p = subprocess.Popen([workloads["chain"], "0.04"], stdout=subprocess.DEVNULL)
+        pids.append(p.pid)
+        p.wait()
+    res = wait_record(prof, tmp_path / "p.pprof", timeout=60).check()
+    theirs = [s for s in res.stacks if s.pid in set(pids)]
+    assert total(theirs) > 200, f"{total(theirs)} samples of {len(pids)} short-lived processes"
+    in_leaf = [s for s in theirs if "leaf" in s.frames]
+    assert total(in_leaf) >= 0.6 * total(theirs), format_stacks(theirs)
+    frac = weighted_fraction(in_leaf, lambda s: find_seq(s.frames, CHAIN) >= 0)
+    assert frac >= 0.95, format_stacks(in_leaf)

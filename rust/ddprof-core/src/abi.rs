@@ -21,9 +21,10 @@ pub mod counter {
     pub const KSTACK_FAILED: u32 = 4;
     pub const REGS_FAILED: u32 = 5;
     pub const USTACK_CLAMPED: u32 = 6;
+    pub const NEW_PIDS: u32 = 7;
     pub const MAX: u32 = 8;
     /// Names reported in the stats, by index.
-    pub const NAMES: [(u32, &str); 7] = [
+    pub const NAMES: [(u32, &str); 8] = [
         (SAMPLES, "bpf_samples"),
         (FILTERED, "bpf_filtered"),
         (RB_DROPPED, "lost"),
@@ -31,6 +32,7 @@ pub mod counter {
         (KSTACK_FAILED, "bpf_kstack_failed"),
         (REGS_FAILED, "bpf_no_user_regs"),
         (USTACK_CLAMPED, "bpf_ustack_clamped"),
+        (NEW_PIDS, "bpf_new_pids"),
     ];
 }
 

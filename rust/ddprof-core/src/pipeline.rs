@@ -14,6 +14,7 @@ use crate::symbolize::Symbolizer;
 use crate::unwind::{Outcome, StackUnwinder};
 
 pub const TRUNCATED: &str = "[truncated]";
+pub const EXITED: &str = "[process exited]";
 
 pub struct Pipeline {
     pub registry: Registry,
@@ -79,17 +80,24 @@ impl Pipeline {
         }
     }
 
+    /// A process that exited before its mappings could be read (a short-lived one, between
+    /// the sample and the next drain): its user stack cannot be unwound. The sample keeps its
+    /// process and thread names and this marker, so that the time is not silently lost.
+    fn process_gone(&mut self) {
+        self.count("process_gone");
+        let id = self.aggregate.frame(FrameKey::Marker(EXITED), |_| (-1, SymRequest::Fixed(Symbolizer::marker(EXITED))));
+        self.frames.push(id);
+    }
+
     fn user_frames(&mut self, rec: &Record<'_>) {
         let h = rec.header;
         if self.registry.process(h.pid).is_none() {
-            self.count("process_gone");
-            return;
+            return self.process_gone();
         }
         // An ip outside the known mappings means new code was mapped (dlopen, exec): reload.
         self.registry.refresh_for(h.pid, h.user_ip);
         let Some(process) = self.registry.get(h.pid) else {
-            self.count("process_gone");
-            return;
+            return self.process_gone();
         };
         let cut = h.flags & abi::F_USTACK_CUT != 0;
         let mut addrs = std::mem::take(&mut self.addrs);

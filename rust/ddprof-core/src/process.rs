@@ -17,7 +17,9 @@ use crate::elf::{FileCache, FileKey, MapSlice};
 use crate::procinfo::ProcessInfo;
 pub use crate::elf::ElfFile;
 
-const REFRESH_MIN_INTERVAL: Duration = Duration::from_millis(200);
+// Short: a process that just exec'd maps its libraries within milliseconds, and a
+// short-lived one may not live to a later refresh.
+const REFRESH_MIN_INTERVAL: Duration = Duration::from_millis(20);
 const MAX_PROCESSES: usize = 16_384;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -212,7 +214,10 @@ impl Registry {
     fn load(&mut self, pid: u32) -> Option<Process> {
         let text = match std::fs::read_to_string(format!("/proc/{pid}/maps")) {
             Ok(t) => t,
-            Err(_) => {
+            // Gone already: the caller counts that (process_gone); anything else is an error.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) => return None,
+            Err(e) => {
+                log::debug!("/proc/{pid}/maps: {e}");
                 self.stats.maps_errors += 1;
                 return None;
             }

@@ -31,7 +31,8 @@ pub struct Line {
 
 pub type Lines = Arc<[Line]>;
 
-const MAX_CACHED: usize = 262_144;
+/// Entries of each result cache (~150 bytes each): a few MiB at most, then start over.
+const MAX_CACHED: usize = 32_768;
 
 pub struct Symbolizer {
     blaze: Blaze,
