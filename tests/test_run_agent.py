@@ -61,13 +61,9 @@ def tags_of(up) -> dict:
 
 
 @pytest.fixture
-def agent(tmp_path):
-    if not AGENT_BIN.exists():
-        skip_or_fail(f"{AGENT_BIN} is missing: run scripts/install-test-agent.sh")
-    a = AgentEmulator(tmp_path)
-    a.get("/test/session/start?test_session_token=run")
-    yield a
-    a.close()
+def agent(test_agent):
+    test_agent.get("/test/session/start?test_session_token=run")
+    return test_agent
 
 
 def test_periods_tags_and_stacks(agent, workloads):

@@ -139,13 +139,7 @@ def _run(flags, verbose: bool) -> None:
     if settings.output_dir:
         _check_output_dir(settings.output_dir)
     _configure_logging(verbose, default=logging.INFO)
-    try:
-        native = ddprofiler.load_native()
-    except ImportError as e:
-        raise Failure(str(e)) from e
-    problem = privileges.problem()
-    if problem:
-        raise Failure(problem)
+    native = _native_with_privileges()
     from ddprofiler.runner import Runner  # protobuf, zstandard: only from here on
     from ddprofiler import exporters
 
@@ -168,6 +162,18 @@ def _run(flags, verbose: bool) -> None:
         stats = exporter.stats()
         log.info("stopped: uploads ok %d, failed %d, dropped %d", stats.get("uploads_ok", 0),
                  stats.get("uploads_failed", 0), stats.get("uploads_dropped", 0))
+
+
+def _native_with_privileges():
+    """The extension, once it is known to load and the privileges to be there."""
+    try:
+        native = ddprofiler.load_native()
+    except ImportError as e:
+        raise Failure(str(e)) from e
+    problem = privileges.problem()
+    if problem:
+        raise Failure(problem)
+    return native
 
 
 def _check_output_dir(path: str) -> None:
@@ -244,13 +250,7 @@ def _check_output(ctx, param, value: str) -> str:
 def record(pids, duration, frequency, stack_bytes, output, verbose) -> None:
     """Record a CPU profile of all processes (or the given ones) to a pprof file."""
     _configure_logging(verbose)
-    try:
-        native = ddprofiler.load_native()
-    except ImportError as e:
-        raise Failure(str(e)) from e
-    problem = privileges.problem()
-    if problem:
-        raise Failure(problem)
+    native = _native_with_privileges()
     log.debug("recording pids=%s duration=%ss frequency=%sHz stack_bytes=%s",
               list(pids) or "all", duration, frequency, stack_bytes)
 

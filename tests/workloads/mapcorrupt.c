@@ -4,30 +4,7 @@
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
-#include "workload.h"
-
-volatile unsigned long sink;
-
-FRAME unsigned long leaf(unsigned long x)
-{
-	DDW_BURN(x, 1000000);
-	BARRIER();
-	return x;
-}
-
-FRAME unsigned long middle(unsigned long x)
-{
-	unsigned long r = leaf(x);
-	BARRIER();
-	return r ^ (x + 1);
-}
-
-FRAME unsigned long outer(unsigned long x)
-{
-	unsigned long r = middle(x);
-	BARRIER();
-	return r + 3;
-}
+#include "chain.h"
 
 int main(int argc, char **argv)
 {
@@ -39,13 +16,7 @@ int main(int argc, char **argv)
 	void *m = mmap(NULL, 65536, PROT_READ | PROT_EXEC, MAP_PRIVATE, fd, 0);
 	if (m == MAP_FAILED)
 		return 4;
-	double end = ddw_now() + ddw_seconds(argc, argv);
-	unsigned long x = 1;
-	ddw_ready();
-	while (ddw_now() < end) {
-		x = outer(x);
-		BARRIER();
-	}
-	sink = x + (unsigned long)m;
+	run_chain(ddw_seconds(argc, argv));
+	munmap(m, 65536);
 	return 0;
 }

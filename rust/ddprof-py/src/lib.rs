@@ -6,6 +6,7 @@
 use std::sync::Mutex;
 
 use ddprof_core::aggregate::Snapshot;
+use ddprof_core::symbolize::Line;
 use ddprof_core::{Error, Profiler as CoreProfiler, SamplerConfig};
 use pyo3::exceptions::{PyOSError, PyPermissionError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -26,6 +27,19 @@ fn to_py_err(e: Error) -> PyErr {
 /// Runs `f` without the GIL: Python threads (and signal handlers) keep running meanwhile.
 fn blocking<T: Send>(py: Python<'_>, f: impl FnOnce() -> T + Send) -> T {
     py.detach(f)
+}
+
+fn lines_to_py<'py>(py: Python<'py>, lines: &[Line]) -> PyResult<Bound<'py, PyList>> {
+    let out = PyList::empty(py);
+    for line in lines {
+        let x = PyDict::new(py);
+        x.set_item("function", &line.function)?;
+        x.set_item("system_name", "")?;
+        x.set_item("file", &line.file)?;
+        x.set_item("line", line.line)?;
+        out.append(x)?;
+    }
+    Ok(out)
 }
 
 fn snapshot_to_py<'py>(py: Python<'py>, s: &Snapshot) -> PyResult<Bound<'py, PyDict>> {
@@ -50,16 +64,7 @@ fn snapshot_to_py<'py>(py: Python<'py>, s: &Snapshot) -> PyResult<Bound<'py, PyD
         let ld = PyDict::new(py);
         ld.set_item("mapping", l.mapping)?;
         ld.set_item("address", l.address)?;
-        let lines = PyList::empty(py);
-        for line in l.lines.iter() {
-            let x = PyDict::new(py);
-            x.set_item("function", &line.function)?;
-            x.set_item("system_name", "")?;
-            x.set_item("file", &line.file)?;
-            x.set_item("line", line.line)?;
-            lines.append(x)?;
-        }
-        ld.set_item("lines", lines)?;
+        ld.set_item("lines", lines_to_py(py, &l.lines)?)?;
         locations.append(ld)?;
     }
     d.set_item("locations", locations)?;
@@ -171,16 +176,7 @@ fn symbolize_file<'py>(py: Python<'py>, path: String, addresses: Vec<u64>) -> Py
         .map_err(PyOSError::new_err)?;
     let out = PyList::empty(py);
     for lines in all {
-        let l = PyList::empty(py);
-        for line in lines {
-            let x = PyDict::new(py);
-            x.set_item("function", &line.function)?;
-            x.set_item("system_name", "")?;
-            x.set_item("file", &line.file)?;
-            x.set_item("line", line.line)?;
-            l.append(x)?;
-        }
-        out.append(l)?;
+        out.append(lines_to_py(py, &lines)?)?;
     }
     Ok(out)
 }
