@@ -117,3 +117,64 @@ def test_matches_addr2line_on_debian_binaries(native, path):
         assert [f for f, _ in g[:-1]] == [f for f, _ in w[:-1]], where  # inlined ones
         assert all(gl == wl for (_, gl), (_, wl) in zip(g, w) if wl), where  # lines, where known
     assert named >= len(addrs) // 2, f"addr2line named only {named} of {len(addrs)}"
+
+
+def _stripped_chain(tmp_path, name: str) -> tuple[Path, Path]:
+    """The chain workload built with -g, then split: (stripped binary, its debug file)."""
+    src = WORKLOADS / "chain.c"
+    exe, dbg = tmp_path / name, tmp_path / f"{name}.debug"
+    subprocess.run(["gcc", "-O2", "-g", "-fomit-frame-pointer", "-Wl,--build-id", "-I", str(WORKLOADS),
+                    "-o", str(exe), str(src)], check=True)
+    subprocess.run(["objcopy", "--only-keep-debug", "--compress-debug-sections=zlib", str(exe), str(dbg)], check=True)
+    subprocess.run(["strip", "--strip-all", str(exe)], check=True)
+    assert "leaf" not in subprocess.run(["nm", "-a", str(exe)], capture_output=True, text=True).stdout
+    return exe, dbg
+
+
+def _profile_lines(tmp_path, exe: Path) -> dict[str, tuple[str, int]]:
+    """Record the workload; {function: (file, line)} of its leaf-most samples' frames."""
+    from helpers import Workload, for_pid, record, total
+
+    with Workload([exe, "40"]) as w:
+        res = record(tmp_path / "p.pprof", "--pid", w.pid, "--duration", "2", "--frequency", "999").check()
+    mine = for_pid(res.stacks, w.pid)
+    assert total(mine) > 200
+    p = res.profile
+    funcs = {f.id: (p.string_table[f.name], p.string_table[f.filename]) for f in p.function}
+    out = {}
+    for loc in p.location:
+        for ln in loc.line:
+            name, file = funcs[ln.function_id]
+            out.setdefault(name, (file, ln.line))
+    return out
+
+
+@pytest.mark.bpf
+def test_debug_file_found_through_gnu_debuglink(tmp_path):
+    exe, dbg = _stripped_chain(tmp_path, "chain_dl")
+    subprocess.run(["objcopy", f"--add-gnu-debuglink={dbg}", str(exe)], check=True, cwd=tmp_path)
+    lines = _profile_lines(tmp_path, exe)
+    for fn in ("leaf", "middle", "outer", "main"):
+        assert fn in lines, f"{fn} not symbolized: {sorted(lines)[:20]}"
+    file, line = lines["leaf"]
+    assert file.endswith("chain.h") and line > 0, lines["leaf"]
+
+
+@pytest.mark.bpf
+def test_debug_file_found_by_build_id(tmp_path):
+    exe, dbg = _stripped_chain(tmp_path, "chain_bid")
+    note = subprocess.run(["readelf", "-n", str(exe)], capture_output=True, text=True).stdout
+    bid = re.search(r"Build ID: ([0-9a-f]+)", note).group(1)
+    target = Path("/usr/lib/debug/.build-id") / bid[:2] / f"{bid[2:]}.debug"
+    made_dir = not target.parent.exists()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(dbg, target)
+    try:
+        lines = _profile_lines(tmp_path, exe)
+    finally:
+        target.unlink()
+        if made_dir:
+            target.parent.rmdir()
+    for fn in ("leaf", "middle", "outer", "main"):
+        assert fn in lines, f"{fn} not symbolized: {sorted(lines)[:20]}"
+    assert lines["middle"][0].endswith("chain.h") and lines["middle"][1] > 0

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::ops::{Deref, Range};
+use std::path::PathBuf;
 use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 
@@ -59,6 +60,13 @@ pub struct ElfFile {
     pub build_id: Option<Vec<u8>>,
     /// The Go toolchain's build id (`.note.go.buildid`), for Go binaries.
     pub go_build_id: Option<String>,
+    /// Where separate debug files may be (build-id trees and debug links), inside the root
+    /// of the process that mapped the file first, then on the host.
+    pub debug_dirs: Vec<PathBuf>,
+    /// Whether the file has DWARF of its own, or names a debug file (.gnu_debuglink); if
+    /// neither, a debug file is looked up by build id (see `debug_file_by_build_id`).
+    pub has_debug_info: bool,
+    pub has_debuglink: bool,
     pub segments: Vec<LoadSegment>,
     pub text: Option<Section>,
     pub eh_frame: Option<Section>,
@@ -124,6 +132,9 @@ impl ElfFile {
             size,
             build_id,
             go_build_id,
+            debug_dirs: Vec::new(),
+            has_debug_info: obj.section_by_name(".debug_info").is_some(),
+            has_debuglink: obj.section_by_name(".gnu_debuglink").is_some(),
             segments,
             text: section(".text"),
             eh_frame: section(".eh_frame"),
@@ -164,6 +175,25 @@ impl ElfFile {
             Some(s) => start.wrapping_sub(offset).wrapping_add(s.file_offset).wrapping_sub(s.vaddr),
             None => start.wrapping_sub(offset),
         }
+    }
+
+    /// `<debug dir>/.build-id/xx/yyyy.debug` for a file that has neither DWARF nor a debug
+    /// link (blazesym follows debug links, and build ids only through them).
+    pub fn debug_file_by_build_id(&self) -> Option<PathBuf> {
+        if self.has_debug_info || self.has_debuglink {
+            return None;
+        }
+        let id = hex(self.build_id.as_deref().filter(|b| b.len() > 1)?);
+        let rel = format!(".build-id/{}/{}.debug", &id[..2], &id[2..]);
+        self.debug_dirs.iter().map(|d| d.join(&rel)).find(|p| p.is_file())
+    }
+
+    /// The address in the file (as its symbols state it) of a file offset.
+    pub fn file_offset_to_svma(&self, offset: u64) -> Option<u64> {
+        self.segments
+            .iter()
+            .find(|s| offset >= s.file_offset && offset < s.file_offset + s.file_size)
+            .map(|s| s.vaddr + (offset - s.file_offset))
     }
 
     /// A path that opens this very file for as long as it is cached, whatever happened to
@@ -259,6 +289,7 @@ impl FileCache {
     pub fn get_or_open(
         &mut self,
         key: FileKey,
+        debug_dirs: impl FnOnce() -> Vec<PathBuf>,
         open: impl FnOnce() -> Result<File, std::io::Error>,
     ) -> Option<Arc<ElfFile>> {
         if let Some(r) = self.files.get(&key) {
@@ -273,7 +304,10 @@ impl FileCache {
         }
         let res = open().map_err(ElfError::Open).and_then(|f| ElfFile::open(f, key));
         let entry = match res {
-            Ok(f) => Ok(Arc::new(f)),
+            Ok(mut f) => {
+                f.debug_dirs = debug_dirs();
+                Ok(Arc::new(f))
+            }
             Err(e) => {
                 self.errors += 1;
                 log::debug!("file {key:?}: {e}");
@@ -312,6 +346,9 @@ mod tests {
             size: 0,
             build_id: None,
             go_build_id: None,
+            debug_dirs: Vec::new(),
+            has_debug_info: obj.section_by_name(".debug_info").is_some(),
+            has_debuglink: obj.section_by_name(".gnu_debuglink").is_some(),
             segments,
             text: None,
             eh_frame: None,

@@ -7,6 +7,7 @@
 //! is forgotten when it exits or execs. Non-goals: symbols, aggregation.
 use std::collections::HashMap;
 use std::fs::File;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -236,7 +237,7 @@ impl Registry {
                 MapKind::File => {
                     let key = FileKey { dev: l.dev, inode: l.inode };
                     let (start, end, path) = (l.start, l.end, l.path.clone());
-                    self.files.get_or_open(key, || open_mapped_file(pid, start, end, &path))
+                    self.files.get_or_open(key, || debug_dirs(pid, &path), || open_mapped_file(pid, start, end, &path))
                 }
                 MapKind::Vdso => self.vdso.get_or_insert_with(|| crate::elf::load_vdso().map(Arc::new)).clone(),
                 MapKind::Anon => None,
@@ -268,6 +269,22 @@ impl Registry {
         let info = Arc::new(ProcessInfo::read(pid, &name));
         Some(Process { pid, name, info, mappings, unwinder, exe_inode: exe_inode(pid), refreshed: Instant::now() })
     }
+}
+
+/// Where debug files for `path` (as process `pid` names it) may be: next to it and in the
+/// debug trees of the process's root, then the host's. blazesym looks for
+/// `.build-id/xx/yyyy.debug` and debug-link names in each.
+fn debug_dirs(pid: u32, path: &str) -> Vec<PathBuf> {
+    let root = format!("/proc/{pid}/root");
+    let mut dirs = Vec::new();
+    if let Some(parent) = std::path::Path::new(path.strip_suffix(" (deleted)").unwrap_or(path)).parent() {
+        dirs.push(PathBuf::from(format!("{root}{}", parent.display())));
+    }
+    for d in ["/usr/lib/debug", "/lib/debug"] {
+        dirs.push(PathBuf::from(format!("{root}{d}")));
+    }
+    dirs.extend(["/usr/lib/debug", "/lib/debug"].map(PathBuf::from));
+    dirs
 }
 
 /// Opens the file behind a mapping as the process sees it: through map_files (works for

@@ -53,13 +53,16 @@ impl Default for Symbolizer {
 }
 
 fn new_blaze() -> Blaze {
+    blaze_builder().build()
+}
+
+fn blaze_builder() -> blazesym::symbolize::Builder {
     Blaze::builder()
         // Paths are /proc/self/fd/N, which a later file may reuse: check identity each time.
         .enable_auto_reload(true)
         .enable_code_info(true)
         .enable_inlined_fns(true)
         .enable_demangling(true)
-        .build()
 }
 
 fn code_file(ci: &Option<CodeInfo<'_>>) -> (String, u32) {
@@ -133,11 +136,22 @@ impl Symbolizer {
         for (key, (file, mut offsets)) in missing {
             offsets.sort_unstable();
             offsets.dedup();
-            let src = Source::Elf(Elf::new(file.fd_path()));
-            let result: Result<Vec<Option<Vec<Line>>>, _> = self
-                .blaze
-                .symbolize(&src, Input::FileOffset(&offsets))
-                .map(|syms| syms.iter().map(to_lines).collect());
+            if !file.debug_dirs.is_empty() {
+                self.blaze = blaze_builder().set_debug_dirs(Some(&file.debug_dirs)).build();
+            }
+            let result: Result<Vec<Option<Vec<Line>>>, _> = match file.debug_file_by_build_id() {
+                // The debug file has the symbols and DWARF but no code: ask it by address.
+                Some(debug) => {
+                    let svmas: Vec<u64> = offsets.iter().map(|&o| file.file_offset_to_svma(o).unwrap_or(0)).collect();
+                    self.blaze
+                        .symbolize(&Source::Elf(Elf::new(&debug)), Input::VirtOffset(&svmas))
+                        .map(|syms| syms.iter().map(to_lines).collect())
+                }
+                None => self
+                    .blaze
+                    .symbolize(&Source::Elf(Elf::new(file.fd_path())), Input::FileOffset(&offsets))
+                    .map(|syms| syms.iter().map(to_lines).collect()),
+            };
             // A parsed binary with its debug info can hold tens of MiB (libc with its debug
             // file: ~11 MiB). Results are cached above, so forget the parse after each file:
             // peak memory is that of the largest binary, not of all of them.
