@@ -178,3 +178,18 @@ def test_debug_file_found_by_build_id(tmp_path):
     for fn in ("leaf", "middle", "outer", "main"):
         assert fn in lines, f"{fn} not symbolized: {sorted(lines)[:20]}"
     assert lines["middle"][0].endswith("chain.h") and lines["middle"][1] > 0
+
+
+def test_cpp_templates_demangled_as_addr2line_does(native, tmp_path):
+    if not shutil.which("g++"):
+        skip_or_fail("g++ is needed for the C++ test program")
+    exe = tmp_path / "templates"
+    subprocess.run(["g++", "-O2", "-g", "-o", str(exe), str(WORKLOADS / "templates.cpp")], check=True)
+    picked = [f for f in functions(str(exe), dynamic=False) if "Basket" in f[2]]
+    assert len(picked) == 2, picked
+    addrs = [start + size // 2 for start, size, _ in picked]
+    got, want = ours(native, str(exe), addrs), addr2line(str(exe), addrs)
+    assert got == want
+    names = {frames[-1][0] for frames in got}
+    assert names == {"shop::Basket<double, 3>::total(std::vector<double, std::allocator<double> > const&) const",
+                     "shop::Basket<long, 5>::total(std::vector<long, std::allocator<long> > const&) const"}, names

@@ -44,6 +44,7 @@ class Settings:
     shutdown_timeout: float = 10.0
     stack_bytes: int = 16384
     max_queue_bytes: int = 64 << 20
+    symbolize: str = "host"
 
     def __repr__(self) -> str:  # the key never shows, whatever prints a Settings
         fields = (f"{f.name}={mask(getattr(self, f.name)) if f.name == 'api_key' else getattr(self, f.name)!r}"
@@ -135,6 +136,16 @@ def _api_key(text: str) -> str:
     return key
 
 
+SYMBOLIZE_MODES = ("host", "backend", "both")
+
+
+def _symbolize(text: str) -> str:
+    mode = text.strip().lower()
+    if mode not in SYMBOLIZE_MODES:
+        raise ValueError(f"'{text}' is not one of {', '.join(SYMBOLIZE_MODES)}")
+    return mode
+
+
 def _text(text: str) -> Optional[str]:
     return text.strip() or None
 
@@ -185,6 +196,9 @@ SPECS: Tuple[Spec, ...] = (
          "Bytes of user stack copied per sample (a multiple of 8)."),
     Spec("max_queue_bytes", "--max-queue-bytes", ("DD_HOST_PROFILING_MAX_QUEUE_BYTES",),
          _positive_int(1 << 20, 1 << 30), "Bound of the upload queue, in compressed bytes."),
+    Spec("symbolize", "--symbolize", ("DD_HOST_PROFILING_SYMBOLIZE",), _symbolize,
+         "Where native frames are symbolized: host (here), backend (sent as addresses with "
+         "build ids, remote_symbols:yes), or both."),
 )
 SPEC_BY_NAME: Dict[str, Spec] = {s.name: s for s in SPECS}
 

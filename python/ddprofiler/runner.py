@@ -82,14 +82,17 @@ class Runner:
                 sample["container_name"] = t.container_name
             if t.pod_name:
                 sample["pod_name"] = t.pod_name
+        if self.settings.symbolize == "backend":
+            _leave_native_frames_to_backend(snapshot)
         groups = split(snapshot, lambda s: self._key(tags_of[s["pid"]]))
         made = 0
         for key, sub in sorted(groups.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
             service, env, version, container_id, cgroup_inode, inferred = key
             profile = build_profile(sub)
             self.profile_seq[service] += 1
+            remote = self.settings.symbolize != "host" or _has_unsymbolized(sub)
             tags = self._tags(service, inferred, env, version, self.profile_seq[service],
-                              remote_symbols=_has_unsymbolized(sub))
+                              remote_symbols=remote)
             self.exporter.submit(ProfilePayload(
                 pprof=profile.SerializeToString(), start_ns=int(snapshot["start_ns"]),
                 end_ns=int(snapshot["end_ns"]), tags=tags, service=service,
@@ -139,6 +142,17 @@ class Runner:
 
 def _fmt(d: Mapping[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(d.items()))
+
+
+def _leave_native_frames_to_backend(snapshot: Mapping[str, Any]) -> None:
+    """Drops the lines of user frames in files with an id: the backend symbolizes them from
+    the mapping's build id and the address. Kernel, JIT and marker frames keep theirs."""
+    mappings = snapshot["mappings"]
+    for loc in snapshot["locations"]:
+        m = loc["mapping"]
+        if m >= 0 and mappings[m]["build_id"] and not mappings[m]["is_kernel"] \
+                and not mappings[m]["path"].startswith("["):
+            loc["lines"] = []
 
 
 def _has_unsymbolized(snapshot: Mapping[str, Any]) -> bool:
