@@ -3,7 +3,7 @@
 # Agent when one answers on localhost:8126, else into ./profiles (one pprof per service
 # every 60 s) until Ctrl-C.
 PYTHON ?= python3
-APT_PACKAGES = clang-19 llvm-19 libbpf-dev linux-libc-dev bpftool linux-perf binutils gcc make python3 util-linux
+APT_PACKAGES = clang-19 llvm-19 libbpf-dev linux-libc-dev bpftool linux-perf binutils gcc g++ make python3 python3-venv util-linux openssl
 
 .PHONY: all deps install test test-rust test-wheel test-python run record wheel clean
 
