@@ -318,3 +318,72 @@ def _configure_logging(verbose: bool, default: int = logging.WARNING) -> None:
         format="ddprofiler: %(levelname)s: %(name)s: %(message)s",
         stream=sys.stderr,
     )
+
+
+@main.group()
+def symbols() -> None:
+    """Inspect native binaries and upload their symbols to Datadog (the datadog-ci use case)."""
+
+
+@symbols.command("inspect")
+@click.argument("binary", type=click.Path(exists=True, dir_okay=False))
+@click.option("--root", default="/", show_default=True, type=click.Path(file_okay=False),
+              help="Root to look for separate debug files in (e.g. /proc/PID/root).")
+def symbols_inspect(binary: str, root: str) -> None:
+    """Print the build ids, arch, symbol source and sizes of BINARY, as JSON."""
+    import json
+
+    from ddprofiler.symbols import InvalidBinary, inspect
+
+    try:
+        info = inspect(binary, root=root)
+    except InvalidBinary as e:
+        raise click.UsageError(f"{binary}: {e}") from None
+    click.echo(json.dumps(info.to_dict(), indent=2))
+
+
+@symbols.command("upload")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--api-key", envvar=["DD_HOST_PROFILING_API_KEY", "DD_API_KEY"], metavar="VALUE",
+              help="Datadog API key. [env: DD_HOST_PROFILING_API_KEY, DD_API_KEY]")
+@click.option("--app-key", envvar=["DD_HOST_PROFILING_APP_KEY", "DD_APP_KEY"], metavar="VALUE",
+              help="Datadog application key, where the query needs one. [env: DD_APP_KEY]")
+@click.option("--site", envvar=["DD_HOST_PROFILING_SITE", "DD_SITE"], default="datadoghq.com",
+              show_default=True, help="Datadog site. [env: DD_HOST_PROFILING_SITE, DD_SITE]")
+@click.option("--dry-run", is_flag=True, help="Query and build the debug files; upload nothing.")
+@click.option("--root", default="/", show_default=True, type=click.Path(file_okay=False),
+              help="Root to look for separate debug files in.")
+@click.option("--max-bytes-in-flight", type=click.IntRange(1 << 20), default=64 << 20,
+              show_default=True, help="Bound on the bytes being uploaded at once.")
+@click.option("--max-workers", type=click.IntRange(1, 32), default=4, show_default=True)
+@click.option("--state-path", type=click.Path(dir_okay=False),
+              help="Record of what was uploaded (default: ~/.local/state/ddprofiler/).")
+@click.option("--no-state", is_flag=True, help="Keep no record: upload again what the backend lacks.")
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
+def symbols_upload(paths, api_key, app_key, site, dry_run, root, max_bytes_in_flight,
+                   max_workers, state_path, no_state, verbose) -> None:
+    """Upload the symbols of PATHS (ELF files, or directories searched for them) where ours
+    are better than what Datadog has."""
+    _configure_logging(verbose, default=logging.INFO)
+    try:
+        key = config.SPEC_BY_NAME["api_key"].parse(api_key) if api_key else None
+        site = config.SPEC_BY_NAME["site"].parse(site)
+    except ValueError as e:
+        raise click.UsageError(f"--api-key/--site: {e}") from None
+    if not key:
+        raise click.UsageError("symbols upload needs an API key: set DD_API_KEY")
+    from ddprofiler.symbols import SymbolUploader
+
+    uploader = SymbolUploader(key, app_key, site, dry_run=dry_run, max_bytes_in_flight=max_bytes_in_flight,
+                              max_workers=max_workers,
+                              state_path=None if no_state else (state_path or "default"),
+                              origin_version=ddprofiler.__version__)
+    summary = uploader.upload_paths(list(paths), root=root)
+    verb = "would upload" if dry_run else "uploaded"
+    done = summary.would_upload if dry_run else summary.uploaded
+    click.echo(f"ddprofiler: {verb} {len(done)}, skipped {len(summary.skipped)}, "
+               f"failed {len(summary.failed)}", err=True)
+    for path, reason in summary.failed:
+        click.echo(f"  failed: {path}: {reason}", err=True)
+    if not summary.ok:
+        sys.exit(1)
