@@ -5,7 +5,7 @@
 PYTHON ?= python3
 APT_PACKAGES = clang-19 llvm-19 libbpf-dev linux-libc-dev bpftool linux-perf binutils gcc g++ make python3 python3-venv util-linux openssl
 
-.PHONY: all deps install test test-rust test-wheel test-python run record wheel clean
+.PHONY: all deps install test test-rust test-wheel test-fuzz test-python run record wheel clean
 
 all: install
 
@@ -19,7 +19,7 @@ install:
 	$(PYTHON) -m pip install -q -e '.[test]'
 
 # pytest last: its summary is the run's closing line.
-test: install test-rust test-wheel test-python
+test: install test-rust test-wheel test-fuzz test-python
 
 test-rust:
 	cargo test -q -p ddprof-core
@@ -27,6 +27,10 @@ test-rust:
 # The release wheel is one abi3 wheel that installs and runs on CPython 3.9.
 test-wheel:
 	PYTHON=$(PYTHON) scripts/check-wheel.sh
+
+# A fixed-time fuzz of the ELF/DWARF entry points.
+test-fuzz:
+	FUZZ_SECONDS=$${FUZZ_SECONDS:-60} scripts/fuzz.sh
 
 test-python:
 	$(PYTHON) -m pytest -v tests

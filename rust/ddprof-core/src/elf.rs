@@ -216,6 +216,37 @@ impl ElfFile {
     }
 }
 
+/// For the fuzz target: the whole path a mapped file takes (parse, segments, bias, file id,
+/// unwind sections, symbolization of a few offsets) on arbitrary bytes. Returns how many
+/// of the offsets resolved; errors are expected, panics and hangs are bugs.
+pub fn fuzz_parse(data: &[u8]) -> usize {
+    use std::io::Write;
+    use std::os::fd::FromRawFd;
+    // SAFETY: memfd_create with a valid C string; the fd is owned by the File below.
+    let fd = unsafe { libc::memfd_create(c"ddprof-fuzz".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return 0;
+    }
+    // SAFETY: fd is a fresh descriptor that nothing else owns.
+    let mut file = unsafe { File::from_raw_fd(fd) };
+    if file.write_all(data).is_err() || data.is_empty() {
+        return 0;
+    }
+    let Ok(inode) = file.metadata().map(|m| m.ino()) else { return 0 };
+    let Ok(f) = ElfFile::open(file, FileKey { dev: 0, inode }) else { return 0 };
+    let _ = f.bias_for(0x5555_0000_0000, 0x1000);
+    let _ = f.file_id();
+    let _ = f.debug_file_by_build_id();
+    for s in [&f.text, &f.eh_frame, &f.eh_frame_hdr, &f.debug_frame] {
+        let _ = f.slice(s).map(|d| d.len());
+    }
+    let offsets: Vec<u64> = f.segments.iter().map(|s| s.file_offset.saturating_add(s.file_size / 2)).take(4).collect();
+    let f = Arc::new(f);
+    let reqs: Vec<crate::aggregate::SymRequest> =
+        offsets.iter().map(|&offset| crate::aggregate::SymRequest::File { file: f.clone(), offset }).collect();
+    crate::symbolize::Symbolizer::new().resolve(&reqs).iter().filter(|l| !l.is_empty()).count()
+}
+
 /// The vDSO image, the same in every process on this kernel: copied from our own address
 /// space into a memfd so that it can be unwound and symbolized like any file.
 pub fn load_vdso() -> Option<ElfFile> {
