@@ -8,7 +8,7 @@ the midpoints of N exported functions (from `nm -D -S`). Each symbolizer runs in
 process of its own, so that its time and peak memory (VmHWM) are its own:
 - ours: `_native.symbolize_file(path, addrs)` once with 1 address (the first, cold parse)
   and once with all N (parse + N lookups); lookups/s = (N - 1) / (t_N - t_1);
-- addr2line: `addr2line -f -i -C -e PATH` with the same 1 and N addresses.
+- addr2line: `addr2line -a -f -i -C -e PATH` with the same 1 and N addresses.
 Prints a table with the ratios; never asserts on timings.
 """
 from __future__ import annotations
@@ -53,11 +53,13 @@ def ours(path: str, addrs: list[int]) -> dict:
 
 def addr2line(path: str, addrs: list[int]) -> dict:
     t = time.perf_counter()
-    p = subprocess.Popen(["addr2line", "-f", "-i", "-C", "-e", path, *map(hex, addrs)],
+    p = subprocess.Popen(["addr2line", "-a", "-f", "-i", "-C", "-e", path, *map(hex, addrs)],
                          stdout=subprocess.PIPE, text=True)
     out, _ = p.communicate()
     dt = time.perf_counter() - t
-    named = sum(1 for line in out.splitlines()[::2] if line != "??")
+    lines = out.splitlines()
+    # -a prints each address before its frames: the line after it is the outer... first name.
+    named = sum(1 for i, line in enumerate(lines[:-1]) if line.startswith("0x") and lines[i + 1] != "??")
     return {"seconds": dt, "named": named}
 
 
