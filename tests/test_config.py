@@ -66,6 +66,8 @@ def test_durations_booleans_and_tags():
     ({"split_by_service": False}, {}, "--host-service"),
     ({"agentless": True}, {}, "API key"),
     ({"stack_bytes": "1025"}, {}, "multiple of 8"),
+    ({}, {"DD_HOST_PROFILING_UPLOAD_SYMBOLS": "true"}, "API key"),
+    ({}, {"DD_HOST_PROFILING_EXPERIMENTAL_UPLOAD_SYMBOLS": "yes"}, "API key"),
 ])
 def test_malformed_settings_are_errors(flags, env, needle):
     with pytest.raises(config.ConfigError) as e:
@@ -74,7 +76,9 @@ def test_malformed_settings_are_errors(flags, env, needle):
 
 
 def test_key_is_masked_everywhere():
-    s, src = resolve(DD_API_KEY=KEY)
+    s, src = resolve(DD_API_KEY=KEY, DD_APP_KEY="app" + KEY, DD_HOST_PROFILING_UPLOAD_SYMBOLS="1")
+    assert s.upload_symbols and "app" + KEY not in repr(s)
+    assert all("app" + KEY not in v for _, v, _ in config.describe(s, src))
     assert KEY not in repr(s)
     rows = config.describe(s, src)
     assert ("api_key", "****cdef", "env DD_API_KEY") in rows

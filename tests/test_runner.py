@@ -78,3 +78,49 @@ def test_not_split_uses_the_host_service():
     by_service = run(snapshot_two_services(), split_by_service=False, host_service="fleet")
     assert list(by_service) == ["fleet"]
     assert sum(s.count for s in stacks(profile_pb2.Profile.FromString(by_service["fleet"].pprof))) == 10
+
+
+class Offers:
+    def __init__(self):
+        self.got = []
+
+    def offer(self, binaries):
+        self.got.append(list(binaries))
+
+
+def test_binaries_of_each_period_are_offered_for_symbol_upload():
+    s, _ = config.resolve({}, {})
+    sink = Offers()
+    Runner(s, profiler=None, exporter=Collect(), symbols=sink).export(snapshot_two_services())
+    assert sink.got == [[(4242, "/usr/bin/app", "0123456789abcdef0123456789abcdef01234567")]]
+
+
+def test_background_upload_inspects_each_file_once(tmp_path):
+    import os
+    import sys
+    import time
+
+    from ddprofiler.symbols.background import BackgroundSymbolUpload
+    from ddprofiler.symbols.upload import Summary
+
+    class Uploader:
+        def __init__(self):
+            self.infos = []
+
+        def upload_infos(self, infos):
+            self.infos += infos
+            return Summary(uploaded=[(i.path, "ok") for i in infos])
+
+    up = Uploader()
+    bg = BackgroundSymbolUpload(up)
+    exe = os.path.realpath(sys.executable)
+    me = os.getpid()
+    bg.offer([(me, exe, "id-1"), (me, "/nonexistent/lib.so", "id-2")])
+    bg.offer([(me, exe, "id-1")])  # seen before: not again
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and bg.stats["symbols_uploaded"] + bg.stats["symbols_skipped"] < 2:
+        time.sleep(0.05)
+    bg.close(5)
+    assert [i.path for i in up.infos] == [f"/proc/{me}/root{exe}"]
+    assert bg.stats["symbols_seen"] == 2 and bg.stats["symbols_uploaded"] == 1
+    assert bg.stats["symbols_skipped"] == 1  # the missing file

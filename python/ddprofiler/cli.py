@@ -84,7 +84,9 @@ def _setting_options(f):
 
 
 @click.group(cls=_Group, invoke_without_command=True,
-             context_settings={"help_option_names": ["-h", "--help"]})
+             context_settings={"help_option_names": ["-h", "--help"],
+                               # wide enough that no variable name is cut in two
+                               "terminal_width": 120, "max_content_width": 120})
 @click.version_option(ddprofiler.__version__, prog_name="ddprofiler")
 @_setting_options
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
@@ -156,12 +158,28 @@ def _run(flags, verbose: bool) -> None:
         except PermissionError as e:
             exporter.close(0)
             raise Failure(str(e) or privileges.problem(cap_eff=0) or "permission denied") from e
-        Runner(settings, profiler, exporter).run(stop_requested)
+        symbols = _symbol_upload(settings)
+        Runner(settings, profiler, exporter, symbols=symbols).run(stop_requested)
+        if symbols is not None:
+            symbols.close(0)
         log.info("stopping: waiting up to %gs for pending uploads", settings.shutdown_timeout)
         exporter.close(settings.shutdown_timeout)
         stats = exporter.stats()
         log.info("stopped: uploads ok %d, failed %d, dropped %d", stats.get("uploads_ok", 0),
                  stats.get("uploads_failed", 0), stats.get("uploads_dropped", 0))
+
+
+def _symbol_upload(settings):
+    """The background symbol uploader, when --upload-symbols asks for one."""
+    if not settings.upload_symbols:
+        return None
+    from ddprofiler.symbols import SymbolUploader
+    from ddprofiler.symbols.background import BackgroundSymbolUpload
+
+    uploader = SymbolUploader(settings.api_key, settings.app_key, settings.site,
+                              origin_version=ddprofiler.__version__)
+    log.info("uploading the symbols of new binaries to %s", settings.site)
+    return BackgroundSymbolUpload(uploader)
 
 
 def _native_with_privileges():

@@ -45,9 +45,11 @@ class Settings:
     stack_bytes: int = 16384
     max_queue_bytes: int = 64 << 20
     symbolize: str = "host"
+    upload_symbols: bool = False
+    app_key: Optional[str] = dataclasses.field(default=None, repr=False)
 
     def __repr__(self) -> str:  # the key never shows, whatever prints a Settings
-        fields = (f"{f.name}={mask(getattr(self, f.name)) if f.name == 'api_key' else getattr(self, f.name)!r}"
+        fields = (f"{f.name}={mask(getattr(self, f.name)) if f.name in ('api_key', 'app_key') else getattr(self, f.name)!r}"
                   for f in dataclasses.fields(self))
         return f"Settings({', '.join(fields)})"
 
@@ -199,6 +201,12 @@ SPECS: Tuple[Spec, ...] = (
     Spec("symbolize", "--symbolize", ("DD_HOST_PROFILING_SYMBOLIZE",), _symbolize,
          "Where native frames are symbolized: host (here), backend (sent as addresses with "
          "build ids, remote_symbols:yes), or both."),
+    Spec("upload_symbols", "--upload-symbols/--no-upload-symbols",
+         ("DD_HOST_PROFILING_UPLOAD_SYMBOLS", "DD_HOST_PROFILING_EXPERIMENTAL_UPLOAD_SYMBOLS"), _bool,
+         "Upload the symbols of the binaries seen in profiles where ours beat Datadog's "
+         "(needs DD_API_KEY)."),
+    Spec("app_key", "--app-key", ("DD_HOST_PROFILING_APP_KEY", "DD_APP_KEY"), _text,
+         "Datadog application key, for the symbol query.", secret=True),
 )
 SPEC_BY_NAME: Dict[str, Spec] = {s.name: s for s in SPECS}
 
@@ -249,6 +257,8 @@ def resolve(flags: Mapping[str, Any], environ: Mapping[str, str]) -> Tuple[Setti
         raise ConfigError(f"{_origin('stack_bytes', sources)}: {settings.stack_bytes} is not a multiple of 8")
     if not settings.split_by_service and not settings.host_service:
         raise ConfigError("--host-service (DD_HOST_PROFILING_SERVICE) is required with --no-split-by-service")
+    if settings.upload_symbols and not settings.api_key:
+        raise ConfigError("--upload-symbols needs an API key: set DD_API_KEY (or DD_HOST_PROFILING_API_KEY)")
     if settings.agentless and not settings.output_dir and not settings.api_key:
         raise ConfigError("--agentless needs an API key: set DD_API_KEY (or DD_HOST_PROFILING_API_KEY)")
     return settings, sources

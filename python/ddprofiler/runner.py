@@ -33,8 +33,10 @@ FAILURE_STATS = ("lost", "process_gone", "maps_errors", "elf_errors", "symbolize
 
 class Runner:
     def __init__(self, settings: Settings, profiler: Any, exporter: Any, *,
-                 clock: Callable[[], float] = time.monotonic, rng: Callable[[], float] = random.random):
+                 clock: Callable[[], float] = time.monotonic, rng: Callable[[], float] = random.random,
+                 symbols: Any = None):
         self.settings = settings
+        self.symbols = symbols  # symbols.background.BackgroundSymbolUpload, when uploading
         self.profiler = profiler
         self.exporter = exporter
         self.clock = clock
@@ -82,6 +84,8 @@ class Runner:
                 sample["container_name"] = t.container_name
             if t.pod_name:
                 sample["pod_name"] = t.pod_name
+        if self.symbols is not None:
+            self.symbols.offer(native_binaries(snapshot))
         if self.settings.symbolize == "backend":
             _leave_native_frames_to_backend(snapshot)
         groups = split(snapshot, lambda s: self._key(tags_of[s["pid"]]))
@@ -142,6 +146,22 @@ class Runner:
 
 def _fmt(d: Mapping[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(d.items()))
+
+
+def native_binaries(snapshot: Mapping[str, Any]) -> List[Tuple[int, str, str]]:
+    """(pid, path, file id) of each file-backed native mapping the period's samples touch."""
+    mappings, locations, stacks = snapshot["mappings"], snapshot["locations"], snapshot["stacks"]
+    seen: Dict[int, Tuple[int, str, str]] = {}
+    for sample in snapshot["samples"]:
+        for loc in stacks[sample["stack"]]:
+            m = locations[loc]["mapping"]
+            if m < 0 or m in seen:
+                continue
+            mp = mappings[m]
+            if mp["is_kernel"] or not mp["build_id"] or not mp["path"].startswith("/"):
+                continue
+            seen[m] = (sample["pid"], mp["path"].removesuffix(" (deleted)"), mp["build_id"])
+    return list(seen.values())
 
 
 def _leave_native_frames_to_backend(snapshot: Mapping[str, Any]) -> None:
