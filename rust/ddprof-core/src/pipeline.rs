@@ -104,12 +104,6 @@ impl Pipeline {
         let outcome = self.unwinder.unwind(process, h.user_ip, h.user_sp, h.user_bp, rec.ustack, cut, &mut addrs);
         *self.counts.entry(outcome.stat_name()).or_insert(0) += 1;
 
-        // JIT code lives in anonymous executable memory; its names are in the perf map.
-        let jit = addrs.iter().any(|&a| process.mapping_index(a).is_some_and(|i| process.mappings[i].kind == MapKind::Anon));
-        if jit {
-            self.perf_maps.entry(h.pid).or_default().refresh(h.pid);
-        }
-        let perf_map = self.perf_maps.get(&h.pid);
         for &addr in &addrs {
             let key = match process.mapping_index(addr) {
                 Some(mi) => {
@@ -123,13 +117,22 @@ impl Pipeline {
                         build_id: m.file.as_ref().map(|f| f.file_id()).unwrap_or_default(),
                         is_kernel: false,
                     });
+                    let perf_maps = &mut self.perf_maps;
                     let id = agg.frame(FrameKey::User { mapping, addr }, |_| {
                         let req = match (&m.kind, &m.file) {
                             (MapKind::File | MapKind::Vdso, Some(f)) => SymRequest::File { file: f.clone(), offset: m.file_offset(addr) },
-                            _ => match perf_map.and_then(|pm| pm.lookup(addr)) {
-                                Some(name) => SymRequest::Fixed(Symbolizer::jit(name)),
-                                None => SymRequest::Fixed(Symbolizer::marker(if m.path.is_empty() { "[anon]" } else { &m.path })),
-                            },
+                            // JIT code lives in anonymous executable memory; its names are in
+                            // the perf map, read on the first new frame of such memory.
+                            (MapKind::Anon, _) => {
+                                let pm = perf_maps.entry(h.pid).or_default();
+                                pm.refresh(h.pid);
+                                match pm.lookup(addr) {
+                                    Some(name) => SymRequest::Fixed(Symbolizer::jit(name)),
+                                    None => SymRequest::Fixed(Symbolizer::marker(if m.path.is_empty() { "[anon]" } else { &m.path })),
+                                }
+                            }
+                            // A file that could not be opened or parsed (counted in elf_errors).
+                            _ => SymRequest::Fixed(Symbolizer::marker(&m.path)),
                         };
                         (mapping as i64, req)
                     });
