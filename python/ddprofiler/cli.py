@@ -177,8 +177,13 @@ def _symbol_upload(settings):
     from ddprofiler.symbols.background import BackgroundSymbolUpload
 
     uploader = SymbolUploader(settings.api_key, settings.app_key, settings.site,
+                              dry_run=settings.symbols_dry_run,
+                              api_base_url=settings.symbols_api_url,
+                              intake_base_url=settings.symbols_intake_url,
                               origin_version=ddprofiler.__version__)
-    log.info("uploading the symbols of new binaries to %s", settings.site)
+    log.info("%s the symbols of new binaries to %s",
+             "dry run: not uploading" if settings.symbols_dry_run else "uploading",
+             uploader.intake_url)
     return BackgroundSymbolUpload(uploader)
 
 

@@ -47,6 +47,9 @@ class Settings:
     symbolize: str = "host"
     upload_symbols: bool = False
     app_key: Optional[str] = dataclasses.field(default=None, repr=False)
+    symbols_dry_run: bool = False
+    symbols_api_url: Optional[str] = None
+    symbols_intake_url: Optional[str] = None
 
     def __repr__(self) -> str:  # the key never shows, whatever prints a Settings
         fields = (f"{f.name}={mask(getattr(self, f.name)) if f.name in ('api_key', 'app_key') else getattr(self, f.name)!r}"
@@ -116,6 +119,18 @@ def _agent_url(text: str) -> str:
         return url
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise ValueError(f"'{url}' is not an http://, https:// or unix:// URL")
+    try:
+        parsed.port
+    except ValueError:
+        raise ValueError(f"'{url}' has an invalid port") from None
+    return url.rstrip("/")
+
+
+def _http_url(text: str) -> str:
+    url = text.strip()
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ValueError(f"'{url}' is not an http:// or https:// URL")
     try:
         parsed.port
     except ValueError:
@@ -207,6 +222,13 @@ SPECS: Tuple[Spec, ...] = (
          "(needs DD_API_KEY)."),
     Spec("app_key", "--app-key", ("DD_HOST_PROFILING_APP_KEY", "DD_APP_KEY"), _text,
          "Datadog application key, for the symbol query.", secret=True),
+    Spec("symbols_dry_run", "--symbols-dry-run/--no-symbols-dry-run", ("DD_HOST_PROFILING_SYMBOLS_DRY_RUN",),
+         _bool, "With --upload-symbols: query and log what would be uploaded, upload nothing."),
+    Spec("symbols_api_url", "--symbols-api-url", ("DD_HOST_PROFILING_SYMBOLS_API_URL",), _http_url,
+         "Base URL of the symbol query API (a proxy). Default: https://api.<site>."),
+    Spec("symbols_intake_url", "--symbols-intake-url",
+         ("DD_HOST_PROFILING_SYMBOLS_INTAKE_URL", "DATADOG_SOURCEMAP_INTAKE_URL"), _http_url,
+         "Base URL of the symbol intake (a proxy). Default: https://sourcemap-intake.<site>."),
 )
 SPEC_BY_NAME: Dict[str, Spec] = {s.name: s for s in SPECS}
 

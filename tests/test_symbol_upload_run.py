@@ -1,0 +1,114 @@
+"""--upload-symbols end to end: the continuous profiler profiles a workload, and the
+binaries it sees go to a local server playing Datadog's symbol query and intake, once.
+
+The chain workload has a symbol table and a GNU build id; profiles go to --output-dir so no
+agent is needed; the state file lives in a per-test XDG_STATE_HOME.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ddprofiler.symbols import inspect
+from helpers import Workload
+from symbol_backend import backend, parts  # noqa: F401 (backend is a fixture)
+from test_run_agent import stop
+from test_symbol_upload import API_KEY, APP_KEY
+
+pytestmark = pytest.mark.bpf
+
+
+def run_profiler(backend, out, state, *extra) -> subprocess.Popen:
+    env = {**os.environ, "DD_API_KEY": API_KEY, "DD_APP_KEY": APP_KEY, "XDG_STATE_HOME": str(state)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "ddprofiler", "--output-dir", str(out), "--upload-period", "2",
+         "--sampling-rate", "99", "--upload-symbols", "--symbols-api-url", backend.url,
+         "--symbols-intake-url", backend.url, "-v", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def nm(path) -> list:
+    syms = [ln.split() for ln in subprocess.run(["nm", path], capture_output=True, text=True,
+                                                check=True).stdout.splitlines()]
+    return sorted((f[0] if len(f) == 3 else "", f[-1]) for f in syms)
+
+
+def wait_for(pred, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def queried_ids(backend) -> set:
+    return {b for _, q in backend.queries for b in q["data"]["attributes"]["buildIds"]}
+
+
+def uploaded_events(backend) -> list:
+    return [json.loads(parts(h, body)["event"][1]) for h, body in backend.uploads]
+
+
+def test_run_uploads_symbols_of_profiled_binaries_once(workloads, backend, tmp_path):
+    chain = str(workloads["chain"])
+    info = inspect(chain)
+    assert info.gnu_build_id and info.symbol_source in ("debug_info", "symbol_table")
+    state = tmp_path / "state"
+
+    # 1: the workload's binary is queried and uploaded, with its symbols and no code.
+    with Workload([chain, "60"]):
+        prof = run_profiler(backend, tmp_path / "p1", state)
+        got = wait_for(lambda: any(e["gnu_build_id"] == info.gnu_build_id
+                                   for e in uploaded_events(backend)), 30)
+        err = stop(prof)
+    assert got, f"no upload of {chain}: queries {backend.queries}\n{err}"
+    assert info.gnu_build_id in queried_ids(backend)
+    (h, body), = [(h, b) for h, b in backend.uploads
+                  if json.loads(parts(h, b)["event"][1])["gnu_build_id"] == info.gnu_build_id]
+    assert h["DD-API-KEY"] == API_KEY
+    p = parts(h, body)
+    event = json.loads(p["event"][1])
+    assert event["filename"] == "chain" and event["symbol_source"] == info.symbol_source
+    assert event["arch"] == info.arch and event["file_hash"] == info.file_hash
+    elf = tmp_path / "uploaded.debug"
+    elf.write_bytes(p["elf_symbol_file"][1])
+    assert nm(str(elf)) == nm(chain) and any(n == "leaf" for _, n in nm(chain))
+    text = subprocess.run(["readelf", "-SW", str(elf)], capture_output=True, text=True, check=True).stdout
+    assert re.search(r"\.text\s+NOBITS", text), text
+    assert API_KEY not in err and APP_KEY not in err
+    # The profile names the same build id as the upload.
+    from ddprofiler.pprof import read_pprof
+    profs = [read_pprof(str(f)) for f in sorted((tmp_path / "p1").glob("*.pprof"))]
+    ids = {p.string_table[m.build_id] for p in profs for m in p.mapping
+           if p.string_table[m.filename].endswith("/chain")}
+    assert ids == {info.gnu_build_id}, ids
+
+    # 2: a restart with the same state file does not upload the workload's binary again.
+    n_uploads, n_queries = len(backend.uploads), len(backend.queries)
+    with Workload([chain, "60"]):
+        prof = run_profiler(backend, tmp_path / "p2", state)
+        time.sleep(7)
+        err = stop(prof)
+    # (other binaries of the host may be new: phase 1 stopped as soon as the workload's went)
+    assert info.gnu_build_id not in {e["gnu_build_id"] for e in uploaded_events(backend)[n_uploads:]}
+    later = {b for _, q in backend.queries[n_queries:] for b in q["data"]["attributes"]["buildIds"]}
+    assert info.gnu_build_id not in later, "the state file should spare even the query"
+
+    # 3: dry run with a fresh state: queried, logged, nothing uploaded.
+    n_queries, n_uploads = len(backend.queries), len(backend.uploads)
+    with Workload([chain, "60"]):
+        prof = run_profiler(backend, tmp_path / "p3", tmp_path / "state3", "--symbols-dry-run")
+        got = wait_for(lambda: any(info.gnu_build_id in q["data"]["attributes"]["buildIds"]
+                                   for _, q in backend.queries[n_queries:]), 30)
+        time.sleep(2)
+        err = stop(prof)
+    assert got, err
+    assert len(backend.uploads) == n_uploads
+    assert re.search(rf"dry run: would upload \S*/chain \({info.symbol_source}", err), err
