@@ -3,16 +3,19 @@
 # Agent when one answers on localhost:8126, else into ./profiles (one pprof per service
 # every 60 s) until Ctrl-C.
 PYTHON ?= python3
-APT_PACKAGES = clang-19 llvm-19 libbpf-dev linux-libc-dev bpftool linux-perf binutils gcc g++ make python3 python3-venv util-linux openssl
+APT_PACKAGES = clang-19 llvm-19 libbpf-dev linux-libc-dev bpftool linux-perf binutils gcc g++ make python3 python3-venv util-linux openssl golang-1.19-go
 
 .PHONY: all deps install test test-rust test-wheel test-fuzz test-python run record wheel clean
 
 all: install
 
-# System packages the build (clang, libbpf headers) and the tests (perf, Debian's python3) need.
+# System packages the build (clang, libbpf headers) and the tests (perf, Debian's python3, a
+# Go toolchain: Debian's golang-go unless one is on PATH) need.
 deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
+	  command -v go >/dev/null || [ -x /usr/local/go/bin/go ] || \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-go >/dev/null; \
 	else echo "make deps: run as root on Debian/Ubuntu, or install: $(APT_PACKAGES)"; fi
 
 install:

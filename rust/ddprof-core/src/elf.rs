@@ -67,6 +67,8 @@ pub struct ElfFile {
     /// neither, a debug file is looked up by build id (see `debug_file_by_build_id`).
     pub has_debug_info: bool,
     pub has_debuglink: bool,
+    /// Go's own symbol table, which survives `-ldflags=-s -w` (see `gopclntab`).
+    pub has_gopclntab: bool,
     pub segments: Vec<LoadSegment>,
     pub text: Option<Section>,
     pub eh_frame: Option<Section>,
@@ -135,6 +137,7 @@ impl ElfFile {
             debug_dirs: Vec::new(),
             has_debug_info: obj.section_by_name(".debug_info").is_some(),
             has_debuglink: obj.section_by_name(".gnu_debuglink").is_some(),
+            has_gopclntab: obj.section_by_name(".gopclntab").is_some(),
             segments,
             text: section(".text"),
             eh_frame: section(".eh_frame"),
@@ -143,6 +146,11 @@ impl ElfFile {
             got: section(".got"),
             map: map.clone(),
         })
+    }
+
+    /// The whole file, as mapped.
+    pub fn bytes(&self) -> &[u8] {
+        &self.map
     }
 
     pub fn slice(&self, s: &Option<Section>) -> Option<MapSlice> {
@@ -380,6 +388,7 @@ mod tests {
             debug_dirs: Vec::new(),
             has_debug_info: false,
             has_debuglink: false,
+            has_gopclntab: false,
             segments,
             text: None,
             eh_frame: None,

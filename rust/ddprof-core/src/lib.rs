@@ -7,6 +7,7 @@ pub mod abi;
 pub mod aggregate;
 pub mod elf;
 pub mod error;
+pub mod gopclntab;
 pub mod kallsyms;
 pub mod perfmap;
 pub mod pipeline;

@@ -1,6 +1,7 @@
-//! Turns addresses into functions, files and lines: user code through blazesym (ELF
-//! symtab/dynsym, DWARF lines and inlined functions, demangling), kernel code through
-//! `kallsyms`.
+//! Turns addresses into functions, files and lines: Go code through the binary's own
+//! `.gopclntab` (see `gopclntab`: right even when stripped, and what the Go runtime itself
+//! reports), other user code through blazesym (ELF symtab/dynsym, DWARF lines and inlined
+//! functions, demangling), kernel code through `kallsyms`.
 //!
 //! Input: a period's symbolization requests: file offsets in ELF files (kept open, read
 //! through /proc/self/fd so deleted files and exited processes still work) and kernel
@@ -20,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use crate::aggregate::SymRequest;
 use crate::elf::{ElfFile, FileKey};
+use crate::gopclntab::GoTable;
 use crate::kallsyms::{KernelSymbols, CORE_MODULE};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -136,6 +138,12 @@ impl Symbolizer {
         for (key, (file, mut offsets)) in missing {
             offsets.sort_unstable();
             offsets.dedup();
+            if file.has_gopclntab {
+                offsets = self.resolve_go(&file, offsets);
+                if offsets.is_empty() {
+                    continue;
+                }
+            }
             if !file.debug_dirs.is_empty() {
                 self.blaze = blaze_builder().set_debug_dirs(Some(&file.debug_dirs)).build();
             }
@@ -199,6 +207,30 @@ impl Symbolizer {
             .collect()
     }
 
+    /// Resolves what `.gopclntab` covers and returns the other offsets (cgo's C code, or all
+    /// of them when the table is unusable) for blazesym. Like a blazesym parse, the table is
+    /// dropped after the batch: results are cached, and peak memory stays one table.
+    fn resolve_go(&mut self, file: &ElfFile, offsets: Vec<u64>) -> Vec<u64> {
+        let table = match GoTable::parse(file.bytes()) {
+            Ok(Some(t)) => t,
+            Ok(None) => return offsets,
+            Err(e) => {
+                log::debug!("{:?}: .gopclntab: {e}", file.key);
+                return offsets;
+            }
+        };
+        let mut rest = Vec::new();
+        for off in offsets {
+            match file.file_offset_to_svma(off).and_then(|svma| table.lookup(svma)) {
+                Some(lines) => {
+                    self.user.insert((file.key, off), Arc::from(lines));
+                }
+                None => rest.push(off),
+            }
+        }
+        rest
+    }
+
     /// kallsyms, loaded on first need and again every 10 minutes (modules come and go).
     fn kernel_symbols(&mut self) -> Option<&KernelSymbols> {
         let stale = self.ksyms_loaded.is_none_or(|t| t.elapsed() > KALLSYMS_MAX_AGE);
@@ -244,6 +276,23 @@ impl Symbolizer {
 /// Lines of addresses as the file states them (virtual addresses, as `addr2line` takes),
 /// for tools and tests: one entry per address, empty where nothing resolves.
 pub fn symbolize_file(path: &str, addrs: &[u64]) -> Result<Vec<Vec<Line>>, String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("{path}: {e}"))?;
+    // SAFETY: read-only map of a file a tool asked about; see `ElfFile::open`.
+    let data = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| format!("{path}: {e}"))?;
+    if let Ok(Some(go)) = GoTable::parse(&data) {
+        let found: Vec<Option<Vec<Line>>> = addrs.iter().map(|&a| go.lookup(a)).collect();
+        if found.iter().all(Option::is_some) {
+            return Ok(found.into_iter().map(Option::unwrap_or_default).collect());
+        }
+        let blaze = new_blaze();
+        let src = Source::Elf(Elf::new(path));
+        let syms = blaze.symbolize(&src, Input::VirtOffset(addrs)).map_err(|e| format!("{path}: {e}"))?;
+        return Ok(found
+            .into_iter()
+            .zip(syms.iter())
+            .map(|(go, s)| go.or_else(|| to_lines(s)).unwrap_or_default())
+            .collect());
+    }
     let blaze = new_blaze();
     let src = Source::Elf(Elf::new(path));
     let syms = blaze.symbolize(&src, Input::VirtOffset(addrs)).map_err(|e| format!("{path}: {e}"))?;

@@ -1,0 +1,3 @@
+module gopclntabtest
+
+go 1.18
