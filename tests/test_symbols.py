@@ -119,13 +119,19 @@ def test_matches_addr2line_on_debian_binaries(native, path):
     assert named >= len(addrs) // 2, f"addr2line named only {named} of {len(addrs)}"
 
 
-def _stripped_chain(tmp_path, name: str) -> tuple[Path, Path]:
-    """The chain workload built with -g, then split: (stripped binary, its debug file)."""
+def _stripped_chain(tmp_path, name: str, compress: str = "zlib") -> tuple[Path, Path]:
+    """The chain workload built with -g, then split: (stripped binary, its debug file, debug
+    sections compressed with zlib or zstd). Debian's binutils objcopy cannot write zstd (it
+    quietly leaves the sections as they are); LLVM's can."""
     src = WORKLOADS / "chain.c"
     exe, dbg = tmp_path / name, tmp_path / f"{name}.debug"
     subprocess.run(["gcc", "-O2", "-g", "-fomit-frame-pointer", "-Wl,--build-id", "-I", str(WORKLOADS),
                     "-o", str(exe), str(src)], check=True)
-    subprocess.run(["objcopy", "--only-keep-debug", "--compress-debug-sections=zlib", str(exe), str(dbg)], check=True)
+    objcopy = "objcopy" if compress == "zlib" else (shutil.which("llvm-objcopy-19") or "llvm-objcopy")
+    subprocess.run([objcopy, "--only-keep-debug", f"--compress-debug-sections={compress}", str(exe), str(dbg)],
+                   check=True)
+    sections = subprocess.run(["readelf", "-tW", str(dbg)], capture_output=True, text=True).stdout
+    assert re.search(rf"\.debug_info\s*\n.*\n.*COMPRESSED\s*\n\s*{compress.upper()},", sections), sections
     subprocess.run(["strip", "--strip-all", str(exe)], check=True)
     assert "leaf" not in subprocess.run(["nm", "-a", str(exe)], capture_output=True, text=True).stdout
     return exe, dbg
@@ -150,8 +156,9 @@ def _profile_lines(tmp_path, exe: Path) -> dict[str, tuple[str, int]]:
 
 
 @pytest.mark.bpf
-def test_debug_file_found_through_gnu_debuglink(tmp_path):
-    exe, dbg = _stripped_chain(tmp_path, "chain_dl")
+@pytest.mark.parametrize("compress", ["zlib", "zstd"])
+def test_debug_file_found_through_gnu_debuglink(tmp_path, compress):
+    exe, dbg = _stripped_chain(tmp_path, "chain_dl", compress)
     subprocess.run(["objcopy", f"--add-gnu-debuglink={dbg}", str(exe)], check=True, cwd=tmp_path)
     lines = _profile_lines(tmp_path, exe)
     for fn in ("leaf", "middle", "outer", "main"):
