@@ -60,6 +60,9 @@ pub struct ElfFile {
     pub build_id: Option<Vec<u8>>,
     /// The Go toolchain's build id (`.note.go.buildid`), for Go binaries.
     pub go_build_id: Option<String>,
+    /// The id the backend knows this file by (see `file_id`); also what symbol caches are
+    /// keyed by, so one binary seen through many containers (other inodes) is resolved once.
+    pub id: Arc<str>,
     /// Where separate debug files may be (build-id trees and debug links), inside the root
     /// of the process that mapped the file first, then on the host.
     pub debug_dirs: Vec<PathBuf>,
@@ -128,12 +131,14 @@ impl ElfFile {
             };
             Some(Section { svma, data })
         };
+        let id = Arc::from(file_id_of(build_id.as_deref(), go_build_id.as_deref(), &map, size));
         Ok(ElfFile {
             key,
             file,
             size,
             build_id,
             go_build_id,
+            id,
             debug_dirs: Vec::new(),
             has_debug_info: obj.section_by_name(".debug_info").is_some(),
             has_debuglink: obj.section_by_name(".gnu_debuglink").is_some(),
@@ -214,14 +219,18 @@ impl ElfFile {
     /// The id the backend knows this file by: the GNU build id, else the Go build id, else
     /// the file hash of datadog-contracts.md.
     pub fn file_id(&self) -> String {
-        if let Some(b) = self.build_id.as_deref().filter(|b| !b.is_empty()) {
-            return hex(b);
-        }
-        if let Some(g) = &self.go_build_id {
-            return g.clone();
-        }
-        file_hash(&self.map, self.size)
+        self.id.to_string()
     }
+}
+
+fn file_id_of(build_id: Option<&[u8]>, go_build_id: Option<&str>, data: &[u8], size: u64) -> String {
+    if let Some(b) = build_id.filter(|b| !b.is_empty()) {
+        return hex(b);
+    }
+    if let Some(g) = go_build_id {
+        return g.to_string();
+    }
+    file_hash(data, size)
 }
 
 /// For the fuzz target: the whole path a mapped file takes (parse, segments, bias, file id,
@@ -385,6 +394,7 @@ mod tests {
             size: 0,
             build_id: None,
             go_build_id: None,
+            id: Arc::from(""),
             debug_dirs: Vec::new(),
             has_debug_info: false,
             has_debuglink: false,

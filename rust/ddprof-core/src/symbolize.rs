@@ -8,7 +8,7 @@
 //! addresses. Output: the lines of each, innermost inlined function first, as pprof wants
 //! them; empty when nothing resolves (the location keeps module + address).
 //! Runs on its own thread (blazesym's symbolizer is not Send), so a slow first parse of a
-//! large binary never stalls the ring buffer drain. Cached per (file identity, offset) and
+//! large binary never stalls the ring buffer drain. Cached per (build id or file hash, offset) and
 //! per kernel address, bounded.
 //! Non-goals: unwinding, deciding which file an address is in (see `process`).
 use std::collections::HashMap;
@@ -20,7 +20,7 @@ use blazesym::symbolize::{CodeInfo, Input, Symbolized, Symbolizer as Blaze};
 use std::time::{Duration, Instant};
 
 use crate::aggregate::SymRequest;
-use crate::elf::{ElfFile, FileKey};
+use crate::elf::ElfFile;
 use crate::gopclntab::GoTable;
 use crate::kallsyms::{KernelSymbols, CORE_MODULE};
 
@@ -38,7 +38,9 @@ const MAX_CACHED: usize = 32_768;
 
 pub struct Symbolizer {
     blaze: Blaze,
-    user: HashMap<(FileKey, u64), Lines>,
+    /// Keyed by the file's id (build id, else Go build id, else file hash), not its inode:
+    /// the same binary in many containers is resolved once.
+    user: HashMap<(Arc<str>, u64), Lines>,
     kernel: HashMap<u64, Lines>,
     empty: Lines,
     pub failures: u64,
@@ -118,13 +120,13 @@ impl Symbolizer {
             self.kernel.clear();
         }
         // Gather what is missing, per file.
-        let mut missing: HashMap<FileKey, (Arc<ElfFile>, Vec<u64>)> = HashMap::new();
+        let mut missing: HashMap<Arc<str>, (Arc<ElfFile>, Vec<u64>)> = HashMap::new();
         let mut kmissing: Vec<u64> = Vec::new();
         for r in requests {
             match r {
                 SymRequest::File { file, offset } => {
-                    if !self.user.contains_key(&(file.key, *offset)) {
-                        missing.entry(file.key).or_insert_with(|| (file.clone(), Vec::new())).1.push(*offset);
+                    if !self.user.contains_key(&(file.id.clone(), *offset)) {
+                        missing.entry(file.id.clone()).or_insert_with(|| (file.clone(), Vec::new())).1.push(*offset);
                     }
                 }
                 SymRequest::Kernel { addr } => {
@@ -168,14 +170,14 @@ impl Symbolizer {
                 Ok(all) => {
                     for (off, lines) in offsets.iter().zip(all) {
                         let lines = self.lines_or_empty(lines);
-                        self.user.insert((key, *off), lines);
+                        self.user.insert((key.clone(), *off), lines);
                     }
                 }
                 Err(e) => {
                     log::debug!("symbolizing {key:?}: {e}");
                     for off in &offsets {
                         let lines = self.lines_or_empty(None);
-                        self.user.insert((key, *off), lines);
+                        self.user.insert((key.clone(), *off), lines);
                     }
                 }
             }
@@ -200,7 +202,7 @@ impl Symbolizer {
         requests
             .iter()
             .map(|r| match r {
-                SymRequest::File { file, offset } => self.user.get(&(file.key, *offset)).cloned().unwrap_or_else(|| self.empty.clone()),
+                SymRequest::File { file, offset } => self.user.get(&(file.id.clone(), *offset)).cloned().unwrap_or_else(|| self.empty.clone()),
                 SymRequest::Kernel { addr } => self.kernel.get(addr).cloned().unwrap_or_else(|| self.empty.clone()),
                 SymRequest::Fixed(l) => l.clone(),
             })
@@ -223,7 +225,7 @@ impl Symbolizer {
         for off in offsets {
             match file.file_offset_to_svma(off).and_then(|svma| table.lookup(svma)) {
                 Some(lines) => {
-                    self.user.insert((file.key, off), Arc::from(lines));
+                    self.user.insert((file.id.clone(), off), Arc::from(lines));
                 }
                 None => rest.push(off),
             }
@@ -297,4 +299,43 @@ pub fn symbolize_file(path: &str, addrs: &[u64]) -> Result<Vec<Vec<Line>>, Strin
     let src = Source::Elf(Elf::new(path));
     let syms = blaze.symbolize(&src, Input::VirtOffset(addrs)).map_err(|e| format!("{path}: {e}"))?;
     Ok(syms.iter().map(|s| to_lines(s).unwrap_or_default()).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::elf::FileKey;
+    use std::os::unix::fs::MetadataExt;
+
+    fn open(path: &std::path::Path) -> Arc<ElfFile> {
+        let f = std::fs::File::open(path).expect("open");
+        let meta = f.metadata().expect("metadata");
+        let key = FileKey { dev: meta.dev(), inode: meta.ino() };
+        Arc::new(ElfFile::open(f, key).expect("an ELF file"))
+    }
+
+    /// Two copies of one binary (as two containers' layers would hold it): other inodes,
+    /// same build id, resolved once.
+    #[test]
+    fn cache_is_keyed_by_build_id_not_inode() {
+        let dir = std::env::temp_dir().join(format!("ddprof-symkey-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp dir");
+        let (a, b) = (dir.join("a"), dir.join("b"));
+        let exe = std::env::current_exe().expect("this test's binary");
+        std::fs::copy(&exe, &a).expect("copy");
+        std::fs::copy(&exe, &b).expect("copy");
+        let (fa, fb) = (open(&a), open(&b));
+        std::fs::remove_dir_all(&dir).ok();
+        assert_ne!(fa.key, fb.key);
+        assert_eq!(fa.id, fb.id);
+        let text = fa.text.as_ref().expect(".text").svma.start;
+        let offset = fa.segments.iter().find_map(|s| (text >= s.vaddr && text < s.vaddr + s.file_size).then(|| text - s.vaddr + s.file_offset));
+        let offset = offset.expect("text in a segment") + 16;
+        let mut sym = Symbolizer::new();
+        let first = sym.resolve(&[SymRequest::File { file: fa, offset }]);
+        assert_eq!(sym.user.len(), 1);
+        let second = sym.resolve(&[SymRequest::File { file: fb, offset }]);
+        assert_eq!(sym.user.len(), 1, "the copy was resolved again");
+        assert!(Arc::ptr_eq(&first[0], &second[0]));
+    }
 }
