@@ -12,11 +12,11 @@
 //! text split into several sections (only externally linked ppc64le), caching (the caller's).
 //!
 //! Written by hand because no maintained Rust crate decodes gopclntab including inline trees.
-//! The table is copied, so the file can be unmapped. Inline trees hang off
-//! `moduledata.gofunc`; without symbols the moduledata is found by its contents (first word =
+//! The table borrows the file's bytes (no copy: a large table is page cache, not heap).
+//! Inline trees hang off `moduledata.gofunc`; without symbols the moduledata is found by its contents (first word =
 //! the pcHeader's address) or, when the linker left them unapplied, through its dynamic
 //! relocations. Go 1.26 places `go:func.*` inside .gopclntab; older linkers put it in .rodata,
-//! of which only the span the trees occupy is copied. A lookup binary-searches the function
+//! of which only the span the trees occupy is read. A lookup binary-searches the function
 //! table and decodes that function's pc-value tables up to the address, like the runtime's
 //! `pcvalue`; there is no per-pc table.
 use object::{Object, ObjectSection, RelocationFlags, SectionFlags};
@@ -73,15 +73,17 @@ const LAYOUT_1_20: Layout = Layout {
 };
 
 /// Where the inline trees (gofunc-relative offsets) are read from.
-enum InlTrees {
+enum InlTrees<'a> {
     /// gofunc lies inside .gopclntab at this offset (Go 1.26+).
     InPclntab(usize),
-    /// Copy of gofunc-relative bytes `[lo, lo + bytes.len())`.
-    Owned { lo: u64, bytes: Vec<u8> },
+    /// The gofunc-relative bytes `[lo, lo + bytes.len())`.
+    InRodata { lo: u64, bytes: &'a [u8] },
 }
 
-pub struct GoTable {
-    pclntab: Vec<u8>,
+/// Borrows the file's bytes (an mmap): nothing is copied, so a large table costs page cache,
+/// not heap, and the caller decides how long the map lives.
+pub struct GoTable<'a> {
+    pclntab: &'a [u8],
     layout: Layout,
     quantum: u64,
     nfunc: usize,
@@ -93,7 +95,7 @@ pub struct GoTable {
     pctab: usize,
     functab: usize,
     /// None when gofunc could not be found: inlined code then degrades (see `lookup`).
-    inl: Option<InlTrees>,
+    inl: Option<InlTrees<'a>>,
     /// abi.FuncIDWrapper and the panic functions' IDs, for CallersFrames' wrapper elision.
     /// Read from this binary because the numbering changes between Go releases.
     wrapper_id: Option<u8>,
@@ -220,10 +222,10 @@ struct ModuleData {
     words: Vec<u64>,
 }
 
-impl GoTable {
+impl<'a> GoTable<'a> {
     /// Parse from the bytes of a whole ELF file (an mmap). Ok(None) when the file has no
     /// .gopclntab (not Go). Err with a short reason on malformed or unsupported data.
-    pub fn parse(elf: &[u8]) -> Result<Option<GoTable>, String> {
+    pub fn parse(elf: &'a [u8]) -> Result<Option<GoTable<'a>>, String> {
         let file = object::File::parse(elf).map_err(|e| format!("not a parsable ELF: {e}"))?;
         if file.format() != object::BinaryFormat::Elf {
             return Ok(None);
@@ -285,7 +287,7 @@ impl GoTable {
             (None, _, None) => return Err("cannot find the start of Go text".into()),
         };
         let mut table = GoTable {
-            pclntab: pcln.to_vec(),
+            pclntab: pcln,
             layout,
             quantum: u64::from(hdr[6]),
             nfunc,
@@ -372,11 +374,7 @@ impl GoTable {
 
     /// Approximate heap bytes held (for memory accounting).
     pub fn heap_bytes(&self) -> usize {
-        let inl = match &self.inl {
-            Some(InlTrees::Owned { bytes, .. }) => bytes.capacity(),
-            _ => 0,
-        };
-        std::mem::size_of::<Self>() + self.pclntab.capacity() + inl
+        std::mem::size_of::<Self>()
     }
 
     /// Number of functions in the table.
@@ -488,7 +486,7 @@ impl GoTable {
         let rel = tree.checked_add(u64::try_from(ix).ok()?.checked_mul(size as u64)?)?;
         match self.inl.as_ref()? {
             InlTrees::InPclntab(g) => bytes_at(&self.pclntab, g.checked_add(usize::try_from(rel).ok()?)?, size),
-            InlTrees::Owned { lo, bytes } => bytes_at(bytes, usize::try_from(rel.checked_sub(*lo)?).ok()?, size),
+            InlTrees::InRodata { lo, bytes } => bytes_at(bytes, usize::try_from(rel.checked_sub(*lo)?).ok()?, size),
         }
     }
 
@@ -520,7 +518,7 @@ impl GoTable {
     }
 
     /// Finds the bytes holding the inline trees given gofunc's svma.
-    fn locate_inl_trees(&self, pch: u64, gofunc: u64, sects: &[Sect]) -> Option<InlTrees> {
+    fn locate_inl_trees(&self, pch: u64, gofunc: u64, sects: &[Sect<'a>]) -> Option<InlTrees<'a>> {
         if let Some(g) = gofunc.checked_sub(pch).and_then(|g| usize::try_from(g).ok()) {
             if g < self.pclntab.len() {
                 return Some(InlTrees::InPclntab(g));
@@ -530,8 +528,8 @@ impl GoTable {
         // trees themselves, each sized by the largest index its pc table yields.
         let (lo, hi) = self.inl_tree_span()?;
         let len = usize::try_from(hi - lo).ok()?;
-        let bytes = read_va(sects, gofunc.checked_add(lo)?, len)?.to_vec();
-        Some(InlTrees::Owned { lo, bytes })
+        let bytes = read_va(sects, gofunc.checked_add(lo)?, len)?;
+        Some(InlTrees::InRodata { lo, bytes })
     }
 
     /// gofunc-relative [lo, hi) covering every function's inline tree entries.
@@ -696,7 +694,7 @@ mod tests {
 
     /// One function "main.outer" at 0x1000..0x1020 (a.go, line 7 then 9 from 0x1010) whose
     /// first 0x10 bytes are "main.inl" inlined, called from entry + `parent_pc`.
-    fn inline_table(parent_pc: u32) -> GoTable {
+    fn inline_table(parent_pc: u32) -> GoTable<'static> {
         let mut p = vec![0u8; 72];
         let names = p.len();
         p.extend_from_slice(b"main.outer\0main.inl\0\0\0\0\0");
@@ -711,7 +709,7 @@ mod tests {
         words.extend([0, names as u32 + 11, parent_pc, 0]);
         words.iter().for_each(|w| p.extend_from_slice(&w.to_le_bytes()));
         GoTable {
-            pclntab: p,
+            pclntab: Vec::leak(p),
             layout: LAYOUT_1_20,
             quantum: 1,
             nfunc: 1,

@@ -64,10 +64,11 @@ fn build_for(tc: &Toolchain, out: &Path, extra: &[&str], goarch: &str) {
     assert!(res.status.success(), "go build {extra:?}: {}", String::from_utf8_lossy(&res.stderr));
 }
 
-fn parse(path: &Path) -> (Vec<u8>, GoTable) {
-    let data = std::fs::read(path).expect("read binary");
+/// GoTable borrows the file's bytes; a test's binaries live until the process exits.
+fn parse(path: &Path) -> (&'static [u8], GoTable<'static>) {
+    let data: &'static [u8] = Box::leak(std::fs::read(path).expect("read binary").into_boxed_slice());
     let start = Instant::now();
-    let t = GoTable::parse(&data).expect("parses").expect("is Go");
+    let t = GoTable::parse(data).expect("parses").expect("is Go");
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     eprintln!("{name}: parsed in {:?}, heap {} bytes, {} functions", start.elapsed(), t.heap_bytes(), t.num_funcs());
     (data, t)
@@ -394,13 +395,13 @@ fn stripped_go_binaries_match_the_go_runtime() {
 }
 
 /// The table with moduledata's pcHeader pointer wiped, so go:func.* cannot be found.
-fn without_moduledata(data: &[u8]) -> GoTable {
+fn without_moduledata(data: &[u8]) -> GoTable<'static> {
     let elf = object::File::parse(data).expect("elf");
     let pch = elf.section_by_name(".gopclntab").expect(".gopclntab").address().to_le_bytes();
     let mut wiped = data.to_vec();
     let at = (0..wiped.len() - 8).step_by(8).find(|&i| wiped[i..i + 8] == pch).expect("moduledata");
     wiped[at..at + 8].fill(0);
-    GoTable::parse(&wiped).expect("parses").expect("is Go")
+    GoTable::parse(Vec::leak(wiped)).expect("parses").expect("is Go")
 }
 
 /// Random corruption of a real table (header, ftab, records, pc tables, names) and of the
