@@ -60,6 +60,20 @@ def symbolize_file(path: str, addresses: Sequence[int]) -> list[list[Line]]:
     """Lines of each address of an ELF file, innermost inlined function first; addresses
     as the file states them (what addr2line takes). Raises OSError for an unreadable file."""
 
+class DebugFileStats(TypedDict):
+    input_bytes: int          # size of src
+    output_bytes: int         # size of the debug file written
+    sections_compressed: int  # .debug_* sections zlib-compressed here
+    symtab_entries: int       # entries of .symtab (0 when src has none)
+    gopclntab_bytes: int      # bytes of Go's .gopclntab kept (0 when none)
+
+def make_debug_file(src: str, out: str, gopclntab_from: Optional[str] = None) -> DebugFileStats:
+    """Write the debug-only ELF of ELF64 little-endian ``src`` to ``out``: symbols, notes,
+    debug sections (zlib-compressed) and Go's ``.gopclntab`` (taken from ``gopclntab_from``
+    when ``src`` is a debug file without its bytes), no code; checked after writing.
+    Raises ValueError for a file that is not a readable/supported ELF, OSError for I/O,
+    RuntimeError when the result does not verify; ``out`` is removed on any error."""
+
 class Profiler:
     """An eBPF sampler on every online CPU with its drain thread.
 

@@ -1,7 +1,7 @@
 """Native symbol upload: inspect ELF binaries, build debug-only files, upload them.
 
 - ``inspect(path, root="/") -> BinaryInfo`` (``symbols.inspect``);
-- ``make_debug_file(info, out_path, timeout=60, max_memory=1<<30)`` (``symbols.debugfile``);
+- ``make_debug_file(info, out_path)`` (``symbols.debugfile``);
 - ``SymbolUploader(api_key, app_key=None, site=...).upload_paths(paths) -> Summary``
   (``symbols.upload``). Contract: /work/shared/datadog-contracts.md, "Symbol upload".
 """

@@ -15,8 +15,8 @@ Contract (docs: /work/shared/datadog-contracts.md, "Symbol upload"):
   headers ``DD-API-KEY``, ``DD-EVP-ORIGIN: ddprofiler``, ``DD-EVP-ORIGIN-VERSION``;
   multipart parts ``elf_symbol_file`` (the debug-only ELF, streamed from disk with a
   precomputed Content-Length) and ``event`` (filename ``event.json``, the metadata).
-- ``dynamic_symbol_table`` alone is never uploaded: objcopy --only-keep-debug turns .dynsym
-  into NOBITS, so the file would carry no symbol (the reference profiler's default too).
+- ``dynamic_symbol_table`` alone is never uploaded: the debug-only file (like objcopy
+  --only-keep-debug's) has .dynsym as NOBITS, so the file would carry no symbol (the reference profiler's default too).
 - Bounded: at most ``max_bytes_in_flight`` request-body bytes are being sent at once (a
   single larger file takes the whole budget alone); ``max_workers`` threads; retries with
   exponential backoff on 5xx and connection errors, none on 4xx.
@@ -106,8 +106,7 @@ class SymbolUploader:
                  dry_run: bool = False, state_path: str | None = "default",
                  api_base_url: str | None = None, intake_base_url: str | None = None,
                  timeout: float = 60, retries: int = 3, backoff: float = 1.0,
-                 objcopy_timeout: float = 60,
-                 objcopy_max_memory: int = 1 << 30, origin_version: str | None = None):
+                 origin_version: str | None = None):
         if not api_key:
             raise ValueError("an API key is required")
         self._api_key, self._app_key, self.site = api_key, app_key, site
@@ -117,7 +116,6 @@ class SymbolUploader:
         self.budget = ByteBudget(max_bytes_in_flight)
         self.max_workers, self.dry_run, self.timeout = max(1, max_workers), dry_run, timeout
         self.retries, self.backoff = max(0, retries), backoff
-        self.objcopy_timeout, self.objcopy_max_memory = objcopy_timeout, objcopy_max_memory
         self.origin_version = origin_version or _version()
         self.state_path = default_state_path() if state_path == "default" else state_path
         self._state_lock = threading.Lock()
@@ -268,7 +266,7 @@ class SymbolUploader:
     def _process(self, info: BinaryInfo, source: str, summary: Summary, lock):
         with tempfile.TemporaryDirectory(prefix="ddprof-sym-") as tmp:
             out = os.path.join(tmp, os.path.basename(info.path) + ".debug")
-            make_debug_file(info, out, self.objcopy_timeout, self.objcopy_max_memory)
+            make_debug_file(info, out)
             if self.dry_run:
                 log.info("dry run: would upload %s (%s, %d bytes, build id %s)", info.path,
                          source, os.path.getsize(out), info.gnu_build_id or info.file_hash)

@@ -5,6 +5,7 @@
 //! registry, `unwind`, `symbolize`, `aggregate`) -> `profiler::Profiler::snapshot`.
 pub mod abi;
 pub mod aggregate;
+pub mod debugfile;
 pub mod elf;
 pub mod error;
 pub mod gopclntab;

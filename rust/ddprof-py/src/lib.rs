@@ -2,7 +2,8 @@
 //!
 //! Conversions live here and nowhere else: core errors become Python exceptions in
 //! [`to_py_err`], snapshots become dicts in [`snapshot_to_py`], and every call that can block
-//! (starting, snapshotting, stopping) runs with the GIL released through [`blocking`].
+//! (starting, snapshotting, stopping, writing debug files) runs with the GIL released through
+//! [`blocking`].
 use std::sync::Mutex;
 
 use ddprof_core::aggregate::Snapshot;
@@ -181,6 +182,30 @@ fn symbolize_file<'py>(py: Python<'py>, path: String, addresses: Vec<u64>) -> Py
     Ok(out)
 }
 
+/// Writes the debug-only ELF of `src` to `out` (see `ddprof_core::debugfile`), taking Go's
+/// `.gopclntab` from `gopclntab_from` when `src` is a debug file without its bytes.
+#[pyfunction]
+#[pyo3(signature = (src, out, gopclntab_from = None))]
+fn make_debug_file<'py>(
+    py: Python<'py>,
+    src: String,
+    out: String,
+    gopclntab_from: Option<String>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let from = gopclntab_from.as_deref().map(std::path::Path::new);
+    let stats = blocking(py, || {
+        ddprof_core::debugfile::write_debug_file(src.as_ref(), from, out.as_ref())
+    })
+    .map_err(to_py_err)?;
+    let d = PyDict::new(py);
+    d.set_item("input_bytes", stats.input_bytes)?;
+    d.set_item("output_bytes", stats.output_bytes)?;
+    d.set_item("sections_compressed", stats.sections_compressed)?;
+    d.set_item("symtab_entries", stats.symtab_entries)?;
+    d.set_item("gopclntab_bytes", stats.gopclntab_bytes)?;
+    Ok(d)
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     pyo3_log::init();
@@ -188,5 +213,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("BpfUnavailableError", m.py().get_type::<BpfUnavailableError>())?;
     m.add_class::<Profiler>()?;
     m.add_function(wrap_pyfunction!(symbolize_file, m)?)?;
+    m.add_function(wrap_pyfunction!(make_debug_file, m)?)?;
     Ok(())
 }
