@@ -10,7 +10,7 @@ cd "$(dirname "$0")/../rust/ddprof-core/fuzz"
 export RUSTC_BOOTSTRAP=1
 command -v cargo-fuzz >/dev/null || cargo install --quiet --locked cargo-fuzz
 corpus=$(mktemp -d)
-trap 'rm -rf "$corpus"' EXIT
+trap 'rm -rf "$corpus" /dev/shm/ddprof-fuzz-*' EXIT
 for f in /usr/bin/true /usr/lib/x86_64-linux-gnu/libz.so.1 /usr/lib/x86_64-linux-gnu/libc.so.6; do
   [ -e "$f" ] && cp "$(readlink -f "$f")" "$corpus/"
 done
@@ -27,7 +27,7 @@ if [ -z "$go" ]; then
   exit 0
 fi
 gocorpus=$(mktemp -d)
-trap 'rm -rf "$corpus" "$gocorpus"' EXIT
+trap 'rm -rf "$corpus" "$gocorpus" /dev/shm/ddprof-fuzz-*' EXIT
 (cd ../../../tests/workloads/gowork && CGO_ENABLED=0 GOTOOLCHAIN=local \
   "$go" build -ldflags="-s -w" -o "$gocorpus/gowork" .)
 cargo fuzz build --sanitizer none -O gopclntab
