@@ -2,7 +2,7 @@
 """Overhead of ddprofiler against `perf record --call-graph dwarf`, on a busy machine.
 
 Run as root: `python3 benches/overhead.py [--duration 10] [--frequencies 99,999]
-[--stack-bytes 16384] [--json out.json]`. It compiles a C workload with a real call chain
+[--stack-bytes 16384] [--workload c|go] [--json out.json]`. It compiles a C workload with a real call chain
 (tests/workloads/chain.c, -O2 -fomit-frame-pointer), keeps one copy busy on every CPU, and
 for each frequency runs, one after the other on the same load:
 
@@ -236,6 +236,8 @@ def run_perf(freq, args, tmp, foreign) -> dict:
     """perf record on the whole machine, then perf report on what it wrote."""
     data, err = tmp / f"perf-{freq}.data", tmp / f"perf-{freq}.err"
     graph = f"dwarf,{args.perf_dwarf_bytes}" if args.perf_dwarf_bytes else "dwarf"
+    if args.workload == "go" and not args.perf_dwarf_bytes:
+        graph = "fp"  # Go keeps frame pointers: what a Go user would ask perf for
     cmd = ["perf", "record", "--call-graph", graph, "-F", str(freq), "-a", "-o", str(data),
            "--", "sleep", str(args.duration)]
 
@@ -290,7 +292,7 @@ def derive(freq, duration, ours, perf) -> dict:
     return d
 
 
-def print_table(freq, ours, perf, d, stack_bytes):
+def print_table(freq, ours, perf, d, stack_bytes, workload="c"):
     rows = [
         ("samples received", ours.get("samples"), perf.get("samples"), "d"),
         (f"samples expected ({freq} Hz x {NCPU} CPU x s)", d["expected_samples"], d["expected_samples"], ".0f"),
@@ -319,7 +321,7 @@ def print_table(freq, ours, perf, d, stack_bytes):
         ("profiler's own samples in its profile (%)", ours.get("self_pct"), None, ".2f"),
         ("workload samples in the profile (%)", ours.get("workload_pct"), None, ".2f"),
     ]
-    print(f"\n== {freq} Hz, {NCPU} busy CPUs, ddprofiler {stack_bytes} B stacks ==")
+    print(f"\n== {freq} Hz, {NCPU} busy CPUs ({workload} workload), ddprofiler {stack_bytes} B stacks ==")
     w = max(len(r[0]) for r in rows)
     print(f"{'':{w}}  {'ddprofiler':>11} {'perf':>11} {'ours/perf':>10}")
     fmt = lambda v, spec: "-" if v is None else f"{v:{spec}}"
@@ -331,11 +333,22 @@ def print_table(freq, ours, perf, d, stack_bytes):
               + ", ".join(f"{k} {v}" for k, v in ours["top_processes_pct"].items()))
 
 
-def start_workloads(tmp: Path) -> set:
-    """Compile the chain workload and start one busy copy per CPU; their pids."""
-    src, exe = ROOT / "tests" / "workloads" / "chain.c", tmp / "chain"
-    subprocess.run(["gcc", "-O2", "-fomit-frame-pointer", "-o", str(exe), str(src)], check=True)
-    procs = [spawn([str(exe), "100000"], stdout=subprocess.PIPE, text=True) for _ in range(NCPU)]
+def start_workloads(tmp: Path, kind: str = "c") -> set:
+    """Build the workload and start one busy copy per CPU; their pids. c: the chain
+    workload (-O2 -fomit-frame-pointer); go: tests/workloads/gowork, stripped, allocating
+    (its garbage collector runs on system stacks, the frame-pointer chain's case)."""
+    if kind == "go":
+        exe = tmp / "gowork"
+        go = shutil.which("go") or "/usr/local/go/bin/go"
+        subprocess.run([go, "build", "-ldflags=-s -w", "-o", str(exe), "."], check=True,
+                       cwd=ROOT / "tests" / "workloads" / "gowork",
+                       env={**os.environ, "CGO_ENABLED": "0", "GOTOOLCHAIN": "local"})
+        argv = [str(exe), "100000", "alloc"]
+    else:
+        src, exe = ROOT / "tests" / "workloads" / "chain.c", tmp / "chain"
+        subprocess.run(["gcc", "-O2", "-fomit-frame-pointer", "-o", str(exe), str(src)], check=True)
+        argv = [str(exe), "100000"]
+    procs = [spawn(argv, stdout=subprocess.PIPE, text=True) for _ in range(NCPU)]
     if any(p.stdout.readline().strip() != "ready" for p in procs):
         raise SystemExit("overhead: the workload did not start")
     return {p.pid for p in procs}
@@ -350,6 +363,9 @@ def parse_args(argv=None):
                     help="perf --call-graph dwarf,N stack size (default: perf's own, 8192)")
     ap.add_argument("--report-timeout", type=float, default=45.0,
                     help="give up on `perf report` after this many seconds (default 45)")
+    ap.add_argument("--workload", choices=("c", "go"), default="c",
+                    help="c: chain.c without frame pointers (default); go: an allocating Go program"
+                         " (perf then uses --call-graph fp)")
     ap.add_argument("--runner", action="store_true", help="use the _native runner even if the CLI works")
     ap.add_argument("--json", help="also write the figures to this file")
     return ap.parse_args(argv)
@@ -372,7 +388,7 @@ def main(argv=None) -> int:
     try:
         old_stats = BPF_STATS.read_text().strip()
         BPF_STATS.write_text("1")
-        worker_pids = start_workloads(tmp)
+        worker_pids = start_workloads(tmp, args.workload)
         time.sleep(0.5)
         for freq in freqs:
             print(f"overhead: {freq} Hz: ddprofiler ({'CLI' if use_cli else 'runner'}) ...", file=sys.stderr)
@@ -381,7 +397,7 @@ def main(argv=None) -> int:
             perf = run_perf(freq, args, tmp, foreign)
             d = derive(freq, args.duration, ours, perf)
             results[str(freq)] = {"ddprofiler": ours, "perf": perf, "derived": d}
-            print_table(freq, ours, perf, d, args.stack_bytes)
+            print_table(freq, ours, perf, d, args.stack_bytes, args.workload)
     except KeyboardInterrupt:
         print("\noverhead: interrupted", file=sys.stderr)
         return 130
@@ -415,7 +431,7 @@ def main(argv=None) -> int:
     for n in notes:
         print("note: " + n)
     if args.json:
-        meta = {"cpus": NCPU, "duration_s": args.duration, "stack_bytes": args.stack_bytes,
+        meta = {"cpus": NCPU, "workload": args.workload, "duration_s": args.duration, "stack_bytes": args.stack_bytes,
                 "perf_dwarf_bytes": args.perf_dwarf_bytes or 8192, "cli": use_cli,
                 "kernel": os.uname().release, "notes": notes}
         Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2))

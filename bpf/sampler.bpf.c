@@ -21,10 +21,11 @@ volatile const __u64 wakeup_bytes = 1 << 20; /* wake the reader when this much i
 
 #define PAGE_SIZE 4096
 #define KSTACK_BYTES (DDPROF_MAX_KSTACK_DEPTH * 8)
+#define UFP_BYTES (DDPROF_MAX_UFP_DEPTH * 8)
 #define HDR_BYTES sizeof(struct sample_header)
 /* Room for the header, the largest snapshot plus one page of slack for the verifier's bound
- * on the page-by-page copy, and the kernel stack. */
-#define SCRATCH_BYTES (HDR_BYTES + DDPROF_MAX_USTACK_BYTES + PAGE_SIZE + KSTACK_BYTES)
+ * on the page-by-page copy, the kernel stack and the user frame-pointer chain. */
+#define SCRATCH_BYTES (HDR_BYTES + DDPROF_MAX_USTACK_BYTES + PAGE_SIZE + KSTACK_BYTES + UFP_BYTES)
 
 struct scratch {
 	__u8 data[SCRATCH_BYTES];
@@ -68,6 +69,15 @@ struct {
 	__type(key, __u32);
 	__type(value, __u8);
 } seen_pids SEC(".maps");
+
+/* Pids whose samples also carry the user frame-pointer chain (set by user space for Go
+ * programs; LRU, so exited pids age out). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, __u8);
+} fp_chain_pids SEC(".maps");
 
 static __always_inline void count(__u32 id)
 {
@@ -141,6 +151,7 @@ int ddprof_sample(struct bpf_perf_event_data *ctx)
 	h->user_bp = 0;
 	h->kstack_len = 0;
 	h->ustack_len = 0;
+	h->ufp_len = 0;
 	bpf_get_current_comm(h->comm, sizeof(h->comm));
 
 	/* User registers: from the interrupt when it hit user mode, else the task's saved ones. */
@@ -192,7 +203,22 @@ int ddprof_sample(struct bpf_perf_event_data *ctx)
 		klen = DDPROF_MAX_KSTACK_DEPTH;
 	h->kstack_len = klen;
 
-	__u64 total = HDR_BYTES + kstack_off + (__u64)klen * 8;
+	/* The kernel's own user frame-pointer walker (what perf --call-graph fp uses) follows
+	 * the chain wherever it leads, across stacks, where the snapshot stops. */
+	__u32 ufp_off = kstack_off + klen * 8;
+	if (ufp_off > DDPROF_MAX_USTACK_BYTES + KSTACK_BYTES)
+		ufp_off = DDPROF_MAX_USTACK_BYTES + KSTACK_BYTES;
+	__u32 flen = 0;
+	if ((h->flags & DDPROF_F_USER_REGS) && bpf_map_lookup_elem(&fp_chain_pids, &pid)) {
+		long n = bpf_get_stack(ctx, s->data + HDR_BYTES + ufp_off, UFP_BYTES, BPF_F_USER_STACK);
+		if (n > 0)
+			flen = (__u32)n / 8;
+	}
+	if (flen > DDPROF_MAX_UFP_DEPTH)
+		flen = DDPROF_MAX_UFP_DEPTH;
+	h->ufp_len = flen;
+
+	__u64 total = HDR_BYTES + ufp_off + (__u64)flen * 8;
 	if (total > SCRATCH_BYTES)
 		total = SCRATCH_BYTES;
 	int wake = 0;

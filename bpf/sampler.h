@@ -4,6 +4,9 @@
  *   struct sample_header
  *   | user stack bytes from user_sp (ustack_len bytes, then zero padding to a multiple of 8)
  *   | kernel stack (kstack_len u64 addresses, leaf first)
+ *   | user frame-pointer chain (ufp_len u64 addresses: ip, then return addresses), only for
+ *     pids in the `fp_chain_pids` map (Go programs: their stacks switch between goroutine and
+ *     system stacks, which the snapshot from sp cannot follow, while the chain does)
  * The user stack comes first so that its copy lands at a fixed offset of the scratch buffer,
  * which keeps the verifier's bounds simple.
  * Rust mirrors these types with #[repr(C)] structs and asserts their sizes at compile time;
@@ -12,10 +15,12 @@
 #ifndef DDPROF_SAMPLER_H
 #define DDPROF_SAMPLER_H
 
-#define DDPROF_ABI_VERSION 1
+#define DDPROF_ABI_VERSION 2
 
 /* Kernel stack depth taken with bpf_get_stack (PERF_MAX_STACK_DEPTH is 127). */
 #define DDPROF_MAX_KSTACK_DEPTH 127
+/* Depth of the user frame-pointer chain, from the same helper. */
+#define DDPROF_MAX_UFP_DEPTH 127
 /* Largest user stack snapshot the program can copy; the runtime size is a load-time knob. */
 #define DDPROF_MAX_USTACK_BYTES (64 * 1024)
 #define DDPROF_COMM_LEN 16
@@ -50,7 +55,9 @@ struct sample_header {
 	unsigned int kstack_len;       /* number of u64 kernel addresses that follow */
 	unsigned int ustack_len;       /* number of user stack bytes after the header */
 	char comm[DDPROF_COMM_LEN];    /* thread name */
+	unsigned int ufp_len;          /* number of u64 user frame-pointer chain entries that follow */
+	unsigned int _pad;
 };
-/* sizeof(struct sample_header) == 72 */
+/* sizeof(struct sample_header) == 80 */
 
 #endif

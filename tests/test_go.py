@@ -4,6 +4,7 @@ the functions the compiler inlined, files and lines, and the stack reaches runti
 """
 from __future__ import annotations
 
+from collections import Counter
 import os
 import re
 import shutil
@@ -102,3 +103,33 @@ def test_go_frames_inlined_files_and_lines(gowork, variant, tmp_path):
     # Every sample of the process is named: no hex frame anywhere.
     unnamed = [fr for _, fr in samples if any(not f[0] or "+0x" in f[0] for f in fr)]
     assert not unnamed, unnamed[:3]
+
+
+ROOTS = {"runtime.goexit", "runtime.mstart", "runtime.mcall", "runtime.rt0_go", "runtime.morestack"}
+
+
+@pytest.mark.bpf
+def test_go_stacks_cross_from_the_system_stack_to_the_goroutine(gowork, tmp_path):
+    """The garbage collector works on the thread's system stack (runtime.systemstack), whose
+    frame pointers lead back into the goroutine's stack, elsewhere in memory: the stack
+    snapshot cannot follow, the frame-pointer chain the sampler takes for Go programs does.
+    Stacks go on below runtime.systemstack down to a root, instead of `[truncated]`."""
+    with Workload([gowork["stripped"], "30", "alloc"]) as w:
+        samples = record(w.pid, tmp_path / "gc.pprof", seconds=4)
+    total = sum(c for c, _ in samples)
+    names = [(c, [f[0] for f in fr]) for c, fr in samples]
+    through = [(c, n) for c, n in names if "runtime.systemstack" in n]
+    n_through = sum(c for c, _ in through)
+    assert n_through >= 0.05 * total, f"too little GC work to test: {n_through}/{total}"
+    cut = sum(c for c, n in through if n[-1] not in ROOTS)
+    # The first samples of the pid come before the sampler is told it is a Go program.
+    assert cut <= 0.1 * n_through, [n for _, n in through if n[-1] not in ROOTS][:5]
+    # Allocation assists: the goroutine that allocated is below the system stack's frames.
+    assists = [n for _, n in through
+               if "main.churn" in n and n.index("runtime.systemstack") < n.index("main.churn")]
+    assert assists, [n for _, n in through][:5]
+    for n in assists:
+        assert n[n.index("main.churn"):] == ["main.churn", "main.allocate", "main.main", "runtime.main",
+                                             "runtime.goexit"], n
+    rooted = sum(c for c, n in names if n[-1] in ROOTS)
+    assert rooted >= 0.9 * total, Counter(n[-1] for _, n in names).most_common(5)

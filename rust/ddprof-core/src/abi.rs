@@ -5,6 +5,8 @@
 
 /// Must match DDPROF_MAX_KSTACK_DEPTH.
 pub const MAX_KSTACK_DEPTH: usize = 127;
+/// Must match DDPROF_MAX_UFP_DEPTH.
+pub const MAX_UFP_DEPTH: usize = 127;
 /// Must match DDPROF_MAX_USTACK_BYTES.
 pub const MAX_USTACK_BYTES: u32 = 64 * 1024;
 
@@ -50,9 +52,11 @@ pub struct SampleHeader {
     pub kstack_len: u32,
     pub ustack_len: u32,
     pub comm: [u8; 16],
+    pub ufp_len: u32,
+    pub _pad: u32,
 }
 
-const _: () = assert!(std::mem::size_of::<SampleHeader>() == 72);
+const _: () = assert!(std::mem::size_of::<SampleHeader>() == 80);
 const HDR: usize = std::mem::size_of::<SampleHeader>();
 
 /// One sample as it came out of the ring buffer.
@@ -61,6 +65,7 @@ pub struct Record<'a> {
     /// User stack bytes starting at `header.user_sp`.
     pub ustack: &'a [u8],
     kstack: &'a [u8],
+    ufp: &'a [u8],
 }
 
 impl<'a> Record<'a> {
@@ -76,17 +81,32 @@ impl<'a> Record<'a> {
         let ulen = header.ustack_len as usize;
         let kstack_off = HDR + ((ulen + 7) & !7);
         let klen = header.kstack_len as usize * 8;
+        let ufp_off = kstack_off + klen;
+        let flen = header.ufp_len as usize * 8;
         if ulen > MAX_USTACK_BYTES as usize
             || header.kstack_len as usize > MAX_KSTACK_DEPTH
-            || kstack_off + klen > bytes.len()
+            || header.ufp_len as usize > MAX_UFP_DEPTH
+            || ufp_off + flen > bytes.len()
         {
             return None;
         }
         Some(Record {
             header,
             ustack: &bytes[HDR..HDR + ulen],
-            kstack: &bytes[kstack_off..kstack_off + klen],
+            kstack: &bytes[kstack_off..ufp_off],
+            ufp: &bytes[ufp_off..ufp_off + flen],
         })
+    }
+
+    /// The user frame-pointer chain (ip, then return addresses), when the sampler took one.
+    pub fn fp_chain(&self) -> impl Iterator<Item = u64> + 'a {
+        self.ufp
+            .chunks_exact(8)
+            .map(|c| u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+    }
+
+    pub fn has_fp_chain(&self) -> bool {
+        !self.ufp.is_empty()
     }
 
     /// Kernel addresses, leaf first.

@@ -364,7 +364,7 @@ impl<'a> GoTable<'a> {
             wrapper = wrapper.max(Some(f.func_id));
             let at = self.funcnametab.saturating_add(f.name_off as usize);
             for (id, name) in panics.iter_mut().zip(PANICS) {
-                if bytes_at(&self.pclntab, at, name.len()) == Some(name) {
+                if bytes_at(self.pclntab, at, name.len()) == Some(name) {
                     *id = Some(f.func_id);
                 }
             }
@@ -389,7 +389,7 @@ impl<'a> GoTable<'a> {
 
     fn ftab(&self, i: usize) -> Option<(u32, u32)> {
         let at = self.functab.checked_add(i.checked_mul(8)?)?;
-        Some((u32_at(&self.pclntab, at)?, u32_at(&self.pclntab, at + 4)?))
+        Some((u32_at(self.pclntab, at)?, u32_at(self.pclntab, at + 4)?))
     }
 
     fn func_at(&self, i: usize) -> Option<Func> {
@@ -399,7 +399,7 @@ impl<'a> GoTable<'a> {
         let (entry_off, func_off) = self.ftab(i)?;
         let (end_off, _) = self.ftab(i + 1)?;
         let at = self.functab.checked_add(func_off as usize)?;
-        let rec = bytes_at(&self.pclntab, at, self.layout.func_size)?;
+        let rec = bytes_at(self.pclntab, at, self.layout.func_size)?;
         let field = |o: usize| u32_at(rec, o).unwrap_or(0);
         // The record repeats the entry; disagreeing is corruption, not a function.
         if field(0) != entry_off || end_off < entry_off {
@@ -438,7 +438,7 @@ impl<'a> GoTable<'a> {
     /// The name as CallersFrames prints it: generic shape arguments become "[...]"
     /// (runtime.funcNameForPrint).
     fn func_name(&self, name_off: u32) -> String {
-        let Some(name) = self.funcnametab.checked_add(name_off as usize).and_then(|at| cstr_at(&self.pclntab, at)) else {
+        let Some(name) = self.funcnametab.checked_add(name_off as usize).and_then(|at| cstr_at(self.pclntab, at)) else {
             return "?".into();
         };
         match (name.find('['), name.rfind(']')) {
@@ -457,14 +457,14 @@ impl<'a> GoTable<'a> {
     }
 
     fn pc_values(&self, f: &Func, pos: usize) -> PcValues<'_> {
-        PcValues::new(&self.pclntab, pos, f.entry, self.quantum, (f.end - f.entry) / self.quantum + 2)
+        PcValues::new(self.pclntab, pos, f.entry, self.quantum, (f.end - f.entry) / self.quantum + 2)
     }
 
     fn pcdata(&self, f: &Func, table: u32, pc: u64) -> i32 {
         if table >= f.npcdata {
             return -1;
         }
-        match u32_at(&self.pclntab, f.at + self.layout.func_size + 4 * table as usize) {
+        match u32_at(self.pclntab, f.at + self.layout.func_size + 4 * table as usize) {
             Some(off) => self.pcvalue(f, off, pc),
             None => -1,
         }
@@ -476,7 +476,7 @@ impl<'a> GoTable<'a> {
             return None;
         }
         let at = f.at + self.layout.func_size + 4 * (f.npcdata as usize).checked_add(FUNCDATA_INL_TREE as usize)?;
-        let off = u32_at(&self.pclntab, at)?;
+        let off = u32_at(self.pclntab, at)?;
         (off != u32::MAX).then_some(u64::from(off))
     }
 
@@ -485,7 +485,7 @@ impl<'a> GoTable<'a> {
         let size = self.layout.inl_size;
         let rel = tree.checked_add(u64::try_from(ix).ok()?.checked_mul(size as u64)?)?;
         match self.inl.as_ref()? {
-            InlTrees::InPclntab(g) => bytes_at(&self.pclntab, g.checked_add(usize::try_from(rel).ok()?)?, size),
+            InlTrees::InPclntab(g) => bytes_at(self.pclntab, g.checked_add(usize::try_from(rel).ok()?)?, size),
             InlTrees::InRodata { lo, bytes } => bytes_at(bytes, usize::try_from(rel.checked_sub(*lo)?).ok()?, size),
         }
     }
@@ -508,11 +508,11 @@ impl<'a> GoTable<'a> {
         };
         let file = (|| {
             let idx = (f.cu_off as usize).checked_add(fileno as usize)?;
-            let fileoff = u32_at(&self.pclntab, self.cutab.checked_add(idx.checked_mul(4)?)?)?;
+            let fileoff = u32_at(self.pclntab, self.cutab.checked_add(idx.checked_mul(4)?)?)?;
             if fileoff == u32::MAX {
                 return None;
             }
-            cstr_at(&self.pclntab, self.filetab.checked_add(fileoff as usize)?)
+            cstr_at(self.pclntab, self.filetab.checked_add(fileoff as usize)?)
         })();
         (file.unwrap_or_else(|| "?".into()), line)
     }
@@ -541,7 +541,7 @@ impl<'a> GoTable<'a> {
             if f.npcdata <= PCDATA_INL_TREE_INDEX {
                 continue;
             }
-            let off = u32_at(&self.pclntab, f.at + self.layout.func_size + 4 * PCDATA_INL_TREE_INDEX as usize)?;
+            let off = u32_at(self.pclntab, f.at + self.layout.func_size + 4 * PCDATA_INL_TREE_INDEX as usize)?;
             if off == 0 {
                 continue;
             }

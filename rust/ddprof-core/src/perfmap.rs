@@ -96,8 +96,7 @@ mod tests {
                     bogus line\n\
                     0x7f0000002000 0x100 py::bar:/x.py\n\
                     7f0000001000 20 LazyCompile:*foo /app.js:1\n";
-        let mut m = PerfMap::default();
-        m.entries = parse(text);
+        let m = PerfMap { entries: parse(text), ..PerfMap::default() };
         assert_eq!(m.lookup(0x7f0000001010), Some("LazyCompile:*foo /app.js:1"));
         assert_eq!(m.lookup(0x7f00000020ff), Some("py::bar:/x.py"));
         assert_eq!(m.lookup(0x7f0000002100), None);

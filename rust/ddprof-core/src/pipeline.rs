@@ -4,14 +4,14 @@
 //!
 //! Per-sample failures are data: each becomes a counter (and a `[truncated]` marker frame
 //! where the stack was cut), never an error.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::abi::{self, Record};
 use crate::aggregate::{Aggregate, FrameKey, SnapshotMapping, SymRequest};
 use crate::perfmap::PerfMap;
 use crate::process::{MapKind, Registry};
 use crate::symbolize::Symbolizer;
-use crate::unwind::{Outcome, StackUnwinder};
+use crate::unwind::{Outcome, StackUnwinder, MAX_FRAMES};
 
 pub const TRUNCATED: &str = "[truncated]";
 pub const EXITED: &str = "[process exited]";
@@ -24,6 +24,10 @@ pub struct Pipeline {
     pub counts: BTreeMap<&'static str, u64>,
     addrs: Vec<u64>,
     frames: Vec<u32>,
+    /// Pids whose samples should carry the frame-pointer chain, for the drain loop to hand
+    /// to the sampler; `fp_chain_asked` keeps each from being asked twice (bounded).
+    pub fp_chain_requests: Vec<u32>,
+    fp_chain_asked: HashSet<u32>,
 }
 
 impl Default for Pipeline {
@@ -42,6 +46,8 @@ impl Pipeline {
             counts: BTreeMap::new(),
             addrs: Vec::with_capacity(256),
             frames: Vec::with_capacity(256),
+            fp_chain_requests: Vec::new(),
+            fp_chain_asked: HashSet::new(),
         }
     }
 
@@ -101,8 +107,25 @@ impl Pipeline {
         };
         let cut = h.flags & abi::F_USTACK_CUT != 0;
         let mut addrs = std::mem::take(&mut self.addrs);
-        let outcome = self.unwinder.unwind(process, h.user_ip, h.user_sp, h.user_bp, rec.ustack, cut, &mut addrs);
+        let mut outcome = self.unwinder.unwind(process, h.user_ip, h.user_sp, h.user_bp, rec.ustack, cut, &mut addrs);
+        if outcome != Outcome::Complete && rec.has_fp_chain() {
+            let chain: Vec<u64> = rec.fp_chain().collect();
+            match extend_with_fp_chain(&mut addrs, &chain) {
+                Some(o) => {
+                    outcome = o;
+                    *self.counts.entry("fp_chain_used").or_insert(0) += 1;
+                }
+                None => *self.counts.entry("fp_chain_failed").or_insert(0) += 1,
+            }
+        }
         *self.counts.entry(outcome.stat_name()).or_insert(0) += 1;
+        if !rec.has_fp_chain() && process.runs_go() && !self.fp_chain_asked.contains(&h.pid) {
+            if self.fp_chain_asked.len() >= 16_384 {
+                self.fp_chain_asked.clear();
+            }
+            self.fp_chain_asked.insert(h.pid);
+            self.fp_chain_requests.push(h.pid);
+        }
 
         for &addr in &addrs {
             let key = match process.mapping_index(addr) {
@@ -163,5 +186,65 @@ impl Pipeline {
         v.push(("elf_errors".into(), self.registry.files.errors));
         v.push(("files_cached".into(), self.registry.files.len() as u64));
         v
+    }
+}
+
+/// Continues a walk that stopped early (framehop needed stack memory the snapshot from sp
+/// does not hold) with the frame-pointer chain the kernel walked for the same sample. In Go,
+/// `runtime.systemstack` runs code on the thread's system stack whose frame pointers lead
+/// back into the goroutine's stack, elsewhere in memory: only the chain gets there. Both
+/// walks agree up to where framehop stopped (Go code has no CFI, framehop follows frame
+/// pointers too), so the chain's entries after framehop's last return address are
+/// appended. `None` when they do not meet (nothing is appended).
+pub fn extend_with_fp_chain(addrs: &mut Vec<u64>, chain: &[u64]) -> Option<Outcome> {
+    if chain.len() < 2 {
+        return None;
+    }
+    let from = match addrs.len() {
+        0 => {
+            addrs.push(chain[0]);
+            1
+        }
+        1 => 1,
+        n => {
+            let last_return = addrs[n - 1].wrapping_add(1);
+            chain.iter().skip(1).position(|&c| c == last_return)? + 2
+        }
+    };
+    if from >= chain.len() {
+        return None;
+    }
+    for &ret in &chain[from..] {
+        if addrs.len() >= MAX_FRAMES {
+            return Some(Outcome::TooDeep);
+        }
+        addrs.push(ret.wrapping_sub(1));
+    }
+    // A chain as deep as the kernel walks may go on; a shorter one reached a null frame pointer.
+    Some(if chain.len() >= abi::MAX_UFP_DEPTH { Outcome::Truncated } else { Outcome::Complete })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fp_chain_continues_where_the_walk_stopped() {
+        // framehop: ip, then return addresses minus one; the chain: ip, return addresses.
+        let chain = [0x100, 0x201, 0x301, 0x401, 0x501];
+        let mut addrs = vec![0x100, 0x200, 0x300];
+        assert_eq!(extend_with_fp_chain(&mut addrs, &chain), Some(Outcome::Complete));
+        assert_eq!(addrs, [0x100, 0x200, 0x300, 0x400, 0x500]);
+        let mut only_ip = vec![0x100];
+        assert_eq!(extend_with_fp_chain(&mut only_ip, &chain), Some(Outcome::Complete));
+        assert_eq!(only_ip, [0x100, 0x200, 0x300, 0x400, 0x500]);
+        // Walks that do not meet, or a chain with nothing more: left alone.
+        let mut other = vec![0x100, 0x900];
+        assert_eq!(extend_with_fp_chain(&mut other, &chain), None);
+        assert_eq!(other, [0x100, 0x900]);
+        let mut done = vec![0x100, 0x200, 0x300, 0x400, 0x500];
+        assert_eq!(extend_with_fp_chain(&mut done, &chain), None);
+        let mut empty = Vec::new();
+        assert_eq!(extend_with_fp_chain(&mut empty, &[0x100]), None);
     }
 }

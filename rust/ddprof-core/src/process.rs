@@ -64,6 +64,12 @@ pub struct Process {
 }
 
 impl Process {
+    /// Go code maps this process: its samples should carry the frame-pointer chain (Go keeps
+    /// frame pointers, and its stacks switch between goroutine and system stacks).
+    pub fn runs_go(&self) -> bool {
+        self.mappings.iter().any(|m| m.file.as_ref().is_some_and(|f| f.has_gopclntab))
+    }
+
     pub fn mapping_index(&self, addr: u64) -> Option<usize> {
         let i = self.mappings.partition_point(|m| m.start <= addr);
         (i > 0 && self.mappings[i - 1].contains(addr)).then(|| i - 1)

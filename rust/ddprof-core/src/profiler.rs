@@ -62,6 +62,9 @@ fn drain_loop(mut sampler: Sampler, rx: Receiver<Command>, sym: Sender<SymJob>, 
     loop {
         sampler.wait(DRAIN_INTERVAL_MS);
         sampler.drain(|bytes| pipeline.ingest(bytes));
+        for pid in pipeline.fp_chain_requests.drain(..) {
+            sampler.want_fp_chain(pid);
+        }
         publish(&stats, Some(&sampler), &pipeline);
         match rx.recv_timeout(Duration::ZERO) {
             Ok(Command::Snapshot { reset, reply }) => {

@@ -32,6 +32,7 @@ pub struct Sampler {
     // Field order matters for drop: maps before the Ebpf object that owns the program links.
     ring: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
+    fp_chain_pids: BpfHashMap<MapData, u32, u8>,
     _bpf: Ebpf,
     pub cpus: Vec<u32>,
 }
@@ -88,7 +89,7 @@ impl Sampler {
         if cfg.frequency == 0 || cfg.frequency > 10_000 {
             return Err(Error::InvalidArgument(format!("frequency {} is outside 1..10000", cfg.frequency)));
         }
-        if cfg.stack_bytes > abi::MAX_USTACK_BYTES || cfg.stack_bytes % 8 != 0 {
+        if cfg.stack_bytes > abi::MAX_USTACK_BYTES || !cfg.stack_bytes.is_multiple_of(8) {
             return Err(Error::InvalidArgument(format!(
                 "stack snapshot size {} must be a multiple of 8 up to {}",
                 cfg.stack_bytes,
@@ -143,6 +144,10 @@ impl Sampler {
             bpf.take_map("counters").ok_or_else(|| Error::Other("map counters missing".into()))?,
         )
         .map_err(|e| Error::Other(format!("counters: {e}")))?;
+        let fp_chain_pids = BpfHashMap::try_from(
+            bpf.take_map("fp_chain_pids").ok_or_else(|| Error::Other("map fp_chain_pids missing".into()))?,
+        )
+        .map_err(|e| Error::Other(format!("fp_chain_pids: {e}")))?;
         log::info!(
             "sampling {} CPUs at {} Hz, {} B user stack snapshots{}",
             cpus.len(),
@@ -150,7 +155,7 @@ impl Sampler {
             cfg.stack_bytes,
             if cfg.pids.is_empty() { String::new() } else { format!(", pids {:?}", cfg.pids) }
         );
-        Ok(Sampler { ring, counters, _bpf: bpf, cpus })
+        Ok(Sampler { ring, counters, fp_chain_pids, _bpf: bpf, cpus })
     }
 
     /// Waits up to `timeout_ms` for the ring buffer to have data (or the timer to expire).
@@ -168,6 +173,14 @@ impl Sampler {
             n += 1;
         }
         n
+    }
+
+    /// From now on, samples of `pid` carry the user frame-pointer chain (see sampler.h). The
+    /// map is an LRU: a failed insert only means the chain stays off for that pid.
+    pub fn want_fp_chain(&mut self, pid: u32) {
+        if let Err(e) = self.fp_chain_pids.insert(pid, 1, 0) {
+            log::debug!("fp_chain_pids insert {pid}: {e}");
+        }
     }
 
     /// Sum over CPUs of each BPF counter, with its stats name.

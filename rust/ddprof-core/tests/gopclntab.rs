@@ -281,15 +281,15 @@ fn stripped_go_binaries_match_the_go_runtime() {
     build(&tc, &stripped, &["-ldflags=-s -w"]);
 
     let (sdata, st) = parse(&stripped);
-    assert_stripped(&sdata);
+    assert_stripped(sdata);
     let (ndata, nt) = parse(&normal);
     // Same layout, so addresses chosen in the unstripped binary hold in the stripped one.
-    assert_eq!(text_range(&ndata), text_range(&sdata));
+    assert_eq!(text_range(ndata), text_range(sdata));
     assert_eq!(nt.num_funcs(), st.num_funcs());
     assert!((0..st.num_funcs()).all(|i| nt.func_entry(i) == st.func_entry(i)));
 
-    mutate_real(&sdata);
-    let mut addrs = sample_addrs(&sdata);
+    mutate_real(sdata);
+    let mut addrs = sample_addrs(sdata);
     addrs.extend(known_checks(&tc, &normal, &st));
     let truth = runtime_frames(&stripped, &st, &addrs);
     let (n, chains) = compare_with_runtime(&st, &truth, &addrs, tc.minor >= 21);
@@ -319,7 +319,7 @@ fn stripped_go_binaries_match_the_go_runtime() {
     eprintln!("go1.{}: {} addresses agree with go tool addr2line ({wrappers} elided wrappers)", tc.minor, addrs.len());
 
     let start = Instant::now();
-    let (lo, hi) = text_range(&sdata);
+    let (lo, hi) = text_range(sdata);
     let n = 50_000u64;
     let found = (0..n).filter(|i| st.lookup(lo + (hi - lo) * i / n).is_some()).count();
     let ns = start.elapsed().as_nanos() / u128::from(n);
@@ -327,7 +327,7 @@ fn stripped_go_binaries_match_the_go_runtime() {
 
     // Without moduledata go:func.* is unknown: plain code still resolves, inlined code
     // degrades to the outer function with line 0.
-    let wt = without_moduledata(&sdata);
+    let wt = without_moduledata(sdata);
     for (a, (physical, _)) in addrs.iter().zip(&a2l) {
         let (Some(Some(want)), Some(got)) = (truth.get(a), wt.lookup(*a)) else { continue };
         assert_eq!(got.len(), 1, "{a:#x} without moduledata");
@@ -342,10 +342,10 @@ fn stripped_go_binaries_match_the_go_runtime() {
     // PIE: moduledata sits in .data.rel.ro/.go.module behind dynamic relocations.
     build(&tc, &pie, &["-buildmode=pie", "-ldflags=-s -w"]);
     let (pdata, pt) = parse(&pie);
-    let paddrs = sample_addrs(&pdata);
+    let paddrs = sample_addrs(pdata);
     let ptruth = runtime_frames(&pie, &pt, &paddrs);
     compare_with_runtime(&pt, &ptruth, &paddrs, tc.minor >= 21);
-    if let Some(zeroed) = zero_moduledata_relocs(&pdata) {
+    if let Some(zeroed) = zero_moduledata_relocs(pdata) {
         let zt = GoTable::parse(&zeroed).expect("parses").expect("is Go");
         compare_with_runtime(&zt, &ptruth, &paddrs, tc.minor >= 21);
         eprintln!("PIE: {} addresses agree, also with moduledata only in relocations", paddrs.len());
@@ -359,10 +359,10 @@ fn stripped_go_binaries_match_the_go_runtime() {
     build_for(&tc, &arm, &[], "arm64");
     build_for(&tc, &arm_stripped, &["-ldflags=-s -w"], "arm64");
     let (adata, at) = parse(&arm_stripped);
-    assert_stripped(&adata);
-    let mut aaddrs = sample_addrs(&adata);
+    assert_stripped(adata);
+    let mut aaddrs = sample_addrs(adata);
     aaddrs.extend(known_checks(&tc, &arm, &at));
-    let physical = without_moduledata(&adata);
+    let physical = without_moduledata(adata);
     let (mut inlined, mut elided) = (0, 0);
     for (a, (func, pos)) in aaddrs.iter().zip(addr2line(&tc, &arm, &aaddrs)) {
         let got = at.lookup(*a).unwrap_or_default();
@@ -384,8 +384,8 @@ fn stripped_go_binaries_match_the_go_runtime() {
         build(&old, &bin, &["-ldflags=-s -w"]);
         build(&old, &unstripped, &[]);
         let (odata, ot) = parse(&bin);
-        assert_stripped(&odata);
-        let mut addrs = sample_addrs(&odata);
+        assert_stripped(odata);
+        let mut addrs = sample_addrs(odata);
         addrs.extend(known_checks(&old, &unstripped, &ot));
         let truth = runtime_frames(&bin, &ot, &addrs);
         let (n, chains) = compare_with_runtime(&ot, &truth, &addrs, old.minor >= 21);
