@@ -200,3 +200,21 @@ def test_cpp_templates_demangled_as_addr2line_does(native, tmp_path):
     names = {frames[-1][0] for frames in got}
     assert names == {"shop::Basket<double, 3>::total(std::vector<double, std::allocator<double> > const&) const",
                      "shop::Basket<long, 5>::total(std::vector<long, std::allocator<long> > const&) const"}, names
+
+
+@pytest.mark.parametrize("mangling,prefix", [("legacy", "_ZN"), ("v0", "_R")])
+def test_rust_names_demangled_in_both_manglings(native, tmp_path, mangling, prefix):
+    """Rust's default (legacy, stable rustc asks -Z to name it) and v0 symbol names."""
+    rustc = shutil.which("rustc") or os.path.expanduser("~/.cargo/bin/rustc")
+    if not os.access(rustc, os.X_OK):
+        skip_or_fail("rustc is needed to build the Rust workload")
+    exe = tmp_path / f"chain_{mangling}"
+    flags = ["-Csymbol-mangling-version=v0"] if mangling == "v0" else []
+    subprocess.run([rustc, "-O", "--crate-name", "chain_rs", *flags, "-o", str(exe), str(WORKLOADS / "chain.rs")],
+                   check=True)
+    raw = {name: (start, size) for start, size, name in functions(str(exe), dynamic=False)}
+    mangled = [name for name in raw if "rs_leaf" in name or "rs_middle" in name]
+    assert len(mangled) == 2 and all(n.startswith(prefix) for n in mangled), mangled
+    addrs = [raw[n][0] + raw[n][1] // 2 for n in sorted(mangled)]
+    names = sorted(frames[-1][0] for frames in ours(native, str(exe), addrs))
+    assert names == ["chain_rs::rs_leaf", "chain_rs::rs_middle"], names
