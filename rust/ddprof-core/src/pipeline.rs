@@ -11,7 +11,7 @@ use crate::aggregate::{Aggregate, FrameKey, SnapshotMapping, SymRequest};
 use crate::perfmap::PerfMap;
 use crate::process::{MapKind, Registry};
 use crate::symbolize::Symbolizer;
-use crate::unwind::{Outcome, StackUnwinder, MAX_FRAMES};
+use crate::unwind::{Outcome, StackUnwinder, UserRegs, MAX_FRAMES};
 
 pub const TRUNCATED: &str = "[truncated]";
 pub const EXITED: &str = "[process exited]";
@@ -107,7 +107,8 @@ impl Pipeline {
         };
         let cut = h.flags & abi::F_USTACK_CUT != 0;
         let mut addrs = std::mem::take(&mut self.addrs);
-        let mut outcome = self.unwinder.unwind(process, h.user_ip, h.user_sp, h.user_bp, rec.ustack, cut, &mut addrs);
+        let regs = UserRegs { ip: h.user_ip, sp: h.user_sp, bp: h.user_bp };
+        let mut outcome = self.unwinder.unwind(process, regs, rec.ustack, cut, &mut addrs);
         if outcome != Outcome::Complete && rec.has_fp_chain() {
             let chain: Vec<u64> = rec.fp_chain().collect();
             match extend_with_fp_chain(&mut addrs, &chain) {

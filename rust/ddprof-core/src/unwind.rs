@@ -38,6 +38,14 @@ impl Outcome {
     }
 }
 
+/// The user registers a walk starts from, as the sampler took them.
+#[derive(Clone, Copy, Debug)]
+pub struct UserRegs {
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+}
+
 pub struct StackUnwinder {
     cache: CacheX86_64,
 }
@@ -54,16 +62,8 @@ impl StackUnwinder {
     }
 
     /// Walks the stack; pushes lookup addresses into `out` (cleared first).
-    pub fn unwind(
-        &mut self,
-        process: &Process,
-        ip: u64,
-        sp: u64,
-        bp: u64,
-        stack: &[u8],
-        snapshot_cut: bool,
-        out: &mut Vec<u64>,
-    ) -> Outcome {
+    pub fn unwind(&mut self, process: &Process, regs: UserRegs, stack: &[u8], snapshot_cut: bool, out: &mut Vec<u64>) -> Outcome {
+        let UserRegs { ip, sp, bp } = regs;
         out.clear();
         let stack_end = sp + stack.len() as u64;
         let mut read_stack = |addr: u64| -> Result<u64, ()> {
