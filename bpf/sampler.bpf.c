@@ -213,6 +213,8 @@ int ddprof_sample(struct bpf_perf_event_data *ctx)
 		long n = bpf_get_stack(ctx, s->data + HDR_BYTES + ufp_off, UFP_BYTES, BPF_F_USER_STACK);
 		if (n > 0)
 			flen = (__u32)n / 8;
+		else
+			count(DDPROF_CNT_UFP_FAILED);
 	}
 	if (flen > DDPROF_MAX_UFP_DEPTH)
 		flen = DDPROF_MAX_UFP_DEPTH;

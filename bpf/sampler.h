@@ -35,7 +35,8 @@ enum ddprof_counter {
 	DDPROF_CNT_REGS_FAILED = 5,   /* no user registers (kernel thread or read failure) */
 	DDPROF_CNT_USTACK_CLAMPED = 6,/* copy clamped to the end of the stack mapping */
 	DDPROF_CNT_NEW_PIDS = 7,      /* first sample of a pid: the reader is woken at once */
-	DDPROF_CNT_MAX = 8,
+	DDPROF_CNT_UFP_FAILED = 8,    /* the user frame-pointer chain was asked for and not taken */
+	DDPROF_CNT_MAX = 9,
 };
 
 /* Bits of sample_header.flags. */

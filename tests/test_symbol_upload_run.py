@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -18,19 +19,42 @@ import pytest
 from ddprofiler.symbols import inspect
 from helpers import Workload
 from symbol_backend import backend, parts  # noqa: F401 (backend is a fixture)
-from test_run_agent import stop
 from test_symbol_upload import API_KEY, APP_KEY
 
 pytestmark = pytest.mark.bpf
 
 
-def run_profiler(backend, out, state, *extra) -> subprocess.Popen:
-    env = {**os.environ, "DD_API_KEY": API_KEY, "DD_APP_KEY": APP_KEY, "XDG_STATE_HOME": str(state)}
-    return subprocess.Popen(
-        [sys.executable, "-m", "ddprofiler", "--output-dir", str(out), "--upload-period", "2",
-         "--sampling-rate", "99", "--upload-symbols", "--symbols-api-url", backend.url,
-         "--symbols-intake-url", backend.url, "-v", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+class Profiler:
+    """The profiler as a child process, its stderr in a file that can be read while it runs."""
+
+    def __init__(self, backend, out, state, log, *extra):
+        env = {**os.environ, "DD_API_KEY": API_KEY, "DD_APP_KEY": APP_KEY, "XDG_STATE_HOME": str(state)}
+        self.log = log
+        with open(log, "w") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "ddprofiler", "--output-dir", str(out), "--upload-period", "2",
+                 "--sampling-rate", "99", "--upload-symbols", "--symbols-api-url", backend.url,
+                 "--symbols-intake-url", backend.url, "-v", *extra],
+                stdout=subprocess.DEVNULL, stderr=err, env=env)
+
+    def stderr(self) -> str:
+        return self.log.read_text()
+
+    def stop(self) -> str:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            pytest.fail(f"the profiler did not exit within 30 s of SIGTERM:\n{self.stderr()}")
+        assert self.proc.returncode == 0, self.stderr()
+        return self.stderr()
+
+
+def state_has(state, build_id: str) -> bool:
+    path = state / "ddprofiler" / "symbols-uploaded.json"
+    return path.exists() and build_id in path.read_text()
 
 
 def nm(path) -> list:
@@ -64,10 +88,10 @@ def test_run_uploads_symbols_of_profiled_binaries_once(workloads, backend, tmp_p
 
     # 1: the workload's binary is queried and uploaded, with its symbols and no code.
     with Workload([chain, "60"]):
-        prof = run_profiler(backend, tmp_path / "p1", state)
-        got = wait_for(lambda: any(e["gnu_build_id"] == info.gnu_build_id
-                                   for e in uploaded_events(backend)), 30)
-        err = stop(prof)
+        prof = Profiler(backend, tmp_path / "p1", state, tmp_path / "p1.log")
+        # Uploaded, and recorded in the state file (written after the intake answers).
+        got = wait_for(lambda: state_has(state, info.gnu_build_id), 30)
+        err = prof.stop()
     assert got, f"no upload of {chain}: queries {backend.queries}\n{err}"
     assert info.gnu_build_id in queried_ids(backend)
     (h, body), = [(h, b) for h, b in backend.uploads
@@ -92,10 +116,12 @@ def test_run_uploads_symbols_of_profiled_binaries_once(workloads, backend, tmp_p
 
     # 2: a restart with the same state file does not upload the workload's binary again.
     n_uploads, n_queries = len(backend.uploads), len(backend.queries)
+    skipped = re.compile(r"symbols of \S*/chain skipped: already uploaded \(state file\)")
     with Workload([chain, "60"]):
-        prof = run_profiler(backend, tmp_path / "p2", state)
-        time.sleep(7)
-        err = stop(prof)
+        prof = Profiler(backend, tmp_path / "p2", state, tmp_path / "p2.log")
+        got = wait_for(lambda: skipped.search(prof.stderr()), 30)
+        err = prof.stop()
+    assert got, f"the workload's binary was not seen again:\n{err}"
     # (other binaries of the host may be new: phase 1 stopped as soon as the workload's went)
     assert info.gnu_build_id not in {e["gnu_build_id"] for e in uploaded_events(backend)[n_uploads:]}
     later = {b for _, q in backend.queries[n_queries:] for b in q["data"]["attributes"]["buildIds"]}
@@ -103,12 +129,11 @@ def test_run_uploads_symbols_of_profiled_binaries_once(workloads, backend, tmp_p
 
     # 3: dry run with a fresh state: queried, logged, nothing uploaded.
     n_queries, n_uploads = len(backend.queries), len(backend.uploads)
+    would = re.compile(rf"dry run: would upload \S*/chain \({info.symbol_source}")
     with Workload([chain, "60"]):
-        prof = run_profiler(backend, tmp_path / "p3", tmp_path / "state3", "--symbols-dry-run")
-        got = wait_for(lambda: any(info.gnu_build_id in q["data"]["attributes"]["buildIds"]
-                                   for _, q in backend.queries[n_queries:]), 30)
-        time.sleep(2)
-        err = stop(prof)
+        prof = Profiler(backend, tmp_path / "p3", tmp_path / "state3", tmp_path / "p3.log", "--symbols-dry-run")
+        got = wait_for(lambda: would.search(prof.stderr()), 30)
+        err = prof.stop()
     assert got, err
+    assert any(info.gnu_build_id in q["data"]["attributes"]["buildIds"] for _, q in backend.queries[n_queries:])
     assert len(backend.uploads) == n_uploads
-    assert re.search(rf"dry run: would upload \S*/chain \({info.symbol_source}", err), err

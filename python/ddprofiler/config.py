@@ -131,6 +131,9 @@ def _http_url(text: str) -> str:
     parsed = urllib.parse.urlsplit(url)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise ValueError(f"'{url}' is not an http:// or https:// URL")
+    if parsed.username or parsed.password or parsed.query or parsed.fragment:
+        # Credentials would be logged with the URL, and a query would be dropped.
+        raise ValueError(f"'{parsed.scheme}://{parsed.hostname}...' must be a base URL: no user:password@, ? or #")
     try:
         parsed.port
     except ValueError:

@@ -71,6 +71,8 @@ class BackgroundSymbolUpload:
                 log.exception("symbol upload of %s failed", path)
                 self.stats["symbols_failed"] += 1
                 continue
+            for skipped_path, reason in summary.skipped:
+                log.debug("symbols of %s skipped: %s", skipped_path, reason)
             self.stats["symbols_uploaded"] += len(summary.uploaded)
             self.stats["symbols_skipped"] += len(summary.skipped)
             self.stats["symbols_failed"] += len(summary.failed)

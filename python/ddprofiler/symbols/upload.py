@@ -49,6 +49,13 @@ QUERY_PATH, INTAKE_PATH, QUERY_BATCH, CHUNK = "/api/v2/profiles/symbols/query", 
 UPLOADABLE_ARCHES = ("x86_64", "aarch64")
 
 
+def _endpoint(base: str, path: str) -> str:
+    """base + path, unless base already ends with path (some tools document the intake
+    variable as the full URL, others as its base)."""
+    base = base.rstrip("/")
+    return base if base.endswith(path) else base + path
+
+
 def default_state_path() -> str:
     base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
     return os.path.join(base, "ddprofiler", "symbols-uploaded.json")
@@ -110,9 +117,8 @@ class SymbolUploader:
         if not api_key:
             raise ValueError("an API key is required")
         self._api_key, self._app_key, self.site = api_key, app_key, site
-        self.query_url = (api_base_url or f"https://api.{site}").rstrip("/") + QUERY_PATH
-        self.intake_url = (intake_base_url or f"https://sourcemap-intake.{site}").rstrip("/") \
-            + INTAKE_PATH
+        self.query_url = _endpoint(api_base_url or f"https://api.{site}", QUERY_PATH)
+        self.intake_url = _endpoint(intake_base_url or f"https://sourcemap-intake.{site}", INTAKE_PATH)
         self.budget = ByteBudget(max_bytes_in_flight)
         self.max_workers, self.dry_run, self.timeout = max(1, max_workers), dry_run, timeout
         self.retries, self.backoff = max(0, retries), backoff

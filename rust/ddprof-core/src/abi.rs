@@ -24,9 +24,10 @@ pub mod counter {
     pub const REGS_FAILED: u32 = 5;
     pub const USTACK_CLAMPED: u32 = 6;
     pub const NEW_PIDS: u32 = 7;
-    pub const MAX: u32 = 8;
+    pub const UFP_FAILED: u32 = 8;
+    pub const MAX: u32 = 9;
     /// Names reported in the stats, by index.
-    pub const NAMES: [(u32, &str); 8] = [
+    pub const NAMES: [(u32, &str); 9] = [
         (SAMPLES, "bpf_samples"),
         (FILTERED, "bpf_filtered"),
         (RB_DROPPED, "lost"),
@@ -35,6 +36,7 @@ pub mod counter {
         (REGS_FAILED, "bpf_no_user_regs"),
         (USTACK_CLAMPED, "bpf_ustack_clamped"),
         (NEW_PIDS, "bpf_new_pids"),
+        (UFP_FAILED, "bpf_fp_chain_failed"),
     ];
 }
 

@@ -60,9 +60,13 @@ pub struct ElfFile {
     pub build_id: Option<Vec<u8>>,
     /// The Go toolchain's build id (`.note.go.buildid`), for Go binaries.
     pub go_build_id: Option<String>,
-    /// The id the backend knows this file by (see `file_id`); also what symbol caches are
-    /// keyed by, so one binary seen through many containers (other inodes) is resolved once.
+    /// The id the backend knows this file by (see `file_id`).
     pub id: Arc<str>,
+    /// What symbol caches are keyed by: the build id and which symbols the file itself
+    /// holds, so one binary seen through many containers (other inodes) is resolved once but
+    /// a stripped copy does not share a full copy's results; files with no build id (whose
+    /// file hash only samples the ends) are keyed by device and inode.
+    pub cache_key: Arc<str>,
     /// Where separate debug files may be (build-id trees and debug links), inside the root
     /// of the process that mapped the file first, then on the host.
     pub debug_dirs: Vec<PathBuf>,
@@ -131,7 +135,14 @@ impl ElfFile {
             };
             Some(Section { svma, data })
         };
-        let id = Arc::from(file_id_of(build_id.as_deref(), go_build_id.as_deref(), &map, size));
+        let id: Arc<str> = Arc::from(file_id_of(build_id.as_deref(), go_build_id.as_deref(), &map, size));
+        let has = |name: &str| obj.section_by_name(name).is_some();
+        let cache_key: Arc<str> = if build_id.as_deref().is_some_and(|b| !b.is_empty()) || go_build_id.is_some() {
+            let symbols = [".symtab", ".debug_info", ".gnu_debuglink"].map(|n| if has(n) { '1' } else { '0' });
+            Arc::from(format!("{id}/{}", String::from_iter(symbols)))
+        } else {
+            Arc::from(format!("{}:{}", key.dev, key.inode))
+        };
         Ok(ElfFile {
             key,
             file,
@@ -139,10 +150,11 @@ impl ElfFile {
             build_id,
             go_build_id,
             id,
+            cache_key,
             debug_dirs: Vec::new(),
             has_debug_info: obj.section_by_name(".debug_info").is_some(),
             has_debuglink: obj.section_by_name(".gnu_debuglink").is_some(),
-            has_gopclntab: obj.section_by_name(".gopclntab").is_some(),
+            has_gopclntab: crate::gopclntab::SECTION_NAMES.iter().any(|n| obj.section_by_name(n).is_some()),
             segments,
             text: section(".text"),
             eh_frame: section(".eh_frame"),
@@ -395,6 +407,7 @@ mod tests {
             build_id: None,
             go_build_id: None,
             id: Arc::from(""),
+            cache_key: Arc::from(""),
             debug_dirs: Vec::new(),
             has_debug_info: false,
             has_debuglink: false,

@@ -23,6 +23,8 @@ use object::{Object, ObjectSection, RelocationFlags, SectionFlags};
 
 use crate::symbolize::Line;
 
+/// Where the table is: `.data.rel.ro.gopclntab` in PIE binaries of older linkers.
+pub const SECTION_NAMES: [&str; 2] = [".gopclntab", ".data.rel.ro.gopclntab"];
 const MAGIC_1_2: u32 = 0xffff_fffb;
 const MAGIC_1_16: u32 = 0xffff_fffa;
 const MAGIC_1_18: u32 = 0xffff_fff0;
@@ -230,10 +232,7 @@ impl<'a> GoTable<'a> {
         if file.format() != object::BinaryFormat::Elf {
             return Ok(None);
         }
-        let Some(sect) = file
-            .section_by_name(".gopclntab")
-            .or_else(|| file.section_by_name(".data.rel.ro.gopclntab"))
-        else {
+        let Some(sect) = SECTION_NAMES.iter().find_map(|n| file.section_by_name(n)) else {
             return Ok(None);
         };
         if !file.is_64() || !file.is_little_endian() {
@@ -533,8 +532,15 @@ impl<'a> GoTable<'a> {
     }
 
     /// gofunc-relative [lo, hi) covering every function's inline tree entries.
+    ///
+    /// The linker shares identical pc tables between functions, so each table is decoded
+    /// once (memo by offset); every step consumes table bytes, so all the distinct tables of
+    /// a real binary take fewer steps than the table area has bytes. Past that budget the
+    /// data is hostile (tables overlapping on purpose): no inline trees rather than a stall.
     fn inl_tree_span(&self) -> Option<(u64, u64)> {
         let (mut lo, mut hi) = (u64::MAX, 0u64);
+        let mut budget = self.pclntab.len().saturating_sub(self.pctab);
+        let mut memo: std::collections::HashMap<u32, Option<i32>> = std::collections::HashMap::new();
         for i in 0..self.nfunc {
             let Some(f) = self.func_at(i) else { continue };
             let Some(tree) = self.inl_tree_off(&f) else { continue };
@@ -545,7 +551,18 @@ impl<'a> GoTable<'a> {
             if off == 0 {
                 continue;
             }
-            let max = self.pc_values(&f, self.pctab.checked_add(off as usize)?).map(|(_, v)| v).max();
+            let max = match memo.get(&off) {
+                Some(&m) => m,
+                None => {
+                    let mut m = None;
+                    for (_, v) in self.pc_values(&f, self.pctab.checked_add(off as usize)?) {
+                        budget = budget.checked_sub(1)?;
+                        m = m.max(Some(v));
+                    }
+                    memo.insert(off, m);
+                    m
+                }
+            };
             if let Some(max) = max.filter(|&m| m >= 0) {
                 lo = lo.min(tree);
                 hi = hi.max(tree + (max as u64 + 1) * self.layout.inl_size as u64);
@@ -611,16 +628,23 @@ fn find_moduledata(file: &object::File, sects: &[Sect], pch: u64, pcln: &[u8], n
         matches!(r.flags(), RelocationFlags::Elf { r_type }
             if r_type == object::elf::R_X86_64_RELATIVE || r_type == object::elf::R_AARCH64_RELATIVE)
     };
-    let relocs = || file.dynamic_relocations().into_iter().flatten().filter(|(_, r)| relative(r));
-    let candidates: Vec<u64> = relocs().filter(|(_, r)| r.addend() as u64 == pch).map(|(at, _)| at).collect();
-    for md in candidates {
+    // Indexed once: rescanning every relocation per candidate is quadratic on hostile files.
+    let targets: std::collections::HashMap<u64, u64> = file
+        .dynamic_relocations()
+        .into_iter()
+        .flatten()
+        .filter(|(_, r)| relative(r))
+        .map(|(at, r)| (at, r.addend() as u64))
+        .collect();
+    let mut candidates: Vec<u64> = targets.iter().filter(|&(_, &v)| v == pch).map(|(&at, _)| at).collect();
+    candidates.sort_unstable();
+    for md in candidates.into_iter().take(64) {
         let Some(mut words) = read_va(sects, md, 8 * MD_WORDS).and_then(|raw| words_at(raw, 0)) else {
             continue;
         };
-        for (at, r) in relocs() {
-            let i = at.wrapping_sub(md) / 8;
-            if at >= md && at % 8 == md % 8 && i < MD_WORDS as u64 {
-                words[i as usize] = r.addend() as u64;
+        for (i, w) in words.iter_mut().enumerate() {
+            if let Some(&v) = md.checked_add(8 * i as u64).and_then(|at| targets.get(&at)) {
+                *w = v;
             }
         }
         if valid(&words) {

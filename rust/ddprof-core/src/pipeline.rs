@@ -120,7 +120,7 @@ impl Pipeline {
             }
         }
         *self.counts.entry(outcome.stat_name()).or_insert(0) += 1;
-        if !rec.has_fp_chain() && process.runs_go() && !self.fp_chain_asked.contains(&h.pid) {
+        if !rec.has_fp_chain() && process.runs_go && !self.fp_chain_asked.contains(&h.pid) {
             if self.fp_chain_asked.len() >= 16_384 {
                 self.fp_chain_asked.clear();
             }
@@ -208,8 +208,19 @@ pub fn extend_with_fp_chain(addrs: &mut Vec<u64>, chain: &[u64]) -> Option<Outco
         }
         1 => 1,
         n => {
+            // Both walks follow the same frame pointers, so they line up entry for entry;
+            // search only when they do not (a frame framehop found by CFI that the chain
+            // skipped), and then for the match whose earlier entries agree too, so that
+            // recursion (the same return address many times) joins at the right depth.
             let last_return = addrs[n - 1].wrapping_add(1);
-            chain.iter().skip(1).position(|&c| c == last_return)? + 2
+            if chain.get(n - 1) == Some(&last_return) {
+                n
+            } else {
+                let agrees = |j: usize| {
+                    j >= 1 && chain[j] == last_return && (n < 3 || chain[j - 1] == addrs[n - 2].wrapping_add(1))
+                };
+                (1..chain.len()).filter(|&j| agrees(j)).min_by_key(|&j| j.abs_diff(n - 1))? + 1
+            }
         }
     };
     if from >= chain.len() {
@@ -222,7 +233,18 @@ pub fn extend_with_fp_chain(addrs: &mut Vec<u64>, chain: &[u64]) -> Option<Outco
         addrs.push(ret.wrapping_sub(1));
     }
     // A chain as deep as the kernel walks may go on; a shorter one reached a null frame pointer.
-    Some(if chain.len() >= abi::MAX_UFP_DEPTH { Outcome::Truncated } else { Outcome::Complete })
+    Some(if chain.len() >= max_chain_depth() { Outcome::Truncated } else { Outcome::Complete })
+}
+
+/// How deep the kernel walks a chain: our buffer, or kernel.perf_event_max_stack if lower.
+fn max_chain_depth() -> usize {
+    static DEPTH: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *DEPTH.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/perf_event_max_stack")
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .map_or(abi::MAX_UFP_DEPTH, |d| d.clamp(1, abi::MAX_UFP_DEPTH))
+    })
 }
 
 #[cfg(test)]
@@ -247,5 +269,20 @@ mod tests {
         assert_eq!(extend_with_fp_chain(&mut done, &chain), None);
         let mut empty = Vec::new();
         assert_eq!(extend_with_fp_chain(&mut empty, &[0x100]), None);
+    }
+
+    #[test]
+    fn fp_chain_joins_recursion_at_the_right_depth() {
+        // f calls f calls f, from main: framehop stopped two frames in.
+        let chain = [0x100, 0x201, 0x201, 0x201, 0x501];
+        let mut addrs = vec![0x100, 0x200, 0x200];
+        assert_eq!(extend_with_fp_chain(&mut addrs, &chain), Some(Outcome::Complete));
+        assert_eq!(addrs, [0x100, 0x200, 0x200, 0x200, 0x500]);
+        // framehop found one frame the chain skipped (a leaf before its frame pointer push):
+        // the chain is joined one entry earlier than aligned.
+        let chain = [0x100, 0x301, 0x401, 0x501];
+        let mut addrs = vec![0x100, 0x200, 0x300, 0x400];
+        assert_eq!(extend_with_fp_chain(&mut addrs, &chain), Some(Outcome::Complete));
+        assert_eq!(addrs, [0x100, 0x200, 0x300, 0x400, 0x500]);
     }
 }

@@ -59,17 +59,14 @@ pub struct Process {
     /// Executable mappings, sorted by start.
     pub mappings: Vec<Mapping>,
     pub unwinder: UnwinderX86_64<MapSlice>,
+    /// Go code maps this process: its samples should carry the frame-pointer chain (Go keeps
+    /// frame pointers, and its stacks switch between goroutine and system stacks).
+    pub runs_go: bool,
     exe_inode: u64,
     refreshed: Instant,
 }
 
 impl Process {
-    /// Go code maps this process: its samples should carry the frame-pointer chain (Go keeps
-    /// frame pointers, and its stacks switch between goroutine and system stacks).
-    pub fn runs_go(&self) -> bool {
-        self.mappings.iter().any(|m| m.file.as_ref().is_some_and(|f| f.has_gopclntab))
-    }
-
     pub fn mapping_index(&self, addr: u64) -> Option<usize> {
         let i = self.mappings.partition_point(|m| m.start <= addr);
         (i > 0 && self.mappings[i - 1].contains(addr)).then(|| i - 1)
@@ -273,7 +270,8 @@ impl Registry {
         mappings.sort_by_key(|m| m.start);
         let name = read_comm(pid);
         let info = Arc::new(ProcessInfo::read(pid, &name));
-        Some(Process { pid, name, info, mappings, unwinder, exe_inode: exe_inode(pid), refreshed: Instant::now() })
+        let runs_go = mappings.iter().any(|m| m.file.as_ref().is_some_and(|f| f.has_gopclntab));
+        Some(Process { pid, name, info, mappings, unwinder, runs_go, exe_inode: exe_inode(pid), refreshed: Instant::now() })
     }
 }
 

@@ -8,7 +8,7 @@
 //! addresses. Output: the lines of each, innermost inlined function first, as pprof wants
 //! them; empty when nothing resolves (the location keeps module + address).
 //! Runs on its own thread (blazesym's symbolizer is not Send), so a slow first parse of a
-//! large binary never stalls the ring buffer drain. Cached per (build id or file hash, offset) and
+//! large binary never stalls the ring buffer drain. Cached per (build id + symbols, offset) and
 //! per kernel address, bounded.
 //! Non-goals: unwinding, deciding which file an address is in (see `process`).
 use std::collections::HashMap;
@@ -38,8 +38,8 @@ const MAX_CACHED: usize = 32_768;
 
 pub struct Symbolizer {
     blaze: Blaze,
-    /// Keyed by the file's id (build id, else Go build id, else file hash), not its inode:
-    /// the same binary in many containers is resolved once.
+    /// Keyed by `ElfFile::cache_key` (build id and the symbols the file holds), not the
+    /// inode: the same binary in many containers is resolved once.
     user: HashMap<(Arc<str>, u64), Lines>,
     kernel: HashMap<u64, Lines>,
     empty: Lines,
@@ -125,8 +125,8 @@ impl Symbolizer {
         for r in requests {
             match r {
                 SymRequest::File { file, offset } => {
-                    if !self.user.contains_key(&(file.id.clone(), *offset)) {
-                        missing.entry(file.id.clone()).or_insert_with(|| (file.clone(), Vec::new())).1.push(*offset);
+                    if !self.user.contains_key(&(file.cache_key.clone(), *offset)) {
+                        missing.entry(file.cache_key.clone()).or_insert_with(|| (file.clone(), Vec::new())).1.push(*offset);
                     }
                 }
                 SymRequest::Kernel { addr } => {
@@ -202,7 +202,7 @@ impl Symbolizer {
         requests
             .iter()
             .map(|r| match r {
-                SymRequest::File { file, offset } => self.user.get(&(file.id.clone(), *offset)).cloned().unwrap_or_else(|| self.empty.clone()),
+                SymRequest::File { file, offset } => self.user.get(&(file.cache_key.clone(), *offset)).cloned().unwrap_or_else(|| self.empty.clone()),
                 SymRequest::Kernel { addr } => self.kernel.get(addr).cloned().unwrap_or_else(|| self.empty.clone()),
                 SymRequest::Fixed(l) => l.clone(),
             })
@@ -225,7 +225,7 @@ impl Symbolizer {
         for off in offsets {
             match file.file_offset_to_svma(off).and_then(|svma| table.lookup(svma)) {
                 Some(lines) => {
-                    self.user.insert((file.id.clone(), off), Arc::from(lines));
+                    self.user.insert((file.cache_key.clone(), off), Arc::from(lines));
                 }
                 None => rest.push(off),
             }
@@ -327,7 +327,7 @@ mod tests {
         let (fa, fb) = (open(&a), open(&b));
         std::fs::remove_dir_all(&dir).ok();
         assert_ne!(fa.key, fb.key);
-        assert_eq!(fa.id, fb.id);
+        assert_eq!(fa.cache_key, fb.cache_key);
         let text = fa.text.as_ref().expect(".text").svma.start;
         let offset = fa.segments.iter().find_map(|s| (text >= s.vaddr && text < s.vaddr + s.file_size).then(|| text - s.vaddr + s.file_offset));
         let offset = offset.expect("text in a segment") + 16;
