@@ -118,6 +118,17 @@ static __always_inline __u32 copy_user_stack(__u8 *dst, __u64 sp, __u32 len, __u
 	return done;
 }
 
+/* bpf_get_stack into `dst`: the number of addresses taken, or 0 and `failed` counted. */
+static __always_inline __u32 get_stack(struct bpf_perf_event_data *ctx, void *dst, __u32 size, __u64 flags,
+				       __u32 failed)
+{
+	long n = bpf_get_stack(ctx, dst, size, flags);
+	if (n > 0)
+		return (__u32)n / 8;
+	count(failed);
+	return 0;
+}
+
 SEC("perf_event")
 int ddprof_sample(struct bpf_perf_event_data *ctx)
 {
@@ -192,13 +203,8 @@ int ddprof_sample(struct bpf_perf_event_data *ctx)
 	if (kstack_off > DDPROF_MAX_USTACK_BYTES)
 		kstack_off = DDPROF_MAX_USTACK_BYTES;
 	__u32 klen = 0;
-	if (h->flags & DDPROF_F_KERNEL_MODE) {
-		long n = bpf_get_stack(ctx, s->data + HDR_BYTES + kstack_off, KSTACK_BYTES, 0);
-		if (n > 0)
-			klen = (__u32)n / 8;
-		else
-			count(DDPROF_CNT_KSTACK_FAILED);
-	}
+	if (h->flags & DDPROF_F_KERNEL_MODE)
+		klen = get_stack(ctx, s->data + HDR_BYTES + kstack_off, KSTACK_BYTES, 0, DDPROF_CNT_KSTACK_FAILED);
 	if (klen > DDPROF_MAX_KSTACK_DEPTH)
 		klen = DDPROF_MAX_KSTACK_DEPTH;
 	h->kstack_len = klen;
@@ -209,13 +215,8 @@ int ddprof_sample(struct bpf_perf_event_data *ctx)
 	if (ufp_off > DDPROF_MAX_USTACK_BYTES + KSTACK_BYTES)
 		ufp_off = DDPROF_MAX_USTACK_BYTES + KSTACK_BYTES;
 	__u32 flen = 0;
-	if ((h->flags & DDPROF_F_USER_REGS) && bpf_map_lookup_elem(&fp_chain_pids, &pid)) {
-		long n = bpf_get_stack(ctx, s->data + HDR_BYTES + ufp_off, UFP_BYTES, BPF_F_USER_STACK);
-		if (n > 0)
-			flen = (__u32)n / 8;
-		else
-			count(DDPROF_CNT_UFP_FAILED);
-	}
+	if ((h->flags & DDPROF_F_USER_REGS) && bpf_map_lookup_elem(&fp_chain_pids, &pid))
+		flen = get_stack(ctx, s->data + HDR_BYTES + ufp_off, UFP_BYTES, BPF_F_USER_STACK, DDPROF_CNT_UFP_FAILED);
 	if (flen > DDPROF_MAX_UFP_DEPTH)
 		flen = DDPROF_MAX_UFP_DEPTH;
 	h->ufp_len = flen;

@@ -117,8 +117,13 @@ def _agent_url(text: str) -> str:
         if not parsed.path.startswith("/"):
             raise ValueError(f"'{url}' names no absolute socket path (unix:///path/to/apm.socket)")
         return url
+    return _check_http(url, parsed, "an http://, https:// or unix://")
+
+
+def _check_http(url: str, parsed: urllib.parse.SplitResult, expected: str) -> str:
+    """`url` without a trailing slash, if it is http(s) with a host and a valid port."""
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise ValueError(f"'{url}' is not an http://, https:// or unix:// URL")
+        raise ValueError(f"'{url}' is not {expected} URL")
     try:
         parsed.port
     except ValueError:
@@ -129,16 +134,11 @@ def _agent_url(text: str) -> str:
 def _http_url(text: str) -> str:
     url = text.strip()
     parsed = urllib.parse.urlsplit(url)
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise ValueError(f"'{url}' is not an http:// or https:// URL")
-    if parsed.username or parsed.password or parsed.query or parsed.fragment:
+    if parsed.scheme in ("http", "https") and (parsed.username or parsed.password or parsed.query
+                                               or parsed.fragment):
         # Credentials would be logged with the URL, and a query would be dropped.
         raise ValueError(f"'{parsed.scheme}://{parsed.hostname}...' must be a base URL: no user:password@, ? or #")
-    try:
-        parsed.port
-    except ValueError:
-        raise ValueError(f"'{url}' has an invalid port") from None
-    return url.rstrip("/")
+    return _check_http(url, parsed, "an http:// or https://")
 
 
 def _site(text: str) -> str:

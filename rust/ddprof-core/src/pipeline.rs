@@ -23,6 +23,7 @@ pub struct Pipeline {
     perf_maps: HashMap<u32, PerfMap>,
     pub counts: BTreeMap<&'static str, u64>,
     addrs: Vec<u64>,
+    chain: Vec<u64>,
     frames: Vec<u32>,
     /// Pids whose samples should carry the frame-pointer chain, for the drain loop to hand
     /// to the sampler; `fp_chain_asked` keeps each from being asked twice (bounded).
@@ -45,6 +46,7 @@ impl Pipeline {
             perf_maps: HashMap::new(),
             counts: BTreeMap::new(),
             addrs: Vec::with_capacity(256),
+            chain: Vec::new(),
             frames: Vec::with_capacity(256),
             fp_chain_requests: Vec::new(),
             fp_chain_asked: HashSet::new(),
@@ -110,8 +112,9 @@ impl Pipeline {
         let regs = UserRegs { ip: h.user_ip, sp: h.user_sp, bp: h.user_bp };
         let mut outcome = self.unwinder.unwind(process, regs, rec.ustack, cut, &mut addrs);
         if outcome != Outcome::Complete && rec.has_fp_chain() {
-            let chain: Vec<u64> = rec.fp_chain().collect();
-            match extend_with_fp_chain(&mut addrs, &chain) {
+            self.chain.clear();
+            self.chain.extend(rec.fp_chain());
+            match extend_with_fp_chain(&mut addrs, &self.chain) {
                 Some(o) => {
                     outcome = o;
                     *self.counts.entry("fp_chain_used").or_insert(0) += 1;
