@@ -93,15 +93,22 @@ def test_inspect_stripped(bins):
     assert info.file_hash == expected_hash(bins["stripped"])
 
 
-def test_inspect_build_id_debug_file_in_root(bins, tmp_path):
+def root_with_debug_file(bins, root) -> str:
+    """A root holding the stripped binary as usr/bin/app and its debug file under
+    usr/lib/debug/.build-id; the path of the app."""
     bid = readelf_build_id(bins["prog"])
-    dbg = tmp_path / "usr/lib/debug/.build-id" / bid[:2] / (bid[2:] + ".debug")
+    dbg = root / "usr/lib/debug/.build-id" / bid[:2] / (bid[2:] + ".debug")
     dbg.parent.mkdir(parents=True)
     sh("objcopy", "--only-keep-debug", bins["prog"], str(dbg))
-    app = tmp_path / "usr/bin/app"
+    app = root / "usr/bin/app"
     app.parent.mkdir(parents=True)
     shutil.copy(bins["stripped"], app)
-    info = inspect(str(app), root=str(tmp_path))
+    return str(app)
+
+
+def test_inspect_build_id_debug_file_in_root(bins, tmp_path):
+    app = root_with_debug_file(bins, tmp_path)
+    info = inspect(app, root=str(tmp_path))
     assert info.own_symbol_source == "dynamic_symbol_table"
     assert info.symbol_source == "debug_info"
     assert (info.debug_file, info.debug_file_via) == (str(dbg), "build-id")
@@ -298,14 +305,8 @@ def test_query_failure_uploads_nothing(bins, tmp_path):
 
 
 def test_upload_uses_debug_file_and_skips_dynamic_only(bins, backend, tmp_path):
-    bid = readelf_build_id(bins["prog"])
     root = tmp_path / "root"
-    dbg = root / "usr/lib/debug/.build-id" / bid[:2] / (bid[2:] + ".debug")
-    dbg.parent.mkdir(parents=True)
-    sh("objcopy", "--only-keep-debug", bins["prog"], str(dbg))
-    app = root / "usr/bin/app"
-    app.parent.mkdir(parents=True)
-    shutil.copy(bins["stripped"], app)
+    app = root_with_debug_file(bins, root)
     up = uploader(backend, tmp_path, state_path=None)
     s = up.upload_paths([bins["stripped"]], root=str(tmp_path / "elsewhere"))
     assert s.skipped == [(bins["stripped"], "no symbols to upload")] and not backend.queries
