@@ -93,9 +93,9 @@ def test_inspect_stripped(bins):
     assert info.file_hash == expected_hash(bins["stripped"])
 
 
-def root_with_debug_file(bins, root) -> str:
+def root_with_debug_file(bins, root) -> tuple:
     """A root holding the stripped binary as usr/bin/app and its debug file under
-    usr/lib/debug/.build-id; the path of the app."""
+    usr/lib/debug/.build-id; the paths of both."""
     bid = readelf_build_id(bins["prog"])
     dbg = root / "usr/lib/debug/.build-id" / bid[:2] / (bid[2:] + ".debug")
     dbg.parent.mkdir(parents=True)
@@ -103,11 +103,11 @@ def root_with_debug_file(bins, root) -> str:
     app = root / "usr/bin/app"
     app.parent.mkdir(parents=True)
     shutil.copy(bins["stripped"], app)
-    return str(app)
+    return str(app), dbg
 
 
 def test_inspect_build_id_debug_file_in_root(bins, tmp_path):
-    app = root_with_debug_file(bins, tmp_path)
+    app, dbg = root_with_debug_file(bins, tmp_path)
     info = inspect(app, root=str(tmp_path))
     assert info.own_symbol_source == "dynamic_symbol_table"
     assert info.symbol_source == "debug_info"
@@ -306,7 +306,7 @@ def test_query_failure_uploads_nothing(bins, tmp_path):
 
 def test_upload_uses_debug_file_and_skips_dynamic_only(bins, backend, tmp_path):
     root = tmp_path / "root"
-    app = root_with_debug_file(bins, root)
+    app, _ = root_with_debug_file(bins, root)
     up = uploader(backend, tmp_path, state_path=None)
     s = up.upload_paths([bins["stripped"]], root=str(tmp_path / "elsewhere"))
     assert s.skipped == [(bins["stripped"], "no symbols to upload")] and not backend.queries
