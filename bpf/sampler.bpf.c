@@ -14,6 +14,24 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
+/* The one architecture-specific part: where the user ip, sp and frame pointer are in the
+ * registers of a perf event, and whether those registers are user mode's. build.rs defines
+ * __TARGET_ARCH_x86 or __TARGET_ARCH_arm64, the same choice as rust/ddprof-core/src/arch.rs. */
+#if defined(__TARGET_ARCH_x86)
+#define REGS_USER_MODE(r) (((r)->cs & 3) == 3)
+#define REGS_IP(r) ((r)->rip)
+#define REGS_SP(r) ((r)->rsp)
+#define REGS_FP(r) ((r)->rbp)
+#elif defined(__TARGET_ARCH_arm64)
+/* struct user_pt_regs { regs[31], sp, pc, pstate }: EL0t when pstate's mode bits are 0. */
+#define REGS_USER_MODE(r) (((r)->pstate & 0xf) == 0)
+#define REGS_IP(r) ((r)->pc)
+#define REGS_SP(r) ((r)->sp)
+#define REGS_FP(r) ((r)->regs[29])
+#else
+#error "the sampler supports x86_64 and arm64 only"
+#endif
+
 /* Load-time knobs, set by user space before loading. */
 volatile const __u32 ustack_size = 16384;   /* bytes of user stack to copy, <= DDPROF_MAX_USTACK_BYTES */
 volatile const __u32 filter_pids = 0;       /* 1: only pids present in pid_filter */
@@ -166,8 +184,8 @@ int ddprof_sample(struct bpf_perf_event_data *ctx)
 	bpf_get_current_comm(h->comm, sizeof(h->comm));
 
 	/* User registers: from the interrupt when it hit user mode, else the task's saved ones. */
-	struct pt_regs regs;
-	if ((ctx->regs.cs & 3) == 3) {
+	bpf_user_pt_regs_t regs;
+	if (REGS_USER_MODE(&ctx->regs)) {
 		__builtin_memcpy(&regs, &ctx->regs, sizeof(regs));
 	} else {
 		h->flags |= DDPROF_F_KERNEL_MODE;
@@ -178,13 +196,13 @@ int ddprof_sample(struct bpf_perf_event_data *ctx)
 	}
 
 	__u32 ulen = 0;
-	if ((regs.cs & 3) == 3 && regs.rsp != 0) {
+	if (REGS_USER_MODE(&regs) && REGS_SP(&regs) != 0) {
 		h->flags |= DDPROF_F_USER_REGS;
-		h->user_ip = regs.rip;
-		h->user_sp = regs.rsp;
-		h->user_bp = regs.rbp;
+		h->user_ip = REGS_IP(&regs);
+		h->user_sp = REGS_SP(&regs);
+		h->user_bp = REGS_FP(&regs);
 		__u32 clamped = 0;
-		ulen = copy_user_stack(s->data + HDR_BYTES, regs.rsp, ustack_size, &clamped);
+		ulen = copy_user_stack(s->data + HDR_BYTES, REGS_SP(&regs), ustack_size, &clamped);
 		if (clamped)
 			count(DDPROF_CNT_USTACK_CLAMPED);
 		if (ulen >= ustack_size)

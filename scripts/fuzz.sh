@@ -11,7 +11,8 @@ export RUSTC_BOOTSTRAP=1
 command -v cargo-fuzz >/dev/null || cargo install --quiet --locked cargo-fuzz
 corpus=$(mktemp -d)
 trap 'rm -rf "$corpus" /dev/shm/ddprof-fuzz-*' EXIT
-for f in /usr/bin/true /usr/lib/x86_64-linux-gnu/libz.so.1 /usr/lib/x86_64-linux-gnu/libc.so.6; do
+multiarch=$(gcc -print-multiarch 2>/dev/null || echo "$(uname -m)-linux-gnu")
+for f in /usr/bin/true "/usr/lib/$multiarch/libz.so.1" "/usr/lib/$multiarch/libc.so.6"; do
   [ -e "$f" ] && cp "$(readlink -f "$f")" "$corpus/"
 done
 head -c 4096 /usr/bin/true > "$corpus/truncated"
@@ -21,8 +22,12 @@ cargo fuzz run --sanitizer none -O elf "$corpus" -- \
 echo "fuzz: elf target ran ${FUZZ_SECONDS:-60} s without a crash"
 
 # Go's tables sit deep in a binary of megabytes: seed with a whole stripped Go program.
-go=$(command -v go || true)
+go=$(command -v go || { [ -x /usr/local/go/bin/go ] && echo /usr/local/go/bin/go; } || true)
 if [ -z "$go" ]; then
+  if [ "${DDPROF_REQUIRE_BPF:-}" = 1 ]; then
+    echo "fuzz: no Go toolchain for the gopclntab target, and DDPROF_REQUIRE_BPF=1 forbids skipping" >&2
+    exit 1
+  fi
   echo "fuzz: no Go toolchain, gopclntab target skipped"
   exit 0
 fi

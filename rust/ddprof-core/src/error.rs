@@ -11,6 +11,15 @@ pub enum Error {
     BpfUnavailable(String),
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A file that is not an ELF file we can read; the message names it.
+    #[error("{0}")]
+    InvalidBinary(String),
+    /// A debug-only ELF that does not verify after writing; the message names it and why.
+    #[error("{0}")]
+    DebugFile(String),
+    /// A call the profiler's state does not allow (snapshot before start, start twice...).
+    #[error("{0}")]
+    State(String),
     #[error("{context}: {source}")]
     Io {
         context: String,

@@ -1,105 +1,50 @@
-//! The running profiler: the sampler, the drain thread that owns the pipeline, and the
-//! symbolizer thread that turns a closed period into a [`Snapshot`].
+//! The running profiler: the sampler, the drain thread (`sampler::drain`) and the symbolizer
+//! thread, behind one handle.
 //!
-//! Input: a [`SamplerConfig`]. Output: running stats at any time and, on request, a
-//! symbolized snapshot of the aggregate (optionally starting a new one). The drain thread
-//! wakes when the BPF side signals ~1 MiB pending, or every 50 ms, and never symbolizes: a
-//! first parse of a large binary's DWARF can take seconds, and the ring buffer would overflow
-//! meanwhile.
-use std::collections::BTreeMap;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+//! Input: a [`ProfilerConfig`]. Output: the counters at any time ([`Profiler::stats`],
+//! lock-free) and, on request, a symbolized [`Snapshot`] of the period so far, optionally
+//! starting a new one at the same instant. Every method takes `&self` and may be called from
+//! any thread at any time: the only lock guards the command channel's sender for the time
+//! of a clone, never across a wait. Non-goals: anything Python (`ddprof-py`).
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
-use crate::aggregate::{Aggregate, Snapshot};
+use crate::aggregate::Snapshot;
+use crate::counters::{Counters, Stats};
 use crate::error::{Error, Result};
-use crate::pipeline::Pipeline;
+use crate::sampler::drain::{drain_loop, Command, SymJob};
 use crate::sampler::{Sampler, SamplerConfig};
-use crate::symbolize::Symbolizer;
+use crate::symbolize::{SymbolizeMode, Symbolizer};
 
-const DRAIN_INTERVAL_MS: i32 = 50;
-
-type Stats = Arc<Mutex<BTreeMap<String, u64>>>;
-
-enum Command {
-    Snapshot { reset: bool, reply: Sender<Snapshot> },
-    Stop,
+#[derive(Clone, Debug)]
+pub struct ProfilerConfig {
+    /// Samples per second on each CPU, 1 to 10000.
+    pub frequency: u64,
+    /// Only these processes; empty: all.
+    pub pids: Vec<u32>,
+    /// Bytes of user stack copied per sample: a multiple of 8, at most 64 KiB.
+    pub stack_bytes: u32,
+    pub symbolize: SymbolizeMode,
 }
 
-struct SymJob {
-    aggregate: Aggregate,
-    reply: Sender<Snapshot>,
+impl Default for ProfilerConfig {
+    fn default() -> Self {
+        ProfilerConfig { frequency: 99, pids: Vec::new(), stack_bytes: 16384, symbolize: SymbolizeMode::Host }
+    }
 }
 
 pub struct Profiler {
-    tx: Option<Sender<Command>>,
-    threads: Vec<JoinHandle<()>>,
-    stats: Stats,
-    frequency: u64,
+    /// `None` once closed.
+    commands: Mutex<Option<Sender<Command>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    counters: Arc<Counters>,
 }
 
-fn publish(stats: &Stats, sampler: Option<&Sampler>, pipeline: &Pipeline) {
-    if let Ok(mut s) = stats.lock() {
-        for (k, v) in pipeline.stats() {
-            s.insert(k, v);
-        }
-        if let Some(sampler) = sampler {
-            for (k, v) in sampler.counters() {
-                s.insert(k.to_string(), v);
-            }
-        }
-    }
-}
-
-fn close_period(pipeline: &mut Pipeline, reset: bool, reply: Sender<Snapshot>, sym: &Sender<SymJob>) {
-    let aggregate = if reset { pipeline.aggregate.close() } else { pipeline.aggregate.clone() };
-    let _ = sym.send(SymJob { aggregate, reply });
-}
-
-fn drain_loop(mut sampler: Sampler, rx: Receiver<Command>, sym: Sender<SymJob>, stats: Stats) {
-    let mut pipeline = Pipeline::new();
-    loop {
-        sampler.wait(DRAIN_INTERVAL_MS);
-        sampler.drain(|bytes| pipeline.ingest(bytes));
-        for pid in pipeline.fp_chain_requests.drain(..) {
-            sampler.want_fp_chain(pid);
-        }
-        publish(&stats, Some(&sampler), &pipeline);
-        match rx.recv_timeout(Duration::ZERO) {
-            Ok(Command::Snapshot { reset, reply }) => {
-                sampler.drain(|bytes| pipeline.ingest(bytes));
-                publish(&stats, Some(&sampler), &pipeline);
-                close_period(&mut pipeline, reset, reply, &sym);
-            }
-            Ok(Command::Stop) | Err(RecvTimeoutError::Disconnected) => break,
-            Err(RecvTimeoutError::Timeout) => {}
-        }
-    }
-    sampler.drain(|bytes| pipeline.ingest(bytes));
-    publish(&stats, Some(&sampler), &pipeline);
-    // Detach the program and free the maps now, not when the handle goes away.
-    drop(sampler);
-    // Keep serving snapshots of what was collected until the handle goes away.
-    while let Ok(cmd) = rx.recv() {
-        if let Command::Snapshot { reset, reply } = cmd {
-            close_period(&mut pipeline, reset, reply, &sym);
-        }
-    }
-}
-
-fn symbolize_loop(rx: Receiver<SymJob>, stats: Stats, frequency: u64) {
-    let mut symbolizer = Symbolizer::new();
+fn symbolize_loop(rx: Receiver<SymJob>, counters: Arc<Counters>, frequency: u64, mode: SymbolizeMode) {
+    let mut symbolizer = Symbolizer::new(mode, counters.clone());
     while let Ok(job) = rx.recv() {
-        let stat_vec: Vec<(String, u64)> = stats
-            .lock()
-            .map(|s| s.iter().map(|(k, v)| (k.clone(), *v)).collect())
-            .unwrap_or_default();
-        let mut snap = job.aggregate.into_snapshot(frequency, stat_vec, |reqs| symbolizer.resolve(reqs));
-        snap.stats.push(("symbolize_failures".into(), symbolizer.failures));
-        if let Ok(mut s) = stats.lock() {
-            s.insert("symbolize_failures".into(), symbolizer.failures);
-        }
+        let snap = job.aggregate.into_snapshot(frequency, |reqs| symbolizer.resolve(reqs), || counters.stats());
         let _ = job.reply.send(snap);
         // Parsing binaries leaves large freed blocks in this thread's malloc arena; hand them
         // back so that the resident size returns to its baseline between periods.
@@ -114,59 +59,77 @@ fn symbolize_loop(rx: Receiver<SymJob>, stats: Stats, frequency: u64) {
 impl Profiler {
     /// Loads and attaches the sampler, then starts draining. Errors are returned here, on
     /// the caller's thread: privileges, kernel support, bad arguments.
-    pub fn start(cfg: SamplerConfig) -> Result<Profiler> {
-        let frequency = cfg.frequency;
+    pub fn start(cfg: ProfilerConfig) -> Result<Profiler> {
         raise_nofile_limit();
-        let sampler = Sampler::start(&cfg)?;
+        let sampler = Sampler::start(&SamplerConfig { frequency: cfg.frequency, pids: cfg.pids, stack_bytes: cfg.stack_bytes })?;
+        let counters: Arc<Counters> = Arc::default();
         let (tx, rx) = mpsc::channel();
         let (sym_tx, sym_rx) = mpsc::channel();
-        let stats: Stats = Arc::new(Mutex::new(BTreeMap::new()));
         let spawn_err = |e| Error::Io { context: "starting a profiler thread".into(), source: e };
-        let s1 = stats.clone();
+        let c1 = counters.clone();
         let drain = std::thread::Builder::new()
             .name("ddprof-drain".into())
-            .spawn(move || drain_loop(sampler, rx, sym_tx, s1))
+            .spawn(move || drain_loop(sampler, rx, sym_tx, c1))
             .map_err(spawn_err)?;
-        let s2 = stats.clone();
+        let c2 = counters.clone();
+        let (frequency, mode) = (cfg.frequency, cfg.symbolize);
         let symbolize = std::thread::Builder::new()
             .name("ddprof-symbols".into())
-            .spawn(move || symbolize_loop(sym_rx, s2, frequency))
+            .spawn(move || symbolize_loop(sym_rx, c2, frequency, mode))
             .map_err(spawn_err)?;
-        Ok(Profiler { tx: Some(tx), threads: vec![drain, symbolize], stats, frequency })
+        Ok(Profiler { commands: Mutex::new(Some(tx)), threads: Mutex::new(vec![drain, symbolize]), counters })
     }
 
-    pub fn frequency(&self) -> u64 {
-        self.frequency
+    /// The counters now.
+    pub fn stats(&self) -> Stats {
+        self.counters.stats()
     }
 
-    pub fn stats(&self) -> BTreeMap<String, u64> {
-        self.stats.lock().map(|s| s.clone()).unwrap_or_default()
+    fn sender(&self) -> Result<Sender<Command>> {
+        let closed = || Error::State("the profiler is closed".into());
+        self.commands.lock().map_err(|_| closed())?.clone().ok_or_else(closed)
     }
 
-    /// The aggregate so far, symbolized; with `reset`, counting restarts from empty.
+    /// The period so far, symbolized; with `reset`, the next period starts now. Blocks for
+    /// the symbolization.
     pub fn snapshot(&self, reset: bool) -> Result<Snapshot> {
-        let stopped = || Error::Other("the profiler's threads have stopped".into());
+        let stopped = || Error::State("the profiler's threads have stopped".into());
         let (reply, rx) = mpsc::channel();
-        self.tx.as_ref().ok_or_else(stopped)?.send(Command::Snapshot { reset, reply }).map_err(|_| stopped())?;
+        self.sender()?.send(Command::Snapshot { reset, reply }).map_err(|_| stopped())?;
         rx.recv().map_err(|_| stopped())
     }
 
     /// Stops sampling and detaches the BPF program after a last drain. Snapshots of what was
-    /// collected stay available.
-    pub fn stop(&mut self) {
-        if let Some(tx) = &self.tx {
+    /// collected stay available until [`Profiler::close`].
+    pub fn stop(&self) {
+        if let Ok(tx) = self.sender() {
             let _ = tx.send(Command::Stop);
+        }
+    }
+
+    /// Stops, ends the threads and waits for them (a snapshot being symbolized finishes
+    /// first). Idempotent.
+    pub fn close(&self) {
+        self.stop();
+        if let Ok(mut c) = self.commands.lock() {
+            // Closing the channel ends the drain thread, which closes the symbolizer's.
+            *c = None;
+        }
+        let threads = self.threads.lock().map(|mut t| std::mem::take(&mut *t)).unwrap_or_default();
+        for t in threads {
+            let _ = t.join();
         }
     }
 }
 
 impl Drop for Profiler {
+    /// Stops and lets the threads end on their own, without waiting: a thread may be
+    /// logging through a caller that holds a lock of its own (the Python binding's GIL).
+    /// Call [`Profiler::close`] to wait.
     fn drop(&mut self) {
         self.stop();
-        // Closing the channel ends the drain thread, which closes the symbolizer's.
-        self.tx = None;
-        for t in self.threads.drain(..) {
-            let _ = t.join();
+        if let Ok(mut c) = self.commands.lock() {
+            *c = None;
         }
     }
 }

@@ -1,13 +1,16 @@
 //! `debugfile::write_debug_file` against binutils as ground truth: on a C program built
 //! here with gcc (skipped without gcc/binutils) and a stripped Go program (skipped without
 //! go), `nm`, `addr2line`, `readelf` must read the debug file as they read the original;
-//! hostile inputs must fail without leaving a file behind. Sizes are compared with what
+//! hostile inputs must fail without leaving a file behind. Sizes are printed next to what
 //! `objcopy --only-keep-debug --compress-debug-sections=zlib` makes of the same input.
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use ddprof_core::debugfile::write_debug_file;
+use ddprof_core::elf::debug_writer::write_debug_file;
+
+mod common;
+use common::skip_or_fail;
 use object::{Object, ObjectSection, SectionKind};
 
 const SRC: &str = r#"
@@ -117,7 +120,7 @@ fn check_like_original(orig: &Path, out: &Path) {
 #[test]
 fn c_program_reads_like_the_original() {
     if !have("gcc") || !have("readelf") || !have("addr2line") {
-        eprintln!("skipped: needs gcc and binutils");
+        skip_or_fail("needs gcc and binutils");
         return;
     }
     let dir = tmp_dir("c");
@@ -148,7 +151,7 @@ fn c_program_reads_like_the_original() {
 #[test]
 fn segments_stay_usable() {
     if !have("gcc") || !have("readelf") {
-        eprintln!("skipped: needs gcc and binutils");
+        skip_or_fail("needs gcc and binutils");
         return;
     }
     let dir = tmp_dir("seg");
@@ -196,6 +199,8 @@ fn segments_stay_usable() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The stripped Go workload, built here; `None` only when there is no Go toolchain (a
+/// toolchain that fails to build it fails the test).
 fn go_binary(dir: &Path) -> Option<PathBuf> {
     let go = ["go", "/usr/local/go/bin/go"].into_iter().find(|g| have_go(g))?;
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/workloads/gowork");
@@ -208,8 +213,9 @@ fn go_binary(dir: &Path) -> Option<PathBuf> {
         .env("GOFLAGS", "-mod=mod")
         .env("GOCACHE", std::env::temp_dir().join("ddprof-debugfile-gocache"))
         .status()
-        .ok()?;
-    st.success().then_some(out)
+        .expect("run go build");
+    assert!(st.success(), "go build of the Go workload failed");
+    Some(out)
 }
 
 fn have_go(go: &str) -> bool {
@@ -220,7 +226,7 @@ fn have_go(go: &str) -> bool {
 fn go_stripped_keeps_gopclntab() {
     let dir = tmp_dir("go");
     let Some(bin) = go_binary(&dir) else {
-        eprintln!("skipped: no go toolchain");
+        skip_or_fail("no go toolchain");
         return;
     };
     let out = dir.join("gowork.debug");
@@ -254,6 +260,8 @@ fn go_stripped_keeps_gopclntab() {
         assert!(section_data(&out2, ".gopclntab").is_some_and(|d| d.is_empty()));
         write_debug_file(&dbg, Some(&bin), &out2).expect("debug file with the table");
         assert_eq!(section_data(&out2, ".gopclntab").as_deref(), Some(&want[..]));
+    } else {
+        skip_or_fail("objcopy is needed for the separate-debug-file case");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -261,7 +269,12 @@ fn go_stripped_keeps_gopclntab() {
 #[test]
 fn hostile_inputs_fail_cleanly() {
     let dir = tmp_dir("bad");
-    let good = if have("gcc") { std::fs::read(build_c(&dir, "prog", &[])).ok() } else { None };
+    let good = if have("gcc") {
+        std::fs::read(build_c(&dir, "prog", &[])).ok()
+    } else {
+        skip_or_fail("gcc is needed for the ELF-derived hostile cases");
+        None
+    };
     let mut cases: Vec<(&str, Vec<u8>)> = vec![
         ("empty", vec![]),
         ("text", b"#!/bin/sh\necho hi\n".to_vec()),

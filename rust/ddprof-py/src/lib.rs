@@ -1,180 +1,377 @@
-//! `ddprofiler._native`: a thin pyo3 binding of ddprof-core.
+//! `ddprofiler._native`: a thin pyo3 binding of ddprof-core. Its typed stub is
+//! `python/ddprofiler/_native.pyi` (checked by stubtest); users import from `ddprofiler`.
 //!
-//! Conversions live here and nowhere else: core errors become Python exceptions in
-//! [`to_py_err`], snapshots become dicts in [`snapshot_to_py`], and every call that can block
-//! (starting, snapshotting, stopping, writing debug files) runs with the GIL released through
-//! [`blocking`].
-use std::sync::Mutex;
+//! Three rules, each kept in one place:
+//! - errors: core errors become the classes of `ddprofiler.errors` in [`to_py_err`];
+//! - the GIL: every call that can block runs through [`blocking`], and no lock of ours is
+//!   ever held while the GIL is released or acquired (the core's handle needs none: its
+//!   methods take `&self`);
+//! - data: a snapshot crosses as plain tuples of interned tables ([`snapshot_to_py`]).
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
-use ddprof_core::aggregate::Snapshot;
+use ddprof_core::aggregate::Snapshot as CoreSnapshot;
+use ddprof_core::counters::SPECS;
+use ddprof_core::elf::debug_writer::DebugFileStats as CoreDebugFileStats;
+use ddprof_core::elf::inspect::{inspect_path, BinaryInfo as CoreBinaryInfo};
+use ddprof_core::elf::{ElfFile, SymbolSource};
 use ddprof_core::symbolize::Line;
-use ddprof_core::{Error, Profiler as CoreProfiler, SamplerConfig};
-use pyo3::exceptions::{PyOSError, PyPermissionError, PyRuntimeError, PyValueError};
+use ddprof_core::{Error, Profiler as CoreProfiler, ProfilerConfig, Stats};
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList};
+use pyo3::types::{PyDict, PyList, PyTuple, PyType};
 
-pyo3::create_exception!(_native, BpfUnavailableError, PyRuntimeError, "The kernel lacks something the BPF sampler needs.");
-
-fn to_py_err(e: Error) -> PyErr {
-    match e {
-        Error::Permission(m) => PyPermissionError::new_err(m),
-        Error::BpfUnavailable(m) => BpfUnavailableError::new_err(m),
-        Error::InvalidArgument(m) => PyValueError::new_err(m),
-        Error::Io { .. } => PyOSError::new_err(e.to_string()),
-        Error::Other(m) => PyRuntimeError::new_err(m),
+/// The one conversion of core errors into Python exceptions (classes of `ddprofiler.errors`).
+fn to_py_err(py: Python<'_>, e: Error) -> PyErr {
+    let class = match &e {
+        Error::InvalidArgument(_) => return PyValueError::new_err(e.to_string()),
+        Error::Io { .. } => return PyOSError::new_err(e.to_string()),
+        Error::Permission(_) => "PrivilegeError",
+        Error::BpfUnavailable(_) => "BpfUnavailableError",
+        Error::InvalidBinary(_) => "InvalidBinaryError",
+        Error::DebugFile(_) => "DebugFileError",
+        Error::State(_) | Error::Other(_) => "ProfilerError",
+    };
+    let ty = py
+        .import("ddprofiler.errors")
+        .and_then(|m| m.getattr(class))
+        .and_then(|c| c.cast_into::<PyType>().map_err(PyErr::from));
+    match ty {
+        Ok(ty) => PyErr::from_type(ty, e.to_string()),
+        Err(import_error) => {
+            let err = PyRuntimeError::new_err(e.to_string());
+            err.set_cause(py, Some(import_error));
+            err
+        }
     }
 }
 
 /// Runs `f` without the GIL: Python threads (and signal handlers) keep running meanwhile.
+/// The only place the GIL is released.
 fn blocking<T: Send>(py: Python<'_>, f: impl FnOnce() -> T + Send) -> T {
     py.detach(f)
 }
 
 fn lines_to_py<'py>(py: Python<'py>, lines: &[Line]) -> PyResult<Bound<'py, PyList>> {
     let out = PyList::empty(py);
-    for line in lines {
-        let x = PyDict::new(py);
-        x.set_item("function", &line.function)?;
-        x.set_item("system_name", "")?;
-        x.set_item("file", &line.file)?;
-        x.set_item("line", line.line)?;
-        out.append(x)?;
+    for l in lines {
+        // system_name: the demangled name is all the core keeps ("" = same as function).
+        out.append((l.function.as_str(), "", l.file.as_str(), l.line))?;
     }
     Ok(out)
 }
 
-fn snapshot_to_py<'py>(py: Python<'py>, s: &Snapshot) -> PyResult<Bound<'py, PyDict>> {
-    let d = PyDict::new(py);
-    d.set_item("start_ns", s.start_ns)?;
-    d.set_item("end_ns", s.end_ns)?;
-    d.set_item("frequency", s.frequency)?;
+fn snapshot_to_py(py: Python<'_>, s: CoreSnapshot) -> PyResult<Snapshot> {
     let mappings = PyList::empty(py);
     for m in &s.mappings {
-        let md = PyDict::new(py);
-        md.set_item("start", m.start)?;
-        md.set_item("limit", m.limit)?;
-        md.set_item("offset", m.offset)?;
-        md.set_item("path", &m.path)?;
-        md.set_item("build_id", &m.build_id)?;
-        md.set_item("is_kernel", m.is_kernel)?;
-        mappings.append(md)?;
+        let binary = match &m.file {
+            Some(f) => Some(Py::new(py, Binary { file: f.clone() })?),
+            None => None,
+        };
+        mappings.append((m.start.0, m.limit.0, m.offset.0, m.path.as_str(), m.file_id.as_str(), m.is_kernel, binary))?;
     }
-    d.set_item("mappings", mappings)?;
-    let locations = PyList::empty(py);
-    for l in &s.locations {
-        let ld = PyDict::new(py);
-        ld.set_item("mapping", l.mapping)?;
-        ld.set_item("address", l.address)?;
-        ld.set_item("lines", lines_to_py(py, &l.lines)?)?;
-        locations.append(ld)?;
+    let frames = PyList::empty(py);
+    for f in &s.frames {
+        let mapping = f.mapping.map_or(-1, i64::from);
+        frames.append((mapping, f.address.0, f.kind.as_str(), lines_to_py(py, &f.lines)?))?;
     }
-    d.set_item("locations", locations)?;
     let stacks = PyList::empty(py);
     for st in &s.stacks {
-        stacks.append(PyList::new(py, st.iter())?)?;
+        stacks.append(PyTuple::new(py, st.iter())?)?;
     }
-    d.set_item("stacks", stacks)?;
     let samples = PyList::empty(py);
     for x in &s.samples {
-        let sd = PyDict::new(py);
-        sd.set_item("pid", x.pid)?;
-        sd.set_item("tid", x.tid)?;
-        sd.set_item("cpu", x.cpu)?;
-        sd.set_item("stack", x.stack)?;
-        sd.set_item("count", x.count)?;
-        sd.set_item("thread_name", &x.thread_name)?;
-        sd.set_item("process_name", &x.process_name)?;
-        samples.append(sd)?;
+        samples.append((x.pid, x.tid, x.cpu, x.stack, x.count, x.thread_name.as_str(), x.process_name.as_str()))?;
     }
-    d.set_item("samples", samples)?;
     let processes = PyList::empty(py);
     for p in &s.processes {
-        let pd = PyDict::new(py);
-        pd.set_item("pid", p.pid)?;
-        pd.set_item("name", &p.name)?;
-        pd.set_item("exe", &p.exe)?;
         let env = PyDict::new(py);
         for (k, v) in &p.env {
             env.set_item(k, v)?;
         }
-        pd.set_item("env", env)?;
-        pd.set_item("cgroup", &p.cgroup)?;
-        processes.append(pd)?;
+        processes.append((p.pid, p.name.as_str(), p.exe.as_str(), env, p.cgroup.as_str()))?;
     }
-    d.set_item("processes", processes)?;
-    let stats = PyDict::new(py);
-    for (k, v) in &s.stats {
-        stats.set_item(k, v)?;
+    Ok(Snapshot {
+        start_ns: s.start_ns,
+        end_ns: s.end_ns,
+        frequency: s.frequency,
+        mappings: mappings.unbind(),
+        frames: frames.unbind(),
+        stacks: stacks.unbind(),
+        samples: samples.unbind(),
+        processes: processes.unbind(),
+        stats: stats_to_py(py, &s.stats)?.unbind(),
+    })
+}
+
+fn stats_to_py<'py>(py: Python<'py>, stats: &Stats) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    for (c, v) in stats.iter() {
+        d.set_item(c.name(), v)?;
     }
-    d.set_item("stats", stats)?;
     Ok(d)
 }
 
-#[pyclass(module = "ddprofiler._native")]
-struct Profiler {
-    cfg: Mutex<Option<SamplerConfig>>,
-    inner: Mutex<Option<CoreProfiler>>,
+#[pyfunction]
+fn counter_specs(py: Python<'_>) -> PyResult<Bound<'_, PyList>> {
+    let out = PyList::empty(py);
+    for s in SPECS {
+        out.append((s.name, s.kind.as_str(), s.help))?;
+    }
+    Ok(out)
 }
 
-fn closed() -> PyErr {
-    PyRuntimeError::new_err("the profiler is not running (call start() first)")
+#[pyclass(module = "ddprofiler._native", frozen, get_all)]
+struct Snapshot {
+    start_ns: u64,
+    end_ns: u64,
+    frequency: u64,
+    mappings: Py<PyList>,
+    frames: Py<PyList>,
+    stacks: Py<PyList>,
+    samples: Py<PyList>,
+    processes: Py<PyList>,
+    stats: Py<PyDict>,
+}
+
+#[pyclass(module = "ddprofiler._native", frozen)]
+struct Profiler {
+    config: ProfilerConfig,
+    started: AtomicBool,
+    core: OnceLock<CoreProfiler>,
+}
+
+impl Profiler {
+    fn running(&self, py: Python<'_>) -> PyResult<&CoreProfiler> {
+        self.core.get().ok_or_else(|| to_py_err(py, Error::State("the profiler is not running (call start() first)".into())))
+    }
 }
 
 #[pymethods]
 impl Profiler {
     #[new]
-    #[pyo3(signature = (frequency = 99, pids = None, stack_bytes = 16384))]
-    fn new(frequency: u64, pids: Option<Vec<u32>>, stack_bytes: u32) -> Self {
-        let cfg = SamplerConfig { frequency, pids: pids.unwrap_or_default(), stack_bytes };
-        Profiler { cfg: Mutex::new(Some(cfg)), inner: Mutex::new(None) }
+    #[pyo3(signature = (frequency = 99, pids = None, stack_bytes = 16384, symbolize = "host"))]
+    fn new(py: Python<'_>, frequency: u64, pids: Option<Vec<u32>>, stack_bytes: u32, symbolize: &str) -> PyResult<Self> {
+        let symbolize = symbolize.parse().map_err(|e| to_py_err(py, e))?;
+        let config = ProfilerConfig { frequency, pids: pids.unwrap_or_default(), stack_bytes, symbolize };
+        Ok(Profiler { config, started: AtomicBool::new(false), core: OnceLock::new() })
     }
 
     fn start(&self, py: Python<'_>) -> PyResult<()> {
-        let cfg = self
-            .cfg
-            .lock()
-            .map_err(|_| closed())?
-            .take()
-            .ok_or_else(|| PyRuntimeError::new_err("start() was already called"))?;
-        let p = blocking(py, move || CoreProfiler::start(cfg)).map_err(to_py_err)?;
-        *self.inner.lock().map_err(|_| closed())? = Some(p);
-        Ok(())
+        if self.started.swap(true, Ordering::SeqCst) {
+            return Err(to_py_err(py, Error::State("start() was already called".into())));
+        }
+        let config = self.config.clone();
+        match blocking(py, move || CoreProfiler::start(config)) {
+            Ok(p) => {
+                // Only this call got past `started`, so the cell is empty.
+                let _ = self.core.set(p);
+                Ok(())
+            }
+            Err(e) => {
+                self.started.store(false, Ordering::SeqCst);
+                Err(to_py_err(py, e))
+            }
+        }
     }
 
-    fn stop(&self, py: Python<'_>) -> PyResult<()> {
-        let mut g = self.inner.lock().map_err(|_| closed())?;
-        if let Some(p) = g.as_mut() {
-            blocking(py, || p.stop());
+    fn stop(&self) {
+        if let Some(p) = self.core.get() {
+            p.stop();
         }
-        Ok(())
+    }
+
+    fn close(&self, py: Python<'_>) {
+        if let Some(p) = self.core.get() {
+            blocking(py, || p.close());
+        }
     }
 
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let g = self.inner.lock().map_err(|_| closed())?;
-        let d = PyDict::new(py);
-        if let Some(p) = g.as_ref() {
-            for (k, v) in p.stats() {
-                d.set_item(k, v)?;
-            }
-        }
-        Ok(d)
+        let stats = self.core.get().map(CoreProfiler::stats).unwrap_or_default();
+        stats_to_py(py, &stats)
     }
 
     #[pyo3(signature = (reset = true))]
-    fn snapshot<'py>(&self, py: Python<'py>, reset: bool) -> PyResult<Bound<'py, PyDict>> {
-        let g = self.inner.lock().map_err(|_| closed())?;
-        let p = g.as_ref().ok_or_else(closed)?;
-        let snap = blocking(py, || p.snapshot(reset)).map_err(to_py_err)?;
-        snapshot_to_py(py, &snap)
+    fn snapshot(&self, py: Python<'_>, reset: bool) -> PyResult<Snapshot> {
+        let p = self.running(py)?;
+        let snap = blocking(py, || p.snapshot(reset)).map_err(|e| to_py_err(py, e))?;
+        snapshot_to_py(py, snap)
     }
 }
 
-/// Lines of each address of an ELF file (addresses as the file states them, as addr2line
-/// takes them), innermost inlined function first.
+/// An ELF file the profiler holds open.
+#[pyclass(module = "ddprofiler._native", frozen)]
+struct Binary {
+    file: Arc<ElfFile>,
+}
+
+#[pymethods]
+impl Binary {
+    #[getter]
+    fn path(&self) -> &str {
+        &self.file.origin.path
+    }
+
+    #[getter]
+    fn file_id(&self) -> &str {
+        self.file.file_id()
+    }
+
+    fn inspect(&self, py: Python<'_>) -> BinaryInfo {
+        let file = self.file.clone();
+        BinaryInfo { info: blocking(py, move || CoreBinaryInfo::of(&file)) }
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Binary(path={:?}, file_id={:?})", self.file.origin.path, self.file.file_id())
+    }
+}
+
+#[pyclass(module = "ddprofiler._native", frozen)]
+struct BinaryInfo {
+    info: CoreBinaryInfo,
+}
+
+#[pymethods]
+impl BinaryInfo {
+    #[getter]
+    fn path(&self) -> &str {
+        &self.info.path
+    }
+    #[getter]
+    fn arch(&self) -> &str {
+        &self.info.arch
+    }
+    #[getter]
+    fn gnu_build_id(&self) -> Option<&str> {
+        self.info.gnu_build_id.as_deref()
+    }
+    #[getter]
+    fn go_build_id(&self) -> Option<&str> {
+        self.info.go_build_id.as_deref()
+    }
+    #[getter]
+    fn file_hash(&self) -> &str {
+        &self.info.file_hash
+    }
+    #[getter]
+    fn symbol_source(&self) -> &'static str {
+        self.info.symbol_source.as_str()
+    }
+    #[getter]
+    fn own_symbol_source(&self) -> &'static str {
+        self.info.own_symbol_source.as_str()
+    }
+    #[getter]
+    fn file_size(&self) -> u64 {
+        self.info.file_size
+    }
+    #[getter]
+    fn debug_sections_size(&self) -> u64 {
+        self.info.debug_sections_size
+    }
+    #[getter]
+    fn symtab_entries(&self) -> u64 {
+        self.info.symtab_entries
+    }
+    #[getter]
+    fn debug_file(&self) -> Option<&str> {
+        self.info.debug_file.as_ref().map(|d| d.file.origin.path.as_str())
+    }
+    #[getter]
+    fn debug_file_via(&self) -> Option<&'static str> {
+        self.info.debug_file.as_ref().map(|d| d.via.as_str())
+    }
+    #[getter]
+    fn debug_file_symbol_source(&self) -> Option<&'static str> {
+        self.info.debug_file.as_ref().map(|d| d.file.symbols.source().as_str())
+    }
+    #[getter]
+    fn debug_file_symtab_entries(&self) -> u64 {
+        self.info.debug_file.as_ref().map_or(0, |d| d.file.symbols.symtab_entries)
+    }
+    #[getter]
+    fn build_ids(&self) -> Vec<String> {
+        self.info.build_ids()
+    }
+
+    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        d.set_item("path", self.path())?;
+        d.set_item("arch", self.arch())?;
+        d.set_item("gnu_build_id", self.gnu_build_id())?;
+        d.set_item("go_build_id", self.go_build_id())?;
+        d.set_item("file_hash", self.file_hash())?;
+        d.set_item("symbol_source", self.symbol_source())?;
+        d.set_item("own_symbol_source", self.own_symbol_source())?;
+        d.set_item("file_size", self.file_size())?;
+        d.set_item("debug_sections_size", self.debug_sections_size())?;
+        d.set_item("symtab_entries", self.symtab_entries())?;
+        d.set_item("debug_file", self.debug_file())?;
+        d.set_item("debug_file_via", self.debug_file_via())?;
+        d.set_item("debug_file_symbol_source", self.debug_file_symbol_source())?;
+        d.set_item("debug_file_symtab_entries", self.debug_file_symtab_entries())?;
+        Ok(d)
+    }
+
+    fn write_debug_file(&self, py: Python<'_>, out: String) -> PyResult<DebugFileStats> {
+        let stats = blocking(py, || self.info.write_debug_file(out.as_ref())).map_err(|e| to_py_err(py, e))?;
+        Ok(DebugFileStats { stats })
+    }
+
+    fn __repr__(&self) -> String {
+        format!("BinaryInfo(path={:?}, symbol_source={:?})", self.info.path, self.symbol_source())
+    }
+}
+
+#[pyclass(module = "ddprofiler._native", frozen)]
+struct DebugFileStats {
+    stats: CoreDebugFileStats,
+}
+
+#[pymethods]
+impl DebugFileStats {
+    #[getter]
+    fn source(&self) -> &str {
+        &self.stats.source
+    }
+    #[getter]
+    fn input_bytes(&self) -> u64 {
+        self.stats.input_bytes
+    }
+    #[getter]
+    fn output_bytes(&self) -> u64 {
+        self.stats.output_bytes
+    }
+    #[getter]
+    fn sections_compressed(&self) -> u64 {
+        self.stats.sections_compressed
+    }
+    #[getter]
+    fn symtab_entries(&self) -> u64 {
+        self.stats.symtab_entries
+    }
+    #[getter]
+    fn gopclntab_bytes(&self) -> u64 {
+        self.stats.gopclntab_bytes
+    }
+
+    fn __repr__(&self) -> String {
+        format!("{:?}", self.stats)
+    }
+}
+
+#[pyfunction]
+#[pyo3(signature = (path, root = "/".to_string()), text_signature = "(path, root='/')")]
+fn inspect(py: Python<'_>, path: String, root: String) -> PyResult<BinaryInfo> {
+    let info = blocking(py, || inspect_path(path.as_ref(), root.as_ref())).map_err(|e| to_py_err(py, e))?;
+    Ok(BinaryInfo { info })
+}
+
 #[pyfunction]
 fn symbolize_file<'py>(py: Python<'py>, path: String, addresses: Vec<u64>) -> PyResult<Bound<'py, PyList>> {
-    let all = blocking(py, || ddprof_core::symbolize::symbolize_file(&path, &addresses))
-        .map_err(PyOSError::new_err)?;
+    let all = blocking(py, || ddprof_core::symbolize::symbolize_file(&path, &addresses)).map_err(|e| to_py_err(py, e))?;
     let out = PyList::empty(py);
     for lines in all {
         out.append(lines_to_py(py, &lines)?)?;
@@ -182,37 +379,19 @@ fn symbolize_file<'py>(py: Python<'py>, path: String, addresses: Vec<u64>) -> Py
     Ok(out)
 }
 
-/// Writes the debug-only ELF of `src` to `out` (see `ddprof_core::debugfile`), taking Go's
-/// `.gopclntab` from `gopclntab_from` when `src` is a debug file without its bytes.
-#[pyfunction]
-#[pyo3(signature = (src, out, gopclntab_from = None))]
-fn make_debug_file<'py>(
-    py: Python<'py>,
-    src: String,
-    out: String,
-    gopclntab_from: Option<String>,
-) -> PyResult<Bound<'py, PyDict>> {
-    let from = gopclntab_from.as_deref().map(std::path::Path::new);
-    let stats = blocking(py, || {
-        ddprof_core::debugfile::write_debug_file(src.as_ref(), from, out.as_ref())
-    })
-    .map_err(to_py_err)?;
-    let d = PyDict::new(py);
-    d.set_item("input_bytes", stats.input_bytes)?;
-    d.set_item("output_bytes", stats.output_bytes)?;
-    d.set_item("sections_compressed", stats.sections_compressed)?;
-    d.set_item("symtab_entries", stats.symtab_entries)?;
-    d.set_item("gopclntab_bytes", stats.gopclntab_bytes)?;
-    Ok(d)
-}
-
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     pyo3_log::init();
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-    m.add("BpfUnavailableError", m.py().get_type::<BpfUnavailableError>())?;
+    let sources: Vec<&str> = SymbolSource::ALL.iter().map(|s| s.as_str()).collect();
+    m.add("SYMBOL_SOURCES", PyTuple::new(m.py(), sources)?)?;
     m.add_class::<Profiler>()?;
+    m.add_class::<Snapshot>()?;
+    m.add_class::<Binary>()?;
+    m.add_class::<BinaryInfo>()?;
+    m.add_class::<DebugFileStats>()?;
+    m.add_function(wrap_pyfunction!(counter_specs, m)?)?;
+    m.add_function(wrap_pyfunction!(inspect, m)?)?;
     m.add_function(wrap_pyfunction!(symbolize_file, m)?)?;
-    m.add_function(wrap_pyfunction!(make_debug_file, m)?)?;
     Ok(())
 }

@@ -8,6 +8,9 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 
+#[path = "../exercise/mod.rs"]
+mod exercise;
+
 /// A directory of this process's own for the debug file writer's input and output.
 fn scratch() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
@@ -20,10 +23,10 @@ fn scratch() -> &'static PathBuf {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let _ = ddprof_core::elf::fuzz_parse(data);
+    let _ = exercise::elf(data);
     let (src, out) = (scratch().join("in"), scratch().join("out"));
     if std::fs::write(&src, data).is_ok() {
-        let _ = ddprof_core::debugfile::write_debug_file(&src, None, &out);
+        let _ = ddprof_core::elf::debug_writer::write_debug_file(&src, None, &out);
         let _ = std::fs::remove_file(&out);
     }
 });

@@ -4,6 +4,9 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
+#[path = "../exercise/mod.rs"]
+mod exercise;
+
 fuzz_target!(|data: &[u8]| {
-    let _ = ddprof_core::gopclntab::fuzz_parse(data);
+    let _ = exercise::gopclntab(data);
 });

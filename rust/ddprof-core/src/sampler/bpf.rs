@@ -13,7 +13,8 @@ use aya::programs::perf_event::{
 };
 use aya::{Ebpf, EbpfError, EbpfLoader};
 
-use crate::abi::{self, counter};
+use super::abi;
+use crate::counters::{Counter, Counters};
 use crate::error::{self, Error, Result};
 
 static SAMPLER_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sampler.bpf.o"));
@@ -183,14 +184,13 @@ impl Sampler {
         }
     }
 
-    /// Sum over CPUs of each BPF counter, with its stats name.
-    pub fn counters(&self) -> Vec<(&'static str, u64)> {
-        counter::NAMES
-            .iter()
-            .map(|&(idx, name)| {
-                let v = self.counters.get(&idx, 0).map(|vals| vals.iter().sum()).unwrap_or(0);
-                (name, v)
-            })
-            .collect()
+    /// Copies the BPF counters (summed over CPUs) into the registry.
+    pub fn copy_counters(&self, into: &Counters) {
+        for &c in Counter::ALL {
+            if let Some(idx) = c.spec().bpf_index {
+                let v: u64 = self.counters.get(&idx, 0).map(|vals| vals.iter().sum()).unwrap_or(0);
+                into.set(c, v);
+            }
+        }
     }
 }

@@ -26,8 +26,8 @@
 //! - The file is checked after writing (same `.symtab` entry count, `.text` NOBITS, the
 //!   Go table byte for byte, every section compressed here inflates to its original size);
 //!   on any error `out` is removed and an [`Error`] says which file and why:
-//!   `InvalidArgument` for a file that is not a readable, supported ELF (or `out` being
-//!   `src`), `Io` for I/O, `Other` for a result that does not verify.
+//!   `InvalidBinary` for a file that is not a readable, supported ELF (`InvalidArgument` for
+//!   `out` being `src`), `Io` for I/O, `DebugFile` for a result that does not verify.
 //! - Memory stays bounded whatever the file size: headers are read through a memory map,
 //!   section bytes stream through a 1 MiB buffer and the zlib encoder into `out`.
 //!   Non-goals: relocatable objects' special sections (groups, relocations of removed
@@ -35,7 +35,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use flate2::write::ZlibEncoder;
 use flate2::Compression;
@@ -67,6 +67,8 @@ const MAX_SEGMENTS: usize = 256;
 /// What one run produced (also what the Python caller logs and checks).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DebugFileStats {
+    /// The file the symbols were taken from.
+    pub source: String,
     pub input_bytes: u64,
     pub output_bytes: u64,
     pub sections_compressed: u64,
@@ -74,18 +76,41 @@ pub struct DebugFileStats {
     pub gopclntab_bytes: u64,
 }
 
+/// A file to read, open, with the name errors and logs give it.
+pub struct Source {
+    pub name: PathBuf,
+    pub file: File,
+}
+
+impl Source {
+    pub fn open(path: &Path) -> Result<Source> {
+        let file = File::open(path).map_err(|e| io_err(path, "cannot open", e))?;
+        Ok(Source { name: path.to_path_buf(), file })
+    }
+}
+
 /// Writes the debug-only ELF of `src` to `out`; see the module doc for the contract.
 pub fn write_debug_file(src: &Path, gopclntab_from: Option<&Path>, out: &Path) -> Result<DebugFileStats> {
-    let input = Input::open(src)?;
     // The binary only matters when `src` lacks the Go table's bytes, which `fill_pcln`
     // finds out: a binary that cannot be read costs the table, not the whole file.
-    let pcln_file = gopclntab_from.filter(|p| *p != src).and_then(|p| {
-        Input::open(p).map_err(|e| log::warn!("no Go symbol table from it: {e}")).ok()
+    let pcln = gopclntab_from.filter(|p| *p != src).and_then(|p| {
+        Source::open(p).map_err(|e| log::warn!("no Go symbol table from it: {e}")).ok()
     });
+    write_debug_file_from(Source::open(src)?, pcln, out)
+}
+
+/// [`write_debug_file`] from files already open (the paths may be gone: a deleted binary,
+/// an exited process's file).
+pub fn write_debug_file_from(src: Source, gopclntab_from: Option<Source>, out: &Path) -> Result<DebugFileStats> {
+    let input = Input::new(src)?;
+    let pcln_file = gopclntab_from.and_then(|s| Input::new(s).map_err(|e| log::warn!("no Go symbol table from it: {e}")).ok());
     // Truncating `out` would pull the bytes from under the map of `src`.
-    let same = |a: &Path| std::fs::metadata(a).ok().map(|m| (m.dev(), m.ino()));
-    if same(out).is_some() && [Some(src), gopclntab_from].into_iter().flatten().any(|p| same(p) == same(out)) {
-        return Err(invalid(out, "is the file to read"));
+    if let Ok(o) = std::fs::metadata(out) {
+        let ids = |f: &File| f.metadata().ok().map(|m| (m.dev(), m.ino()));
+        let out_id = Some((o.dev(), o.ino()));
+        if ids(&input.file) == out_id || pcln_file.as_ref().is_some_and(|p| ids(&p.file) == out_id) {
+            return Err(Error::InvalidArgument(format!("{}: is the file to read", out.display())));
+        }
     }
     let file = OpenOptions::new()
         .write(true)
@@ -98,13 +123,14 @@ pub fn write_debug_file(src: &Path, gopclntab_from: Option<&Path>, out: &Path) -
     if res.is_err() {
         let _ = std::fs::remove_file(out);
     }
-    let stats = res?;
-    log::debug!("debug file of {}: {stats:?}", src.display());
+    let mut stats = res?;
+    stats.source = input.path.to_string_lossy().into_owned();
+    log::debug!("debug file of {}: {stats:?}", input.path.display());
     Ok(stats)
 }
 
 fn invalid(path: &Path, what: impl std::fmt::Display) -> Error {
-    Error::InvalidArgument(format!("{}: {what}", path.display()))
+    Error::InvalidBinary(format!("{}: {what}", path.display()))
 }
 
 fn io_err(path: &Path, what: &str, source: io::Error) -> Error {
@@ -113,18 +139,17 @@ fn io_err(path: &Path, what: &str, source: io::Error) -> Error {
 
 /// A source file: its map for the headers, its descriptor for streaming section bytes
 /// (pread keeps the resident set small, where touching a multi-GB map would not).
-struct Input<'p> {
-    path: &'p Path,
+struct Input {
+    path: PathBuf,
     file: File,
     map: Mmap,
 }
 
-impl<'p> Input<'p> {
-    fn open(path: &'p Path) -> Result<Self> {
-        let file = File::open(path).map_err(|e| io_err(path, "cannot open", e))?;
-        // SAFETY: read-only private map; a file truncated under us may fault, as in elf.rs.
-        let map = unsafe { Mmap::map(&file) }.map_err(|e| io_err(path, "cannot map", e))?;
-        let me = Input { path, file, map };
+impl Input {
+    fn new(src: Source) -> Result<Self> {
+        // SAFETY: read-only private map; a file truncated under us may fault, as in `elf`.
+        let map = unsafe { Mmap::map(&src.file) }.map_err(|e| io_err(&src.name, "cannot map", e))?;
+        let me = Input { path: src.name, file: src.file, map };
         me.header()?;
         Ok(me)
     }
@@ -132,21 +157,21 @@ impl<'p> Input<'p> {
     fn header(&self) -> Result<&FileHeader64<Le>> {
         let d = &self.map[..];
         if d.len() < 16 || d[..4] != elf::ELFMAG {
-            return Err(invalid(self.path, "not an ELF file"));
+            return Err(invalid(&self.path, "not an ELF file"));
         }
         // e_ident[EI_CLASS], e_ident[EI_DATA]
         if d[4] != elf::ELFCLASS64 || d[5] != elf::ELFDATA2LSB {
-            return Err(invalid(self.path, "unsupported ELF class or byte order (only ELF64 little-endian)"));
+            return Err(invalid(&self.path, "unsupported ELF class or byte order (only ELF64 little-endian)"));
         }
-        FileHeader64::<Le>::parse(d).map_err(|e| invalid(self.path, e))
+        FileHeader64::<Le>::parse(d).map_err(|e| invalid(&self.path, e))
     }
 
     fn sections(&self) -> Result<SectionTable<'_, FileHeader64<Le>>> {
-        self.header()?.sections(LE, &self.map[..]).map_err(|e| invalid(self.path, e))
+        self.header()?.sections(LE, &self.map[..]).map_err(|e| invalid(&self.path, e))
     }
 
     fn phdrs(&self) -> Result<&[Phdr]> {
-        self.header()?.program_headers(LE, &self.map[..]).map_err(|e| invalid(self.path, e))
+        self.header()?.program_headers(LE, &self.map[..]).map_err(|e| invalid(&self.path, e))
     }
 
     /// Byte range of a section with bytes, checked against the file size.
@@ -154,12 +179,12 @@ impl<'p> Input<'p> {
         let Some((off, size)) = s.file_range(LE) else { return Ok(None) };
         match off.checked_add(size) {
             Some(end) if end <= self.map.len() as u64 => Ok(Some((off, size))),
-            _ => Err(invalid(self.path, format!("section at {off:#x}+{size:#x} is past the end of the file"))),
+            _ => Err(invalid(&self.path, format!("section at {off:#x}+{size:#x} is past the end of the file"))),
         }
     }
 
     fn reader(&self, off: u64, size: u64) -> RangeReader<'_> {
-        RangeReader { file: &self.file, path: self.path, pos: off, end: off.saturating_add(size) }
+        RangeReader { file: &self.file, path: &self.path, pos: off, end: off.saturating_add(size) }
     }
 }
 
@@ -278,7 +303,7 @@ fn write(input: &Input, pcln_file: Option<&Input>, file: File, out_path: &Path) 
     let table = input.sections()?;
     let phdrs = input.phdrs()?;
     if table.is_empty() {
-        return Err(invalid(input.path, "no section headers"));
+        return Err(invalid(&input.path, "no section headers"));
     }
     let mut out = Out { w: BufWriter::with_capacity(1 << 16, file), pos: 0 };
     let phoff = if phdrs.is_empty() { 0 } else { 64 };
@@ -294,7 +319,7 @@ fn write(input: &Input, pcln_file: Option<&Input>, file: File, out_path: &Path) 
         if ty == elf::SHT_NULL {
             continue; // inactive: its other fields mean nothing, not even an offset
         }
-        let name = table.section_name(LE, s).map_err(|e| invalid(input.path, e))?;
+        let name = table.section_name(LE, s).map_err(|e| invalid(&input.path, e))?;
         let o = &mut shdrs[i];
         if name == b".gdb_index" {
             *o = zero_shdr();
@@ -350,7 +375,7 @@ fn write(input: &Input, pcln_file: Option<&Input>, file: File, out_path: &Path) 
         o.sh_offset = U64::new(LE, out.pos);
         let same_as = std::ptr::eq(src, input).then_some(off);
         placed.push(Placed { index: i, same_as, new_off: out.pos, new_size: size, inflated: None });
-        copy(src.reader(off, size), &mut out, &mut buf).map_err(|e| io_err(src.path, "cannot copy from", e))?;
+        copy(src.reader(off, size), &mut out, &mut buf).map_err(|e| io_err(&src.path, "cannot copy from", e))?;
     }
     out.align(8).map_err(ioe)?;
     let shoff = out.pos;
@@ -392,7 +417,7 @@ fn zero_shdr() -> Shdr {
 }
 
 /// The Go table's bytes from the binary a debug file belongs to, if they match its header.
-fn fill_pcln<'a>(from: Option<&'a Input<'a>>, name: &[u8], s: &Shdr) -> Result<Option<(&'a Input<'a>, u64, u64)>> {
+fn fill_pcln<'a>(from: Option<&'a Input>, name: &[u8], s: &Shdr) -> Result<Option<(&'a Input, u64, u64)>> {
     let Some(bin) = from else { return Ok(None) };
     let Some(b) = pcln_in(bin, name)? else { return Ok(None) };
     if b.sh_addr(LE) != s.sh_addr(LE) || b.sh_size(LE) != s.sh_size(LE) {
@@ -515,11 +540,11 @@ fn map_segments(
 
 /// Re-reads `out` and checks it against the contract; the stats on success.
 fn verify(input: &Input, pcln_file: Option<&Input>, w: &Written, out_path: &Path) -> Result<DebugFileStats> {
-    let bad = |what: String| Error::Other(format!("{}: the debug file does not verify: {what}", out_path.display()));
+    let bad = |what: String| Error::DebugFile(format!("{}: the debug file does not verify: {what}", out_path.display()));
     let file = w.out.try_clone().map_err(|e| io_err(out_path, "cannot reopen", e))?;
     // SAFETY: read-only map of our own file, which nobody writes any more.
     let map = unsafe { Mmap::map(&file) }.map_err(|e| io_err(out_path, "cannot map", e))?;
-    let out = Input { path: out_path, file, map };
+    let out = Input { path: out_path.to_path_buf(), file, map };
     let table = out.sections()?;
     let named = |n: &[u8]| table.iter().find(|s| table.section_name(LE, s) == Ok(n));
     let syms = named(b".symtab")
@@ -566,8 +591,8 @@ fn same_bytes(a: &Input, a_off: u64, b: &Input, b_off: u64, size: u64) -> Result
     let mut left = size;
     while left > 0 {
         let n = usize::try_from(left).unwrap_or(COPY_CHUNK).min(COPY_CHUNK);
-        ra.read_exact(&mut x[..n]).map_err(|e| io_err(a.path, "cannot read", e))?;
-        rb.read_exact(&mut y[..n]).map_err(|e| io_err(b.path, "cannot read", e))?;
+        ra.read_exact(&mut x[..n]).map_err(|e| io_err(&a.path, "cannot read", e))?;
+        rb.read_exact(&mut y[..n]).map_err(|e| io_err(&b.path, "cannot read", e))?;
         if x[..n] != y[..n] {
             return Ok(false);
         }

@@ -73,6 +73,7 @@ mod tests {
         let me = std::process::id();
         let info = ProcessInfo::read(me, "me");
         assert!(info.exe.ends_with(std::env::current_exe().expect("exe").file_name().expect("name").to_str().expect("utf8")));
-        assert!(info.cgroup.starts_with("0::") || info.cgroup.contains(':'), "{:?}", info.cgroup);
+        // /proc/PID/cgroup lines are hierarchy-ID:controllers:path.
+        assert!(info.cgroup.lines().next().is_some_and(|l| l.splitn(3, ':').count() == 3 && l.contains(":/")), "{:?}", info.cgroup);
     }
 }

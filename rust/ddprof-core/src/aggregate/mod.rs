@@ -1,77 +1,37 @@
-//! The aggregate of one period: interned mappings, locations and stacks, and a count per
-//! (pid, tid, cpu, stack).
+//! The aggregate of one period: interned mappings, frames and stacks, and a count per
+//! (pid, tid, cpu, stack, thread name).
 //!
-//! Input: frames already resolved to a mapping (see `pipeline`), each with what it takes to
-//! symbolize it later. Output: a [`Snapshot`] of interned tables, which is all that Python
-//! ever sees; `symbolize` fills in the lines of its locations. Non-goals: I/O.
+//! Input: frames already resolved to a mapping (by the drain), each with what it takes to
+//! symbolize it later (a `SymRequest`). Output: a [`Snapshot`] of interned tables, which is
+//! all that Python ever sees; the symbolizer fills in the lines of its frames when the
+//! period closes. Every stack is at most [`MAX_STACK_DEPTH`] frames, the leaf end kept and
+//! one `[truncated]` marker last when cut: the one cap, in one place (the backend limits a
+//! sample to 600 locations, datadog-contracts.md). Non-goals: I/O, symbolization.
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::elf::ElfFile;
-use crate::procinfo::ProcessInfo;
-use crate::symbolize::Lines;
+use crate::addr::Avma;
+use crate::counters::Stats;
+use crate::process::ProcessInfo;
+use crate::symbolize::{self, Lines, SymRequest};
+
+mod snapshot;
+
+pub use snapshot::{FrameKind, Snapshot, SnapshotFrame, SnapshotMapping, SnapshotSample};
+
+/// The deepest stack a profile holds, markers included.
+pub const MAX_STACK_DEPTH: usize = 600;
+pub const TRUNCATED: &str = "[truncated]";
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub enum FrameKey {
     /// A lookup address in a mapping of the snapshot's mapping table.
-    User { mapping: u32, addr: u64 },
+    User { mapping: u32, addr: Avma },
     /// An address in no known mapping.
-    Unmapped { addr: u64 },
-    Kernel { addr: u64 },
+    Unmapped { addr: Avma },
+    Kernel { addr: Avma },
     Marker(&'static str),
-}
-
-/// What symbolizing a location takes; resolved when the snapshot is taken.
-#[derive(Clone)]
-pub enum SymRequest {
-    /// A file offset in an ELF file, kept open by the Arc until then.
-    File { file: Arc<ElfFile>, offset: u64 },
-    Kernel { addr: u64 },
-    /// Already known: marker frames, anonymous memory.
-    Fixed(Lines),
-}
-
-#[derive(Clone, Debug)]
-pub struct SnapshotMapping {
-    pub start: u64,
-    pub limit: u64,
-    pub offset: u64,
-    pub path: String,
-    pub build_id: String,
-    pub is_kernel: bool,
-}
-
-#[derive(Clone, Debug)]
-pub struct SnapshotLocation {
-    /// Index into the mapping table; -1 for marker and unmapped frames.
-    pub mapping: i64,
-    pub address: u64,
-    pub lines: Lines,
-}
-
-#[derive(Clone, Debug)]
-pub struct SnapshotSample {
-    pub pid: u32,
-    pub tid: u32,
-    pub cpu: u32,
-    pub stack: u32,
-    pub count: u64,
-    pub thread_name: String,
-    pub process_name: String,
-}
-
-#[derive(Clone, Debug, Default)]
-pub struct Snapshot {
-    pub start_ns: u64,
-    pub end_ns: u64,
-    pub frequency: u64,
-    pub mappings: Vec<SnapshotMapping>,
-    pub locations: Vec<SnapshotLocation>,
-    pub stacks: Vec<Box<[u32]>>,
-    pub samples: Vec<SnapshotSample>,
-    pub processes: Vec<Arc<ProcessInfo>>,
-    pub stats: Vec<(String, u64)>,
 }
 
 /// A kernel task name (NUL-padded, at most 16 bytes) as text.
@@ -87,16 +47,24 @@ pub fn now_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
+/// One interned frame before symbolization.
+#[derive(Clone)]
+struct PendingFrame {
+    mapping: Option<u32>,
+    address: Avma,
+    kind: FrameKind,
+    request: SymRequest,
+}
+
 #[derive(Clone)]
 pub struct Aggregate {
     start_ns: u64,
     /// Set when the period is closed, so that the next one starts exactly there.
     end_ns: Option<u64>,
     mappings: Vec<SnapshotMapping>,
-    mapping_ids: HashMap<(u32, u64), u32>,
+    mapping_ids: HashMap<(u32, Avma), u32>,
     kernel_mapping: Option<u32>,
-    /// Per location: (mapping, address, how to symbolize it).
-    locations: Vec<(i64, u64, SymRequest)>,
+    frames: Vec<PendingFrame>,
     frame_ids: HashMap<FrameKey, u32>,
     stacks: Vec<Box<[u32]>>,
     stack_ids: HashMap<Box<[u32]>, u32>,
@@ -129,7 +97,7 @@ impl Aggregate {
             mappings: Vec::new(),
             mapping_ids: HashMap::new(),
             kernel_mapping: None,
-            locations: Vec::new(),
+            frames: Vec::new(),
             frame_ids: HashMap::new(),
             stacks: Vec::new(),
             stack_ids: HashMap::new(),
@@ -141,8 +109,8 @@ impl Aggregate {
         }
     }
 
-    /// The id of a process mapping, interning it with `make` on first use.
-    pub fn mapping(&mut self, pid: u32, start: u64, make: impl FnOnce() -> SnapshotMapping) -> u32 {
+    /// The id of a process mapping (by pid and start), interning it with `make` on first use.
+    pub fn mapping(&mut self, pid: u32, start: Avma, make: impl FnOnce() -> SnapshotMapping) -> u32 {
         if let Some(&id) = self.mapping_ids.get(&(pid, start)) {
             return id;
         }
@@ -158,38 +126,50 @@ impl Aggregate {
         }
         let id = self.mappings.len() as u32;
         self.mappings.push(SnapshotMapping {
-            start: 0xffff_8000_0000_0000,
-            limit: u64::MAX,
-            offset: 0,
+            start: Avma(0xffff_8000_0000_0000),
+            limit: Avma(u64::MAX),
+            offset: crate::addr::FileOffset(0),
             path: "[kernel.kallsyms]".into(),
-            build_id: String::new(),
+            file_id: String::new(),
             is_kernel: true,
+            file: None,
         });
         self.kernel_mapping = Some(id);
         id
     }
 
-    /// The id of a frame; `make` (mapping index and symbolization request) runs only on the
-    /// first sight of it in this period.
-    pub fn frame(&mut self, key: FrameKey, make: impl FnOnce(&mut Self) -> (i64, SymRequest)) -> u32 {
+    /// The id of a frame; `make` (mapping index, kind and symbolization request) runs only
+    /// on the first sight of it in this period.
+    pub fn frame(&mut self, key: FrameKey, make: impl FnOnce(&mut Self) -> (Option<u32>, FrameKind, SymRequest)) -> u32 {
         if let Some(&id) = self.frame_ids.get(&key) {
             return id;
         }
-        let (mapping, req) = make(self);
+        let (mapping, kind, request) = make(self);
         let address = match key {
             FrameKey::User { addr, .. } | FrameKey::Unmapped { addr } | FrameKey::Kernel { addr } => addr,
-            FrameKey::Marker(_) => 0,
+            FrameKey::Marker(_) => Avma(0),
         };
-        let id = self.locations.len() as u32;
-        self.locations.push((mapping, address, req));
+        let id = self.frames.len() as u32;
+        self.frames.push(PendingFrame { mapping, address, kind, request });
         self.frame_ids.insert(key, id);
         id
     }
 
-    /// Counts one sample. `comm` is the thread's name as the kernel gave it (NUL-padded);
-    /// `info` what the process said about itself, when it could be read.
-    pub fn add(&mut self, pid: u32, tid: u32, cpu: u32, frames: &[u32], comm: &[u8; 16], info: Option<&Arc<ProcessInfo>>) {
-        let process_name = info.map(|i| i.name.as_str());
+    /// The id of a marker frame such as `[truncated]`.
+    pub fn marker(&mut self, name: &'static str) -> u32 {
+        self.frame(FrameKey::Marker(name), |_| (None, FrameKind::Marker, SymRequest::Fixed(symbolize::marker(name))))
+    }
+
+    /// Counts one sample. `frames` leaf first; cut to [`MAX_STACK_DEPTH`] with a
+    /// `[truncated]` marker when deeper (the caller bounds its walks so that this is rare).
+    /// `comm` is the thread's name as the kernel gave it (NUL-padded); `info` what the
+    /// process said about itself, when it could be read.
+    pub fn add(&mut self, pid: u32, tid: u32, cpu: u32, frames: &mut Vec<u32>, comm: &[u8; 16], info: Option<&Arc<ProcessInfo>>) {
+        if frames.len() > MAX_STACK_DEPTH {
+            let marker = self.marker(TRUNCATED);
+            frames.truncate(MAX_STACK_DEPTH - 1);
+            frames.push(marker);
+        }
         if let Some(i) = info {
             match self.process_info.get(&pid) {
                 Some(old) if Arc::ptr_eq(old, i) => {}
@@ -198,11 +178,11 @@ impl Aggregate {
                 }
             }
         }
-        let stack = match self.stack_ids.get(frames) {
+        let stack = match self.stack_ids.get(frames.as_slice()) {
             Some(&id) => id,
             None => {
                 let id = self.stacks.len() as u32;
-                let b: Box<[u32]> = frames.into();
+                let b: Box<[u32]> = frames.as_slice().into();
                 self.stacks.push(b.clone());
                 self.stack_ids.insert(b, id);
                 id
@@ -218,7 +198,7 @@ impl Aggregate {
             }
         };
         *self.counts.entry((pid, tid, cpu, stack, name_id)).or_insert(0) += 1;
-        let name = process_name.unwrap_or_else(|| comm_str(comm));
+        let name = info.map(|i| i.name.as_str()).unwrap_or_else(|| comm_str(comm));
         match self.process_names.get_mut(&pid) {
             Some(n) if n == name => {}
             Some(n) => *n = name.to_string(),
@@ -241,13 +221,13 @@ impl Aggregate {
         old
     }
 
-    /// Closes the period. `symbolize` turns the requests into lines, all at once so that it
-    /// can batch per file.
+    /// Turns the period into a snapshot. `symbolize` turns the requests into lines, all at
+    /// once so that it can batch per file; `stats` are the counters after it ran.
     pub fn into_snapshot(
         self,
         frequency: u64,
-        stats: Vec<(String, u64)>,
         symbolize: impl FnOnce(&[SymRequest]) -> Vec<Lines>,
+        stats: impl FnOnce() -> Stats,
     ) -> Snapshot {
         let end_ns = self.end_ns.unwrap_or_else(now_ns);
         let mut samples: Vec<SnapshotSample> = self
@@ -264,13 +244,13 @@ impl Aggregate {
             })
             .collect();
         samples.sort_by_key(|s| (s.pid, s.tid, s.cpu, s.stack));
-        let (meta, requests): (Vec<(i64, u64)>, Vec<SymRequest>) =
-            self.locations.into_iter().map(|(m, a, r)| ((m, a), r)).unzip();
+        let requests: Vec<SymRequest> = self.frames.iter().map(|f| f.request.clone()).collect();
         let lines = symbolize(&requests);
-        let locations = meta
+        let frames = self
+            .frames
             .into_iter()
             .zip(lines)
-            .map(|((mapping, address), lines)| SnapshotLocation { mapping, address, lines })
+            .map(|(f, lines)| SnapshotFrame { mapping: f.mapping, address: f.address, kind: f.kind, lines })
             .collect();
         let mut processes: Vec<Arc<ProcessInfo>> = self.process_info.into_values().collect();
         processes.sort_by_key(|p| p.pid);
@@ -280,10 +260,48 @@ impl Aggregate {
             end_ns,
             frequency,
             mappings: self.mappings,
-            locations,
+            frames,
             stacks: self.stacks,
             samples,
-            stats,
+            stats: stats(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_cap_one_marker() {
+        let mut agg = Aggregate::new();
+        let leaf = agg.frame(FrameKey::Unmapped { addr: Avma(0x10) }, |_| (None, FrameKind::Marker, SymRequest::Fixed(symbolize::marker("[unknown]"))));
+        let comm = *b"t\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0";
+        // Deeper than the cap: leaf end kept, one marker last.
+        let mut deep = vec![leaf; MAX_STACK_DEPTH + 50];
+        agg.add(1, 1, 0, &mut deep, &comm, None);
+        // Exactly the cap: untouched.
+        let mut at_cap = vec![leaf; MAX_STACK_DEPTH];
+        agg.add(1, 1, 0, &mut at_cap, &comm, None);
+        let snap = agg.into_snapshot(99, |reqs| reqs.iter().map(|_| symbolize::marker("x")).collect(), Stats::default);
+        assert_eq!(snap.stacks.len(), 2);
+        let cut = &snap.stacks[0];
+        assert_eq!(cut.len(), MAX_STACK_DEPTH);
+        let marker = cut[MAX_STACK_DEPTH - 1] as usize;
+        assert_eq!(snap.frames[marker].kind, FrameKind::Marker);
+        assert!(cut[..MAX_STACK_DEPTH - 1].iter().all(|&f| f == leaf));
+        assert_eq!(snap.stacks[1].len(), MAX_STACK_DEPTH);
+        assert!(!snap.stacks[1].contains(&(marker as u32)));
+        assert_eq!(snap.samples.iter().map(|s| s.count).sum::<u64>(), 2);
+    }
+
+    #[test]
+    fn periods_meet_without_gap() {
+        let mut agg = Aggregate::starting_at(1000);
+        let old = agg.close();
+        let snap = old.into_snapshot(20, |_| Vec::new(), Stats::default);
+        assert_eq!(snap.start_ns, 1000);
+        let next = agg.into_snapshot(20, |_| Vec::new(), Stats::default);
+        assert_eq!(next.start_ns, snap.end_ns);
     }
 }

@@ -2,6 +2,10 @@
 //!
 //! Input: raw ring buffer records. Output: a parsed [`Record`] borrowing the record's bytes.
 //! Any change here goes with the same change in the header; the size assertions catch drift.
+//! The counter indices are not mirrored by hand: `build.rs` generates them from the header
+//! (see `crate::counters`).
+use crate::addr::Avma;
+use crate::arch::UserRegs;
 
 /// Must match DDPROF_MAX_KSTACK_DEPTH.
 pub const MAX_KSTACK_DEPTH: usize = 127;
@@ -13,32 +17,6 @@ pub const MAX_USTACK_BYTES: u32 = 64 * 1024;
 pub const F_USER_REGS: u32 = 0x1;
 pub const F_KERNEL_MODE: u32 = 0x2;
 pub const F_USTACK_CUT: u32 = 0x4;
-
-/// Indices of the per-CPU `counters` map (enum ddprof_counter).
-pub mod counter {
-    pub const SAMPLES: u32 = 0;
-    pub const FILTERED: u32 = 1;
-    pub const RB_DROPPED: u32 = 2;
-    pub const USTACK_FAILED: u32 = 3;
-    pub const KSTACK_FAILED: u32 = 4;
-    pub const REGS_FAILED: u32 = 5;
-    pub const USTACK_CLAMPED: u32 = 6;
-    pub const NEW_PIDS: u32 = 7;
-    pub const UFP_FAILED: u32 = 8;
-    pub const MAX: u32 = 9;
-    /// Names reported in the stats, by index.
-    pub const NAMES: [(u32, &str); 9] = [
-        (SAMPLES, "bpf_samples"),
-        (FILTERED, "bpf_filtered"),
-        (RB_DROPPED, "lost"),
-        (USTACK_FAILED, "bpf_ustack_failed"),
-        (KSTACK_FAILED, "bpf_kstack_failed"),
-        (REGS_FAILED, "bpf_no_user_regs"),
-        (USTACK_CLAMPED, "bpf_ustack_clamped"),
-        (NEW_PIDS, "bpf_new_pids"),
-        (UFP_FAILED, "bpf_fp_chain_failed"),
-    ];
-}
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -100,6 +78,12 @@ impl<'a> Record<'a> {
         })
     }
 
+    /// The user registers at the sample, when the header says they are valid.
+    pub fn user_regs(&self) -> Option<UserRegs> {
+        let h = &self.header;
+        (h.flags & F_USER_REGS != 0).then_some(UserRegs { ip: Avma(h.user_ip), sp: h.user_sp, fp: h.user_bp })
+    }
+
     /// The user frame-pointer chain (ip, then return addresses), when the sampler took one.
     pub fn fp_chain(&self) -> impl Iterator<Item = u64> + 'a {
         self.ufp
@@ -112,9 +96,53 @@ impl<'a> Record<'a> {
     }
 
     /// Kernel addresses, leaf first.
-    pub fn kernel_stack(&self) -> impl Iterator<Item = u64> + 'a {
+    pub fn kernel_stack(&self) -> impl Iterator<Item = Avma> + 'a {
         self.kstack
             .chunks_exact(8)
-            .map(|c| u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            .map(|c| Avma(u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `#define`s of the header, evaluated for the few forms it uses (`N`, `(A * B)`).
+    fn header_define(name: &str) -> u64 {
+        let header = include_str!("../../../../bpf/sampler.h");
+        let line = header
+            .lines()
+            .find_map(|l| l.strip_prefix("#define ").and_then(|r| r.strip_prefix(name)).filter(|r| r.starts_with(' ')))
+            .unwrap_or_else(|| panic!("{name} is not defined in sampler.h"));
+        let expr = line.split("/*").next().unwrap_or("").trim().trim_matches(|c| c == '(' || c == ')');
+        expr.split('*').map(|f| {
+            let f = f.trim();
+            f.strip_prefix("0x").map_or_else(|| f.parse::<u64>(), |h| u64::from_str_radix(h, 16)).expect("a number")
+        }).product()
+    }
+
+    #[test]
+    fn constants_match_the_header() {
+        assert_eq!(header_define("DDPROF_MAX_KSTACK_DEPTH"), MAX_KSTACK_DEPTH as u64);
+        assert_eq!(header_define("DDPROF_MAX_UFP_DEPTH"), MAX_UFP_DEPTH as u64);
+        assert_eq!(header_define("DDPROF_MAX_USTACK_BYTES"), u64::from(MAX_USTACK_BYTES));
+        assert_eq!(header_define("DDPROF_F_USER_REGS"), u64::from(F_USER_REGS));
+        assert_eq!(header_define("DDPROF_F_KERNEL_MODE"), u64::from(F_KERNEL_MODE));
+        assert_eq!(header_define("DDPROF_F_USTACK_CUT"), u64::from(F_USTACK_CUT));
+    }
+
+    #[test]
+    fn records_are_parsed_defensively() {
+        let mut bytes = vec![0u8; HDR + 16 + 8];
+        // ustack_len 12 (padded to 16), one kernel address.
+        bytes[48..52].copy_from_slice(&1u32.to_ne_bytes());
+        bytes[52..56].copy_from_slice(&12u32.to_ne_bytes());
+        bytes[HDR + 16..].copy_from_slice(&0xffff_ffff_8100_0000u64.to_ne_bytes());
+        let r = Record::parse(&bytes).expect("a valid record");
+        assert_eq!(r.ustack.len(), 12);
+        assert_eq!(r.kernel_stack().collect::<Vec<_>>(), [Avma(0xffff_ffff_8100_0000)]);
+        assert!(r.user_regs().is_none());
+        assert!(Record::parse(&bytes[..HDR + 16]).is_none(), "a kernel stack past the end");
+        assert!(Record::parse(&bytes[..HDR - 1]).is_none());
     }
 }

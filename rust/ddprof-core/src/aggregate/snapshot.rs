@@ -1,0 +1,82 @@
+//! A closed, symbolized period: interned tables, all that crosses into Python.
+use std::sync::Arc;
+
+use crate::addr::{Avma, FileOffset};
+use crate::counters::Stats;
+use crate::elf::ElfFile;
+use crate::process::ProcessInfo;
+use crate::symbolize::Lines;
+
+/// What a frame is, for readers that colour or filter by it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FrameKind {
+    /// Code of an ELF file (the vDSO included).
+    Native,
+    Kernel,
+    /// Anonymous executable memory: JIT code.
+    Jit,
+    /// Not code: a marker such as `[truncated]`, `[unknown]`, `[process exited]`.
+    Marker,
+}
+
+impl FrameKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FrameKind::Native => "native",
+            FrameKind::Kernel => "kernel",
+            FrameKind::Jit => "jit",
+            FrameKind::Marker => "marker",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct SnapshotMapping {
+    pub start: Avma,
+    pub limit: Avma,
+    pub offset: FileOffset,
+    pub path: String,
+    /// The id the backend knows the file by (`ElfFile::file_id`), "" when unknown.
+    pub file_id: String,
+    pub is_kernel: bool,
+    /// The file, held open (symbol upload reads it after the process is gone).
+    pub file: Option<Arc<ElfFile>>,
+}
+
+#[derive(Clone, Debug)]
+pub struct SnapshotFrame {
+    /// Index into the mapping table; `None` for markers and addresses in no mapping.
+    pub mapping: Option<u32>,
+    pub address: Avma,
+    pub kind: FrameKind,
+    pub lines: Lines,
+}
+
+#[derive(Clone, Debug)]
+pub struct SnapshotSample {
+    pub pid: u32,
+    pub tid: u32,
+    pub cpu: u32,
+    /// Index into the stack table.
+    pub stack: u32,
+    pub count: u64,
+    pub thread_name: String,
+    pub process_name: String,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// Wall clock (Unix epoch ns) of the period's start and end.
+    pub start_ns: u64,
+    pub end_ns: u64,
+    /// Samples per second on each CPU.
+    pub frequency: u64,
+    pub mappings: Vec<SnapshotMapping>,
+    pub frames: Vec<SnapshotFrame>,
+    /// Frame indices, leaf first, at most `MAX_STACK_DEPTH`.
+    pub stacks: Vec<Box<[u32]>>,
+    pub samples: Vec<SnapshotSample>,
+    pub processes: Vec<Arc<ProcessInfo>>,
+    /// The counters when the period closed (after its symbolization).
+    pub stats: Stats,
+}

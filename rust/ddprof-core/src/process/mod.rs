@@ -1,0 +1,260 @@
+//! The process registry: what each sampled process has mapped, and what it says about itself.
+//!
+//! Input: pids from samples. Output: per pid, a [`Process`]: its executable [`Mapping`]s
+//! (address range, file offset, the open [`ElfFile`] and the bias between addresses in the
+//! process and in the file), its [`ProcessInfo`] (for tagging) and a generation that changes
+//! whenever its mappings were read again (stages that derive state from the mappings, such
+//! as the unwinder's module table, key it by generation). `/proc/PID/maps` is read on first
+//! sight, re-read (rate-limited) when an address falls outside the known mappings, and the
+//! process is forgotten when it exits or execs. Non-goals: unwinding, symbols, aggregation.
+use std::collections::HashMap;
+use std::fs::File;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::addr::{Avma, Bias, FileOffset, MappedRange};
+use crate::counters::{Counter, Counters};
+use crate::elf::{load_vdso, ElfFile, FileCache, FileKey, Origin};
+
+pub mod info;
+pub mod maps;
+
+pub use info::ProcessInfo;
+use maps::parse_maps;
+
+// Short: a process that just exec'd maps its libraries within milliseconds, and a
+// short-lived one may not live to a later refresh.
+const REFRESH_MIN_INTERVAL: Duration = Duration::from_millis(20);
+const MAX_PROCESSES: usize = 16_384;
+const MAX_FILES: usize = 512;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MapKind {
+    File,
+    Vdso,
+    /// Anonymous executable memory (JIT code) or another pseudo mapping such as `[vsyscall]`.
+    Anon,
+}
+
+pub struct Mapping {
+    pub range: MappedRange,
+    pub path: String,
+    pub kind: MapKind,
+    pub file: Option<Arc<ElfFile>>,
+    /// AVMA - SVMA for this mapping (AVMA - file offset when there is no file).
+    pub bias: Bias,
+}
+
+impl Mapping {
+    pub fn contains(&self, addr: Avma) -> bool {
+        self.range.contains(addr)
+    }
+    pub fn file_offset(&self, addr: Avma) -> FileOffset {
+        self.range.file_offset(addr)
+    }
+}
+
+pub struct Process {
+    pub pid: u32,
+    pub info: Arc<ProcessInfo>,
+    /// Executable mappings, sorted by start.
+    pub mappings: Vec<Mapping>,
+    /// Changes each time the mappings are read; unique across the registry's processes.
+    pub generation: u64,
+    /// Go code maps this process: its samples should carry the frame-pointer chain (Go keeps
+    /// frame pointers, and its stacks switch between goroutine and system stacks).
+    pub runs_go: bool,
+    exe_inode: u64,
+    refreshed: Instant,
+}
+
+impl Process {
+    pub fn mapping_index(&self, addr: Avma) -> Option<usize> {
+        let i = self.mappings.partition_point(|m| m.range.start <= addr);
+        (i > 0 && self.mappings[i - 1].contains(addr)).then(|| i - 1)
+    }
+    pub fn mapping(&self, addr: Avma) -> Option<&Mapping> {
+        self.mapping_index(addr).map(|i| &self.mappings[i])
+    }
+}
+
+fn exe_inode(pid: u32) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}/exe")).map(|m| m.ino()).unwrap_or(0)
+}
+
+fn read_comm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|s| s.trim_end().to_string()).unwrap_or_default()
+}
+
+pub struct Registry {
+    procs: HashMap<u32, Process>,
+    /// Loaded on first sight of a vDSO mapping; `Some(None)` when that failed.
+    vdso: Option<Option<Arc<ElfFile>>>,
+    pub files: FileCache,
+    counters: Arc<Counters>,
+    next_generation: u64,
+    last_sweep: Instant,
+}
+
+impl Registry {
+    /// A registry that counts in `counters` (processes_*, maps_*, elf_errors).
+    pub fn new(counters: Arc<Counters>) -> Self {
+        Registry {
+            procs: HashMap::new(),
+            vdso: None,
+            files: FileCache::new(MAX_FILES, counters.clone()),
+            counters,
+            next_generation: 1,
+            last_sweep: Instant::now(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.procs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.procs.is_empty()
+    }
+
+    pub fn get(&self, pid: u32) -> Option<&Process> {
+        self.procs.get(&pid)
+    }
+
+    /// The process, loading it on first sight. `None` when it is gone or unreadable.
+    pub fn process(&mut self, pid: u32) -> Option<&Process> {
+        if !self.procs.contains_key(&pid) {
+            if self.procs.len() >= MAX_PROCESSES {
+                self.sweep(true);
+            }
+            let p = self.load(pid)?;
+            self.counters.incr(Counter::ProcessesSeen);
+            self.procs.insert(pid, p);
+        }
+        self.procs.get(&pid)
+    }
+
+    /// Re-reads the maps of `pid` when `addr` is outside them, at most every
+    /// `REFRESH_MIN_INTERVAL`. Returns true when the process was reloaded.
+    pub fn refresh_for(&mut self, pid: u32, addr: Avma) -> bool {
+        let Some(p) = self.procs.get(&pid) else { return false };
+        if p.mapping_index(addr).is_some() || p.refreshed.elapsed() < REFRESH_MIN_INTERVAL {
+            return false;
+        }
+        self.counters.incr(Counter::MapsRefreshes);
+        match self.load(pid) {
+            Some(np) => {
+                self.procs.insert(pid, np);
+                true
+            }
+            None => {
+                self.procs.remove(&pid);
+                false
+            }
+        }
+    }
+
+    /// Forgets processes that exited or exec'd; at most every 2 s unless forced. Returns
+    /// true when it looked.
+    pub fn sweep(&mut self, force: bool) -> bool {
+        if !force && self.last_sweep.elapsed() < Duration::from_secs(2) {
+            return false;
+        }
+        self.last_sweep = Instant::now();
+        let before = self.procs.len();
+        self.procs.retain(|&pid, p| {
+            // SAFETY: signal 0 only checks for existence.
+            let alive = unsafe { libc::kill(pid as i32, 0) } == 0
+                || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+            alive && exe_inode(pid) == p.exe_inode
+        });
+        self.counters.add(Counter::ProcessesExited, (before - self.procs.len()) as u64);
+        if force && self.procs.len() >= MAX_PROCESSES {
+            self.procs.clear();
+        }
+        true
+    }
+
+    fn load(&mut self, pid: u32) -> Option<Process> {
+        let text = match std::fs::read_to_string(format!("/proc/{pid}/maps")) {
+            Ok(t) => t,
+            // Gone already: the caller counts that (process_gone); anything else is an error.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) => return None,
+            Err(e) => {
+                log::debug!("/proc/{pid}/maps: {e}");
+                self.counters.incr(Counter::MapsErrors);
+                return None;
+            }
+        };
+        let mut mappings = Vec::new();
+        for l in parse_maps(&text) {
+            let kind = if l.path == "[vdso]" {
+                MapKind::Vdso
+            } else if l.inode == 0 || l.path.is_empty() || l.path.starts_with('[') {
+                MapKind::Anon
+            } else {
+                MapKind::File
+            };
+            let file = match kind {
+                MapKind::File => {
+                    let key = FileKey { dev: l.dev, inode: l.inode };
+                    let (range, path) = (l.range, l.path.as_str());
+                    self.files.get_or_open(key, || Origin::in_process(pid, path), || open_mapped_file(pid, range, path))
+                }
+                MapKind::Vdso => self.vdso.get_or_insert_with(|| load_vdso().map(Arc::new)).clone(),
+                MapKind::Anon => None,
+            };
+            let bias = match &file {
+                Some(f) => f.bias_for(l.range.start, l.range.offset),
+                None => Bias(l.range.start.0.wrapping_sub(l.range.offset.0)),
+            };
+            mappings.push(Mapping { range: l.range, path: l.path, kind, file, bias });
+        }
+        mappings.sort_by_key(|m| m.range.start);
+        let info = Arc::new(ProcessInfo::read(pid, &read_comm(pid)));
+        let runs_go = mappings.iter().any(|m| m.file.as_ref().is_some_and(|f| f.symbols.has_gopclntab));
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        Some(Process { pid, info, mappings, generation, runs_go, exe_inode: exe_inode(pid), refreshed: Instant::now() })
+    }
+}
+
+/// Opens the file behind a mapping as the process sees it: through map_files (works for
+/// deleted files and other mount namespaces), else through the process's root.
+pub fn open_mapped_file(pid: u32, range: MappedRange, path: &str) -> std::io::Result<File> {
+    File::open(format!("/proc/{pid}/map_files/{:x}-{:x}", range.start.0, range.end.0)).or_else(|_| {
+        let p = path.strip_suffix(" (deleted)").unwrap_or(path);
+        File::open(format!("/proc/{pid}/root{p}"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loads_this_process_with_its_own_code() {
+        let me = std::process::id();
+        let counters: Arc<Counters> = Arc::default();
+        let mut r = Registry::new(counters.clone());
+        let here = Avma(loads_this_process_with_its_own_code as *const () as u64);
+        let p = r.process(me).expect("this process");
+        let g = p.generation;
+        let m = p.mapping(here).expect("our own code is mapped");
+        assert_eq!(m.kind, MapKind::File);
+        let f = m.file.as_ref().expect("the test binary opens");
+        // The bias takes our own function's address to its address in the file.
+        let svma = m.bias.svma(here);
+        assert_eq!(f.svma_of(m.file_offset(here)), Some(svma));
+        assert!(p.mappings.iter().any(|m| m.kind == MapKind::Vdso && m.file.is_some()), "the vDSO as a file");
+        // An address nowhere: reloaded once (new generation), not again within the interval.
+        std::thread::sleep(REFRESH_MIN_INTERVAL);
+        assert!(r.refresh_for(me, Avma(8)));
+        let g2 = r.get(me).map(|p| p.generation).expect("still here");
+        assert_ne!(g, g2);
+        assert!(!r.refresh_for(me, Avma(8)));
+        assert_eq!(counters.get(Counter::MapsRefreshes), 1);
+        assert_eq!(counters.get(Counter::ProcessesSeen), 1);
+    }
+}

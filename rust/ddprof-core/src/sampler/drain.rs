@@ -1,0 +1,260 @@
+//! The drain thread: records out of the ring buffer, each turned into a counted stack.
+//!
+//! Per record: parse (`abi`), the process's mappings (`process`), walk the user stack
+//! (`unwind`), resolve each address to a mapping and what it will take to symbolize it
+//! (`symbolize::SymRequest`), count it in the period's aggregate (`aggregate`). On a
+//! snapshot command the period is closed and handed to the symbolizer thread: this thread
+//! never symbolizes (a first parse of a large binary's DWARF can take seconds, and the ring
+//! buffer would overflow meanwhile).
+//!
+//! Per-sample failures are data: each becomes a counter (`counters`) and, where the stack
+//! was cut, a `[truncated]` marker frame; never an error.
+use std::collections::HashSet;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::abi::{self, Record};
+use super::bpf::Sampler;
+use crate::addr::Avma;
+use crate::aggregate::{Aggregate, FrameKey, FrameKind, Snapshot, SnapshotMapping, MAX_STACK_DEPTH, TRUNCATED};
+use crate::counters::{Counter, Counters};
+use crate::process::{MapKind, Mapping, Registry};
+use crate::symbolize::perfmap::PerfMapFiles;
+use crate::symbolize::{self, SymRequest};
+use crate::unwind::{chain_capacity, extend_with_fp_chain, Outcome, StackUnwinder};
+
+pub const EXITED: &str = "[process exited]";
+pub const UNKNOWN: &str = "[unknown]";
+
+/// How long the drain thread sleeps when the BPF side has not woken it.
+const DRAIN_INTERVAL_MS: i32 = 50;
+/// Pids asked for the frame-pointer chain, remembered so that each is asked once.
+const MAX_FP_CHAIN_ASKED: usize = 16_384;
+
+/// What the profiler handle asks the drain thread.
+pub enum Command {
+    /// Close the period (with `reset`; else a copy of it) and reply with its snapshot.
+    Snapshot { reset: bool, reply: Sender<Snapshot> },
+    /// Stop sampling; keep serving snapshots of what was collected.
+    Stop,
+}
+
+/// A closed period on its way to the symbolizer thread.
+pub struct SymJob {
+    pub aggregate: Aggregate,
+    pub reply: Sender<Snapshot>,
+}
+
+pub struct Drain {
+    registry: Registry,
+    unwinder: StackUnwinder,
+    aggregate: Aggregate,
+    perf_maps: PerfMapFiles,
+    counters: Arc<Counters>,
+    addrs: Vec<Avma>,
+    chain: Vec<u64>,
+    frames: Vec<u32>,
+    /// Pids whose samples should carry the frame-pointer chain, for the loop to hand to the
+    /// sampler; `fp_chain_asked` keeps each from being asked twice (bounded).
+    fp_chain_requests: Vec<u32>,
+    fp_chain_asked: HashSet<u32>,
+}
+
+impl Drain {
+    pub fn new(counters: Arc<Counters>) -> Self {
+        Drain {
+            registry: Registry::new(counters.clone()),
+            unwinder: StackUnwinder::new(),
+            aggregate: Aggregate::new(),
+            perf_maps: PerfMapFiles::default(),
+            counters,
+            addrs: Vec::with_capacity(256),
+            chain: Vec::new(),
+            frames: Vec::with_capacity(256),
+            fp_chain_requests: Vec::new(),
+            fp_chain_asked: HashSet::new(),
+        }
+    }
+
+    /// One record in, one counted stack out.
+    pub fn ingest(&mut self, bytes: &[u8]) {
+        let Some(rec) = Record::parse(bytes) else {
+            self.counters.incr(Counter::BadRecords);
+            return;
+        };
+        self.counters.incr(Counter::Samples);
+        let h = rec.header;
+        self.frames.clear();
+
+        for addr in rec.kernel_stack() {
+            let id = self.aggregate.frame(FrameKey::Kernel { addr }, |agg| {
+                (Some(agg.kernel_mapping()), FrameKind::Kernel, SymRequest::Kernel { addr })
+            });
+            self.frames.push(id);
+        }
+
+        match rec.user_regs() {
+            Some(_) => self.user_frames(&rec),
+            None if h.pid != 0 && self.frames.is_empty() => self.counters.incr(Counter::NoStack),
+            None => {}
+        }
+
+        let info = self.registry.get(h.pid).map(|p| &p.info);
+        self.aggregate.add(h.pid, h.tid, h.cpu, &mut self.frames, &h.comm, info);
+        if self.registry.sweep(false) {
+            self.unwinder.forget_stale(&self.registry);
+            let registry = &self.registry;
+            self.perf_maps.retain(|pid| registry.get(pid).is_some());
+        }
+    }
+
+    /// A process that exited before its mappings could be read (a short-lived one, between
+    /// the sample and the next drain): its user stack cannot be unwound. The sample keeps its
+    /// process and thread names and this marker, so that the time is not silently lost.
+    fn process_gone(&mut self) {
+        self.counters.incr(Counter::ProcessGone);
+        let id = self.aggregate.marker(EXITED);
+        self.frames.push(id);
+    }
+
+    fn user_frames(&mut self, rec: &Record<'_>) {
+        let h = rec.header;
+        let Some(regs) = rec.user_regs() else { return };
+        if self.registry.process(h.pid).is_none() {
+            return self.process_gone();
+        }
+        // An ip outside the known mappings means new code was mapped (dlopen, exec): reload.
+        self.registry.refresh_for(h.pid, regs.ip);
+        let Some(process) = self.registry.get(h.pid) else {
+            return self.process_gone();
+        };
+        let cut = h.flags & abi::F_USTACK_CUT != 0;
+        // The one depth cap: kernel frames, user frames and a marker fit in it.
+        let max_user = MAX_STACK_DEPTH.saturating_sub(self.frames.len() + 1);
+        let mut addrs = std::mem::take(&mut self.addrs);
+        let mut outcome = self.unwinder.unwind(process, regs, rec.ustack, cut, max_user, &mut addrs);
+        if outcome != Outcome::Complete && rec.has_fp_chain() {
+            self.chain.clear();
+            self.chain.extend(rec.fp_chain());
+            let capacity = chain_capacity(abi::MAX_UFP_DEPTH);
+            match extend_with_fp_chain(&mut addrs, &self.chain, capacity, max_user) {
+                Some(o) => {
+                    outcome = o;
+                    self.counters.incr(Counter::FpChainUsed);
+                }
+                None => self.counters.incr(Counter::FpChainFailed),
+            }
+        }
+        self.counters.incr(outcome.counter());
+        if !rec.has_fp_chain() && process.runs_go && !self.fp_chain_asked.contains(&h.pid) {
+            if self.fp_chain_asked.len() >= MAX_FP_CHAIN_ASKED {
+                self.fp_chain_asked.clear();
+            }
+            self.fp_chain_asked.insert(h.pid);
+            self.fp_chain_requests.push(h.pid);
+        }
+
+        for &addr in &addrs {
+            let id = match process.mapping(addr) {
+                Some(m) => {
+                    let mapping = self.aggregate.mapping(h.pid, m.range.start, || snapshot_mapping(m));
+                    let perf_maps = &mut self.perf_maps;
+                    self.aggregate.frame(FrameKey::User { mapping, addr }, |_| {
+                        let (kind, request) = request_for(m, addr, h.pid, perf_maps);
+                        (Some(mapping), kind, request)
+                    })
+                }
+                None => self.aggregate.frame(FrameKey::Unmapped { addr }, |_| {
+                    (None, FrameKind::Marker, SymRequest::Fixed(symbolize::marker(UNKNOWN)))
+                }),
+            };
+            self.frames.push(id);
+        }
+        if outcome != Outcome::Complete {
+            let id = self.aggregate.marker(TRUNCATED);
+            self.frames.push(id);
+        }
+        self.addrs = addrs;
+    }
+
+    /// Sets the counters that are levels, not counts.
+    fn publish_gauges(&self) {
+        self.counters.set(Counter::Processes, self.registry.len() as u64);
+        self.counters.set(Counter::FilesCached, self.registry.files.len() as u64);
+    }
+
+    fn close_period(&mut self, reset: bool) -> Aggregate {
+        if reset {
+            self.aggregate.close()
+        } else {
+            self.aggregate.clone()
+        }
+    }
+}
+
+fn snapshot_mapping(m: &Mapping) -> SnapshotMapping {
+    SnapshotMapping {
+        start: m.range.start,
+        limit: m.range.end,
+        offset: m.range.offset,
+        path: m.path.clone(),
+        file_id: m.file.as_ref().map(|f| f.file_id().to_string()).unwrap_or_default(),
+        is_kernel: false,
+        file: m.file.clone(),
+    }
+}
+
+/// What a frame at `addr` in mapping `m` is, and what naming it will take.
+fn request_for(m: &Mapping, addr: Avma, pid: u32, perf_maps: &mut PerfMapFiles) -> (FrameKind, SymRequest) {
+    match (&m.kind, &m.file) {
+        (MapKind::File | MapKind::Vdso, Some(f)) => (
+            FrameKind::Native,
+            SymRequest::File { file: f.clone(), offset: m.file_offset(addr), on_disk: m.kind == MapKind::File },
+        ),
+        // JIT code lives in anonymous executable memory; its names are in the perf map,
+        // opened here while the process lives and read when the period closes.
+        (MapKind::Anon, _) => {
+            let fallback = symbolize::marker(if m.path.is_empty() { "[anon]" } else { &m.path });
+            (FrameKind::Jit, SymRequest::Jit { map: perf_maps.get(pid), addr, fallback })
+        }
+        // A file that could not be opened or parsed (counted in elf_errors): its path.
+        _ => (FrameKind::Native, SymRequest::Fixed(symbolize::marker(&m.path))),
+    }
+}
+
+/// The drain thread's loop: wait for records (the BPF side wakes us at ~1 MiB pending, or
+/// the timer does), ingest them, answer commands. After `Stop` (or when the handle is gone)
+/// the sampler is dropped at once (detaching the program), and snapshots of what was
+/// collected are served until the handle goes away.
+pub fn drain_loop(mut sampler: Sampler, rx: Receiver<Command>, sym: Sender<SymJob>, counters: Arc<Counters>) {
+    let mut drain = Drain::new(counters.clone());
+    let ingest_all = |sampler: &mut Sampler, drain: &mut Drain| {
+        sampler.drain(|bytes| drain.ingest(bytes));
+        for pid in drain.fp_chain_requests.drain(..) {
+            sampler.want_fp_chain(pid);
+        }
+        sampler.copy_counters(&counters);
+        drain.publish_gauges();
+    };
+    loop {
+        sampler.wait(DRAIN_INTERVAL_MS);
+        ingest_all(&mut sampler, &mut drain);
+        match rx.recv_timeout(Duration::ZERO) {
+            Ok(Command::Snapshot { reset, reply }) => {
+                ingest_all(&mut sampler, &mut drain);
+                let _ = sym.send(SymJob { aggregate: drain.close_period(reset), reply });
+            }
+            Ok(Command::Stop) | Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+    }
+    ingest_all(&mut sampler, &mut drain);
+    // Detach the program and free the maps now, not when the handle goes away.
+    drop(sampler);
+    while let Ok(cmd) = rx.recv() {
+        if let Command::Snapshot { reset, reply } = cmd {
+            let _ = sym.send(SymJob { aggregate: drain.close_period(reset), reply });
+        }
+    }
+}
