@@ -15,7 +15,8 @@ import subprocess
 import time
 
 import pytest
-from ddprofiler.symbols import InvalidBinary, SymbolUploader, inspect, make_debug_file
+from ddprofiler.symbols import InvalidBinary, SymbolUploader, inspect
+from helpers import skip_or_fail
 from symbol_backend import backend, parts  # noqa: F401 (backend is a fixture)
 
 API_KEY = "0123456789abcdef0123456789abcdef"
@@ -27,8 +28,12 @@ static int helper_%(v)d(int x) { return x * 3 + %(v)d; }
 int main(int argc, char **argv) { printf("%%d\n", work_%(v)d(argc) + helper_%(v)d(argc)); return 0; }
 """
 
-pytestmark = pytest.mark.skipif(not shutil.which("gcc") or not shutil.which("objcopy"),
-                                reason="needs gcc and binutils")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _toolchain():
+    if not shutil.which("gcc") or not shutil.which("objcopy"):
+        skip_or_fail("needs gcc and binutils (objcopy)")
 
 
 def sh(*cmd) -> str:
@@ -75,7 +80,7 @@ def bins(tmp_path_factory):
 # ---- inspect -----------------------------------------------------------------------------
 def test_inspect_full_binary(bins):
     info = inspect(bins["prog"])
-    assert info.arch == "x86_64" if os.uname().machine == "x86_64" else "aarch64"
+    assert info.arch == {"x86_64": "x86_64", "aarch64": "aarch64"}[os.uname().machine]
     assert info.gnu_build_id == readelf_build_id(bins["prog"])
     assert info.go_build_id is None
     assert info.file_hash == expected_hash(bins["prog"])
@@ -130,10 +135,8 @@ def test_inspect_debuglink_crc(bins, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def go_bins(tmp_path_factory):
-    go = shutil.which("go") or "/usr/local/go/bin/go"
-    if not os.path.exists(go):
-        pytest.skip("no go toolchain")
+def go_bins(tmp_path_factory, go_binary):
+    go = go_binary
     d = tmp_path_factory.mktemp("go")
     (d / "main.go").write_text("package main\nfunc main() { println(1) }\n")
     (d / "go.mod").write_text("module x\ngo 1.20\n")
@@ -158,9 +161,10 @@ def test_inspect_go_build_id(go_bins):
     assert info.symbol_source == "gopclntab"
 
 
-def test_make_debug_file_keeps_gopclntab(go_bins, tmp_path):
+def test_debug_file_keeps_gopclntab(go_bins, tmp_path):
     out = str(tmp_path / "go.debug")
-    make_debug_file(inspect(go_bins["stripped"]), out)
+    stats = inspect(go_bins["stripped"]).write_debug_file(out)
+    assert stats.gopclntab_bytes > 0 and stats.source == go_bins["stripped"]
     sh("objcopy", f"--dump-section=.gopclntab={tmp_path / 'a'}", go_bins["stripped"])
     sh("objcopy", f"--dump-section=.gopclntab={tmp_path / 'b'}", out)
     assert (tmp_path / "a").read_bytes() == (tmp_path / "b").read_bytes()
@@ -192,23 +196,38 @@ def test_inspect_invalid(bins, tmp_path, kind):
     assert time.monotonic() - t0 < 2
 
 
-# ---- make_debug_file ---------------------------------------------------------------------
-def test_make_debug_file_keeps_symbols_drops_code(bins, tmp_path):
+# ---- write_debug_file --------------------------------------------------------------------
+def test_debug_file_keeps_symbols_drops_code(bins, tmp_path):
     out = str(tmp_path / "prog.debug")
-    make_debug_file(inspect(bins["prog"]), out)
+    info = inspect(bins["prog"])
+    stats = info.write_debug_file(out)
     assert nm(out) == nm(bins["prog"])
+    assert stats.symtab_entries == info.symtab_entries and stats.output_bytes == os.path.getsize(out)
     sections = sh("readelf", "-SW", out)
     assert re.search(r"\]\s+\.text\s+NOBITS", sections), sections
     assert ".debug_info" in sections
 
 
-def test_make_debug_file_prefers_separate_debug_file(bins, tmp_path):
+def test_debug_file_prefers_separate_debug_file(bins, tmp_path):
     dbg, app = tmp_path / "app.debug", tmp_path / "app"
     sh("objcopy", "--only-keep-debug", bins["prog"], str(dbg))
     sh("objcopy", "--strip-all", f"--add-gnu-debuglink={dbg}", bins["prog"], str(app))
     out = str(tmp_path / "out.debug")
-    make_debug_file(inspect(str(app), root=str(tmp_path / "none")), out)
+    info = inspect(str(app), root=str(tmp_path / "none"))
+    # Both paths gone: the inspection holds the files open.
+    os.unlink(app)
+    os.unlink(dbg)
+    assert info.write_debug_file(out).source == str(dbg)
     assert nm(out) == nm(bins["prog"])
+
+
+def test_debug_file_errors_leave_nothing(bins, tmp_path):
+    info = inspect(bins["prog"])
+    with pytest.raises(ValueError):  # the output would overwrite the input
+        info.write_debug_file(bins["prog"])
+    assert nm(bins["prog"])
+    with pytest.raises(OSError):
+        info.write_debug_file(str(tmp_path / "no" / "such" / "dir" / "x.debug"))
 
 
 # ---- uploader against a fake backend -----------------------------------------------------
@@ -270,7 +289,7 @@ def test_byte_bound_holds_with_several_files(backend, tmp_path):
     d = tmp_path / "bins"
     d.mkdir()
     paths = [build(str(d), f"p{i}", variant=i + 2) for i in range(5)]
-    size = os.path.getsize(make_debug_file(inspect(paths[0]), str(tmp_path / "x.debug")))
+    size = inspect(paths[0]).write_debug_file(str(tmp_path / "x.debug")).output_bytes
     bound = int(size * 1.5) + 4096  # room for one upload at a time, never two
     backend.gather = 5  # the server holds each upload a while, waiting for company
     up = uploader(backend, tmp_path, max_bytes_in_flight=bound, max_workers=5)

@@ -137,3 +137,28 @@ def test_run_uploads_symbols_of_profiled_binaries_once(workloads, backend, tmp_p
     assert got, err
     assert any(info.gnu_build_id in q["data"]["attributes"]["buildIds"] for _, q in backend.queries[n_queries:])
     assert len(backend.uploads) == n_uploads
+
+
+def test_run_uploads_a_deleted_binary_from_the_open_file(workloads, backend, tmp_path):
+    """The binary of a live process is deleted before the profiler ever sees it: the upload
+    is made from the file the profiler holds open (through /proc/PID/map_files), not from a
+    path, which no longer exists."""
+    exe = tmp_path / "chain_gone"
+    exe.write_bytes(workloads["chain"].read_bytes())
+    exe.chmod(0o755)
+    info = inspect(str(exe))
+    want = nm(str(exe))
+    state = tmp_path / "state"
+    with Workload([str(exe), "60"]):
+        exe.unlink()
+        prof = Profiler(backend, tmp_path / "p", state, tmp_path / "p.log")
+        got = wait_for(lambda: state_has(state, info.gnu_build_id), 30)
+        err = prof.stop()
+    assert got, f"the deleted binary was not uploaded:\n{err}"
+    (h, body), = [(h, b) for h, b in backend.uploads
+                  if json.loads(parts(h, b)["event"][1])["gnu_build_id"] == info.gnu_build_id]
+    p = parts(h, body)
+    assert json.loads(p["event"][1])["filename"] == "chain_gone"
+    elf = tmp_path / "uploaded.debug"
+    elf.write_bytes(p["elf_symbol_file"][1])
+    assert nm(str(elf)) == want

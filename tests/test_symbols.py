@@ -70,7 +70,10 @@ def functions(path: str, dynamic: bool) -> list[tuple[int, int, str]]:
 
 
 def ours(native, path, addrs):
-    return [[(ln["function"], ln["line"]) for ln in lines] for lines in native.symbolize_file(path, addrs)]
+    """Per address, our (function, line) frames, innermost first."""
+    got = [[(function, line) for function, _, _, line in lines] for lines in native.symbolize_file(path, addrs)]
+    assert len(got) == len(addrs)
+    return got
 
 
 def test_inline_chain_and_lines_match_addr2line(native, tmp_path):

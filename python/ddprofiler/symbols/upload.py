@@ -39,11 +39,24 @@ import threading
 import time
 import urllib.parse
 import uuid
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, TypeVar
 
-from .debugfile import DebugFileError, make_debug_file
-from .inspect import RANK, BinaryInfo, InvalidBinary, inspect
+from ddprofiler.errors import DebugFileError, InvalidBinaryError
+
+if TYPE_CHECKING:
+    from ddprofiler._native import BinaryInfo
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Symbol sources as the backend ranks them, worst first (the core's SYMBOL_SOURCES; kept
+#: here too so that ranking a backend answer needs no extension).
+SOURCES = ("none", "dynamic_symbol_table", "symbol_table", "gopclntab", "debug_info")
+RANK = {name: i for i, name in enumerate(SOURCES)}
+
+
+def _rank(source: str) -> int:
+    return RANK.get(source, 0)
 QUERY_PATH, INTAKE_PATH, QUERY_BATCH, CHUNK = "/api/v2/profiles/symbols/query", \
     "/api/v2/srcmap", 100, 1 << 16
 UPLOADABLE_ARCHES = ("x86_64", "aarch64")
@@ -77,10 +90,10 @@ class UploadError(RuntimeError):
 
 @dataclasses.dataclass
 class Summary:
-    uploaded: list = dataclasses.field(default_factory=list)      # paths
-    would_upload: list = dataclasses.field(default_factory=list)  # paths (dry run)
-    skipped: list = dataclasses.field(default_factory=list)       # (path, reason)
-    failed: list = dataclasses.field(default_factory=list)        # (path, error)
+    uploaded: list[str] = dataclasses.field(default_factory=list)      # paths
+    would_upload: list[str] = dataclasses.field(default_factory=list)  # paths (dry run)
+    skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (path, reason)
+    failed: list[tuple[str, str]] = dataclasses.field(default_factory=list)   # (path, error)
 
     @property
     def ok(self) -> bool:
@@ -101,19 +114,19 @@ class ByteBudget:
             self.used += n
         return n
 
-    def release(self, n: int):
+    def release(self, n: int) -> None:
         with self._cv:
             self.used -= n
             self._cv.notify_all()
 
 
 class SymbolUploader:
-    def __init__(self, api_key: str, app_key: str | None = None, site: str = "datadoghq.com",
+    def __init__(self, api_key: str, app_key: Optional[str] = None, site: str = "datadoghq.com",
                  *, max_bytes_in_flight: int = 64 << 20, max_workers: int = 4,
-                 dry_run: bool = False, state_path: str | None = "default",
-                 api_base_url: str | None = None, intake_base_url: str | None = None,
+                 dry_run: bool = False, state_path: Optional[str] = "default",
+                 api_base_url: Optional[str] = None, intake_base_url: Optional[str] = None,
                  timeout: float = 60, retries: int = 3, backoff: float = 1.0,
-                 origin_version: str | None = None):
+                 origin_version: Optional[str] = None):
         if not api_key:
             raise ValueError("an API key is required")
         self._api_key, self._app_key, self.site = api_key, app_key, site
@@ -127,7 +140,7 @@ class SymbolUploader:
         self._state_lock = threading.Lock()
         self._state = self._load_state()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"SymbolUploader(site={self.site!r}, dry_run={self.dry_run}, "
                 f"max_bytes_in_flight={self.budget.capacity})")
 
@@ -138,20 +151,20 @@ class SymbolUploader:
         return text
 
     # ---- state -------------------------------------------------------------------------
-    def _load_state(self) -> dict:
+    def _load_state(self) -> dict[str, str]:
         if not self.state_path:
             return {}
         try:
             with open(self.state_path) as f:
                 data = json.load(f).get("uploaded", {})
-            return {k: v for k, v in data.items() if v in RANK}
+            return {str(k): v for k, v in data.items() if v in RANK}
         except (OSError, ValueError, AttributeError):
             return {}
 
-    def _record(self, info: BinaryInfo, source: str):
+    def _record(self, info: BinaryInfo, source: str) -> None:
         with self._state_lock:
             for i in info.build_ids:
-                if RANK[source] > RANK[self._state.get(i, "none")]:
+                if _rank(source) > _rank(self._state.get(i, "none")):
                     self._state[i] = source
             if not self.state_path:
                 return
@@ -163,14 +176,17 @@ class SymbolUploader:
 
     def recorded_source(self, info: BinaryInfo) -> str:
         with self._state_lock:
-            return max((self._state.get(i, "none") for i in info.build_ids), key=RANK.get,
+            return max((self._state.get(i, "none") for i in info.build_ids), key=_rank,
                        default="none")
 
     # ---- HTTP --------------------------------------------------------------------------
-    def _post(self, url: str, headers: dict, body, length: int) -> bytes:
+    def _post(self, url: str, headers: dict[str, str], body: Any, length: int) -> bytes:
         u = urllib.parse.urlsplit(url)
-        cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
-        conn = cls(u.hostname, u.port, timeout=self.timeout)
+        conn: http.client.HTTPConnection
+        if u.scheme == "https":
+            conn = http.client.HTTPSConnection(u.hostname or "", u.port, timeout=self.timeout)
+        else:
+            conn = http.client.HTTPConnection(u.hostname or "", u.port, timeout=self.timeout)
         try:
             conn.request("POST", u.path or "/", body=body,
                          headers={**headers, "Content-Length": str(length)})
@@ -186,26 +202,27 @@ class SymbolUploader:
             raise UploadError(f"POST {url}: HTTP {resp.status}: {snippet}", resp.status >= 500)
         return data
 
-    def _with_retries(self, what: str, fn):
-        for attempt in range(self.retries + 1):
+    def _with_retries(self, what: str, fn: Callable[[], T]) -> T:
+        for attempt in range(self.retries):
             try:
                 return fn()
             except UploadError as e:
-                if not e.retryable or attempt == self.retries:
+                if not e.retryable:
                     raise
                 delay = self.backoff * (2 ** attempt)
                 log.warning("%s failed (%s), retrying in %.1fs", what, e, delay)
                 time.sleep(delay)
+        return fn()
 
-    def _auth(self) -> dict:
+    def _auth(self) -> dict[str, str]:
         h = {"DD-API-KEY": self._api_key}
         if self._app_key:
             h["DD-APPLICATION-KEY"] = self._app_key
         return h
 
-    def query(self, build_ids: list, arch: str) -> dict:
+    def query(self, build_ids: list[str], arch: str) -> dict[str, str]:
         """Best symbol source the backend holds, by build id (missing ids are absent)."""
-        best: dict = {}
+        best: dict[str, str] = {}
         ids = list(dict.fromkeys(build_ids))
         for start in range(0, len(ids), QUERY_BATCH):
             body = json.dumps({"data": {
@@ -213,8 +230,10 @@ class SymbolUploader:
                 "attributes": {"buildIds": ids[start:start + QUERY_BATCH], "arch": arch}}}
             ).encode()
             headers = {**self._auth(), "Content-Type": "application/json"}
-            raw = self._with_retries("symbols query", lambda h=headers, b=body: self._post(
-                self.query_url, h, b, len(b)))
+
+            def ask(h: dict[str, str] = headers, b: bytes = body) -> bytes:
+                return self._post(self.query_url, h, b, len(b))
+            raw = self._with_retries("symbols query", ask)
             try:
                 items = json.loads(raw or b"{}").get("data") or []
             except (ValueError, AttributeError):
@@ -222,11 +241,12 @@ class SymbolUploader:
             for item in items:
                 attrs = (item or {}).get("attributes") or {}
                 bid, src = attrs.get("buildId"), attrs.get("symbolSource")
-                if bid and src in RANK and RANK[src] > RANK[best.get(bid, "none")]:
+                if bid and src in RANK and _rank(src) > _rank(best.get(bid, "none")):
                     best[bid] = src
         return best
 
-    def _multipart(self, info: BinaryInfo, debug_path: str, source: str):
+    def _multipart(self, info: BinaryInfo, debug_path: str, source: str
+                   ) -> tuple[str, Callable[[], Iterator[bytes]], int]:
         boundary = uuid.uuid4().hex
         event = json.dumps({
             "type": "elf_symbol_file", "arch": info.arch,
@@ -242,7 +262,7 @@ class SymbolUploader:
         tail = f"\r\n--{boundary}--\r\n".encode()
         size = os.path.getsize(debug_path)
 
-        def body():
+        def body() -> Iterator[bytes]:
             yield head
             with open(debug_path, "rb") as f:
                 yield from iter(lambda: f.read(CHUNK), b"")
@@ -250,12 +270,12 @@ class SymbolUploader:
         return f"multipart/form-data; boundary={boundary}", body, \
             len(head) + size + len(mid) + len(event) + len(tail)
 
-    def send(self, info: BinaryInfo, debug_path: str, source: str):
+    def send(self, info: BinaryInfo, debug_path: str, source: str) -> None:
         ctype, body, length = self._multipart(info, debug_path, source)
         headers = {"DD-API-KEY": self._api_key, "DD-EVP-ORIGIN": "ddprofiler",
                    "DD-EVP-ORIGIN-VERSION": self.origin_version, "Content-Type": ctype}
 
-        def attempt():
+        def attempt() -> bytes:
             held = self.budget.acquire(length)
             try:
                 return self._post(self.intake_url, headers, body(), length)
@@ -269,10 +289,13 @@ class SymbolUploader:
         src = info.symbol_source
         return "none" if src == "dynamic_symbol_table" else src
 
-    def _process(self, info: BinaryInfo, source: str, summary: Summary, lock):
+    def _process(self, info: BinaryInfo, source: str, summary: Summary,
+                 lock: threading.Lock) -> None:
         with tempfile.TemporaryDirectory(prefix="ddprof-sym-") as tmp:
             out = os.path.join(tmp, os.path.basename(info.path) + ".debug")
-            make_debug_file(info, out)
+            stats = info.write_debug_file(out)
+            log.debug("debug file of %s from %s: %d bytes", info.path, stats.source,
+                      stats.output_bytes)
             if self.dry_run:
                 log.info("dry run: would upload %s (%s, %d bytes, build id %s)", info.path,
                          source, os.path.getsize(out), info.gnu_build_id or info.file_hash)
@@ -285,9 +308,11 @@ class SymbolUploader:
         with lock:
             summary.uploaded.append(info.path)
 
-    def upload_infos(self, infos: list, summary: Summary | None = None) -> Summary:
+    def upload_infos(self, infos: Iterable[BinaryInfo], summary: Optional[Summary] = None
+                     ) -> Summary:
         summary, lock = summary or Summary(), threading.Lock()
-        todo, seen = [], set()
+        todo: list[tuple[BinaryInfo, str]] = []
+        seen: set[str] = set()
         for info in infos:
             src = self._local_source(info)
             if seen.intersection(info.build_ids):
@@ -296,12 +321,12 @@ class SymbolUploader:
                 summary.skipped.append((info.path, f"unsupported arch {info.arch}"))
             elif src == "none":
                 summary.skipped.append((info.path, "no symbols to upload"))
-            elif RANK[self.recorded_source(info)] >= RANK[src]:
+            elif _rank(self.recorded_source(info)) >= _rank(src):
                 summary.skipped.append((info.path, "already uploaded (state file)"))
             else:
                 todo.append((info, src))
                 seen.update(info.build_ids)
-        remote: dict = {}
+        remote: dict[str, Optional[dict[str, str]]] = {}
         for arch in sorted({i.arch for i, _ in todo}):
             ids = [b for i, _ in todo if i.arch == arch for b in i.build_ids]
             try:
@@ -311,13 +336,13 @@ class SymbolUploader:
                     if i.arch == arch:
                         summary.failed.append((i.path, f"symbols query: {self._redact(str(e))}"))
                 remote[arch] = None
-        work = []
+        work: list[tuple[BinaryInfo, str]] = []
         for info, src in todo:
             have = remote.get(info.arch)
             if have is None:
                 continue
-            best = max((have.get(b, "none") for b in info.build_ids), key=RANK.get)
-            if RANK[best] >= RANK[src]:
+            best = max((have.get(b, "none") for b in info.build_ids), key=_rank)
+            if _rank(best) >= _rank(src):
                 summary.skipped.append((info.path, f"backend already has {best}"))
             else:
                 work.append((info, src))
@@ -326,25 +351,27 @@ class SymbolUploader:
             for fut in concurrent.futures.as_completed(futs):
                 try:
                     fut.result()
-                except (UploadError, DebugFileError, InvalidBinary, OSError) as e:
+                except (UploadError, DebugFileError, InvalidBinaryError, OSError) as e:
                     msg = self._redact(str(e))
                     log.error("symbol upload of %s failed: %s", futs[fut].path, msg)
                     with lock:
                         summary.failed.append((futs[fut].path, msg))
         return summary
 
-    def upload_paths(self, paths: list, root: str = "/") -> Summary:
+    def upload_paths(self, paths: list[str], root: str = "/") -> Summary:
         """Upload the symbols of files, and of the ELF files found in directories."""
+        from . import inspect  # the extension is needed from here on
+
         summary, infos = Summary(), []
         for path in iter_elf_files(paths, summary):
             try:
                 infos.append(inspect(path, root=root))
-            except InvalidBinary as e:
+            except InvalidBinaryError as e:
                 summary.failed.append((path, str(e)))
         return self.upload_infos(infos, summary)
 
 
-def iter_elf_files(paths: list, summary: Summary):
+def iter_elf_files(paths: list[str], summary: Summary) -> Iterator[str]:
     for p in paths:
         if os.path.isdir(p):
             for dirpath, _, files in os.walk(p):
