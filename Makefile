@@ -1,11 +1,13 @@
 # Development entry points. `make` builds and installs (editable) for development;
-# `make test` runs every test; `make run` runs the continuous profiler: to the Datadog
+# `make test` runs every test; `make lint` runs clippy (warnings are errors), strict mypy
+# on the package and stubtest of the extension's stub (python/ddprofiler/_native.pyi)
+# against the built extension; `make run` runs the continuous profiler: to the Datadog
 # Agent when one answers on localhost:8126, else into ./profiles (one pprof per service
 # every 60 s) until Ctrl-C.
 PYTHON ?= python3
 APT_PACKAGES = clang-19 llvm-19 libbpf-dev linux-libc-dev bpftool linux-perf binutils gcc g++ make python3 python3-venv util-linux openssl golang-1.19-go
 
-.PHONY: all deps install test test-rust test-wheel test-fuzz test-python run record wheel clean
+.PHONY: all deps install lint test test-rust test-wheel test-fuzz test-python run record wheel clean
 
 all: install
 
@@ -19,7 +21,14 @@ deps:
 	else echo "make deps: run as root on Debian/Ubuntu, or install: $(APT_PACKAGES)"; fi
 
 install:
-	$(PYTHON) -m pip install -q -e '.[test]'
+	$(PYTHON) -m pip install -q -e '.[test,lint]'
+
+# mypy's settings are in pyproject.toml ([tool.mypy]); stubtest imports the installed
+# extension, hence `install` first (which also installs the `lint` extra).
+lint: install
+	cargo clippy --workspace --all-targets -- -D warnings
+	$(PYTHON) -m mypy
+	$(PYTHON) -m mypy.stubtest ddprofiler._native
 
 # pytest last: its summary is the run's closing line.
 test: install test-rust test-wheel test-fuzz test-python

@@ -11,7 +11,7 @@ C spawner starting RATE short-lived processes a second (/bin/true, ~2 ms of C wo
    (200 to POST /profiling/v1/input, counts requests and bytes), then SIGTERM. Its
    /proc/PID/stat and /proc/PID/status are polled every 0.25 s (CPU, VmRSS once a second,
    VmHWM) and its stderr is parsed (period lines, final upload counts, warnings);
-2. export: `ddprofiler._native.Profiler` in this process for two periods with the same
+2. export: `ddprofiler.Profiler` in this process for two periods with the same
    load; on the second snapshot it times the runner's tagging + split, then build_profile,
    SerializeToString and zstd level 1 per profile, and `Runner.export` end to end.
 
@@ -232,32 +232,28 @@ def soak(args, tmp: Path, port: int, spawn_log: Path, foreign: set) -> dict:
     return res
 
 
-def time_profiles(runner, snap, zc) -> dict:
+def time_profiles(runner, profile, zc) -> dict:
     """The runner's tagging + split, then build / serialize / zstd-1 of each profile, timed."""
     from ddprofiler.pprof.builder import build_profile
-    from ddprofiler.pprof.split import split
-    infos, tags, res, per = {p["pid"]: p for p in snap["processes"]}, {}, {}, []
-
-    def key(sample):
-        pid = sample["pid"]
-        if pid not in tags:
-            tags[pid] = runner.tag_cache.get(pid, infos.get(pid))
-        return runner._key(tags[pid])
+    from ddprofiler.runner import labels_of
+    res, per = {}, []
 
     t0 = time.perf_counter()
-    groups = split(snap, key)
+    tags = runner.tags_of(profile)
+    labels = {pid: labels_of(t) for pid, t in tags.items()}
+    groups = profile.split(lambda sample: runner._key(tags[sample.pid]))
     res["tag_split_s"] = time.perf_counter() - t0
     for sub in groups.values():
         c1, t1 = time.thread_time(), time.perf_counter()
-        profile = build_profile(sub)
+        pb = build_profile(sub, labels)
         t2 = time.perf_counter()
-        raw = profile.SerializeToString()
+        raw = pb.SerializeToString()
         t3 = time.perf_counter()
         packed = zc.compress(raw)
         t4, c4 = time.perf_counter(), time.thread_time()
         per.append({"cpu_s": c4 - c1, "build_s": t2 - t1, "serialize_s": t3 - t2, "zstd_s": t4 - t3,
                     "total_s": t4 - t1, "raw_b": len(raw), "zstd_b": len(packed),
-                    "samples": sum(s["count"] for s in sub["samples"]), "locations": len(sub["locations"])})
+                    "samples": sub.total, "locations": len(sub.frames)})
     res["profiles"], res["per_profile"] = len(per), per
     for f in ("cpu_s", "build_s", "serialize_s", "zstd_s", "total_s", "raw_b", "zstd_b", "locations"):
         res[f"sum_{f}"] = sum(x[f] for x in per)
@@ -266,31 +262,29 @@ def time_profiles(runner, snap, zc) -> dict:
 
 
 def export_phase(spawn_log: Path) -> dict:
-    """Two periods of _native.Profiler in this process; the export path timed on the second."""
+    """Two periods of ddprofiler.Profiler in this process; the export path timed on the second."""
     import zstandard
-    from ddprofiler import _native, config
+
+    import ddprofiler
+    from ddprofiler import config
     from ddprofiler.exporters.payload import compress_pprof
     from ddprofiler.runner import Runner
 
-    prof = _native.Profiler(frequency=HZ, pids=None, stack_bytes=16384)
     res, snaps = {}, []
     t0 = time.monotonic()
-    prof.start()
-    try:
+    with ddprofiler.Profiler(frequency=HZ, stack_bytes=16384) as prof:
         for _ in range(2):
             time.sleep(PERIOD_S)
             ts = time.perf_counter()
             snaps.append(prof.snapshot(True))
             res.setdefault("snapshot_s", []).append(time.perf_counter() - ts)
-    finally:
-        prof.stop()
     res["spawn_rate"], _ = spawn_rate(spawn_log, t0, time.monotonic())
-    snap, stats = snaps[-1], snaps[-1]["stats"]
+    snap, stats = snaps[-1], snaps[-1].stats
     for k in ("processes_seen", "processes_exited", "processes", "lost", "process_gone"):
         res[k] = stats.get(k)
-    res.update(samples=sum(s["count"] for s in snap["samples"]), sample_rows=len(snap["samples"]),
-               stacks=len(snap["stacks"]), locations=len(snap["locations"]),
-               mappings=len(snap["mappings"]), snapshot_processes=len(snap["processes"]))
+    res.update(samples=snap.total, sample_rows=len(snap.samples),
+               stacks=len(snap.stacks), locations=len(snap.frames),
+               mappings=len(snap.mappings), snapshot_processes=len(snap.processes))
 
     runner = Runner(config.Settings(), None, None)  # its tag cache and grouping key only
     cold = time_profiles(runner, snaps[0], zstandard.ZstdCompressor(level=1))  # warms caches up

@@ -7,7 +7,7 @@ Run as root: `python3 benches/overhead.py [--duration 10] [--frequencies 99,999]
 for each frequency runs, one after the other on the same load:
 
 - ddprofiler as a separate process (`python -m ddprofiler record`, or a tiny runner on
-  `_native` when the CLI does not work), polled every 0.1 s through /proc/PID/stat (CPU),
+  `ddprofiler.Profiler` when the CLI does not work), polled every 0.1 s through /proc/PID/stat (CPU),
   /proc/PID/status (VmHWM) and the fdinfo of its BPF program (run_time_ns, run_cnt, with
   kernel.bpf_stats_enabled=1 for the run, restored afterwards);
 - `perf record --call-graph dwarf -F HZ -a -- sleep DURATION`, then `perf report --stdio`.
@@ -46,14 +46,14 @@ BPF_STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
 # Used when `python -m ddprofiler record` does not work: same summary lines on stderr.
 RUNNER = r"""
 import json, os, sys, time
-from ddprofiler import _native
+import ddprofiler
 freq, duration, stack = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
-p = _native.Profiler(frequency=freq, pids=None, stack_bytes=stack)
-p.start(); time.sleep(duration); p.stop()
-snap = p.snapshot(); stats = {**snap["stats"], **p.stats()}
-own = sum(s["count"] for s in snap["samples"] if s["pid"] == os.getpid())
-print(f"samples: {stats.get('samples', 0)}\nlost: {stats.get('lost', 0)}\nself: {own}", file=sys.stderr)
-print("stats: " + json.dumps(stats), file=sys.stderr)
+with ddprofiler.Profiler(frequency=freq, stack_bytes=stack) as p:
+    time.sleep(duration); p.stop()
+    profile = p.snapshot()  # its stats are final: taken after the last drain
+own = sum(s.count for s in profile.samples if s.pid == os.getpid())
+print(f"samples: {profile.stats.samples}\nlost: {profile.stats.lost}\nself: {own}", file=sys.stderr)
+print("stats: " + json.dumps(dict(profile.stats)), file=sys.stderr)
 """
 
 
@@ -366,7 +366,7 @@ def parse_args(argv=None):
     ap.add_argument("--workload", choices=("c", "go"), default="c",
                     help="c: chain.c without frame pointers (default); go: an allocating Go program"
                          " (perf then uses --call-graph fp)")
-    ap.add_argument("--runner", action="store_true", help="use the _native runner even if the CLI works")
+    ap.add_argument("--runner", action="store_true", help="use the ddprofiler.Profiler runner even if the CLI works")
     ap.add_argument("--json", help="also write the figures to this file")
     return ap.parse_args(argv)
 
@@ -427,7 +427,7 @@ def main(argv=None) -> int:
     if foreign:
         notes.append("other profilers ran during the benchmark; figures are contaminated:")
         notes.extend("  " + f for f in sorted(foreign))
-    print("\nprofiler: " + ("python -m ddprofiler record" if use_cli else "runner on ddprofiler._native"))
+    print("\nprofiler: " + ("python -m ddprofiler record" if use_cli else "runner on ddprofiler.Profiler"))
     for n in notes:
         print("note: " + n)
     if args.json:

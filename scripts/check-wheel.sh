@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the release wheel and checks that it is one abi3 wheel for CPython 3.9+ which
 # installs into a clean virtual environment of the oldest Python found (3.9 when pyenv has
-# it) and runs: the extension imports and the CLI answers --help.
+# it) and runs: the extension and the public API import, and the CLI answers --help.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -21,5 +21,13 @@ done
 "$out/venv/bin/pip" install -q "$wheel"
 cd "$out"
 "$out/venv/bin/python" -c "import sys, ddprofiler._native as n; print('imported', n.__version__, 'on', sys.version.split()[0])"
+# The public API's modules import and work on the oldest Python (no 3.10+ syntax at run time).
+"$out/venv/bin/python" -c "
+import ddprofiler, ddprofiler.cli, ddprofiler.runner, ddprofiler.symbols
+from ddprofiler import Profile, Profiler, Stats
+from ddprofiler.stats import counter_specs
+assert dict((n, k) for n, k, _ in counter_specs())['lost'] == 'lost'
+print('public API on', __import__('sys').version.split()[0], ':', Profiler())
+"
 "$out/venv/bin/python" -m ddprofiler record --help | grep -q -- "--frequency"
 echo "1 passed, 0 failed"

@@ -7,8 +7,9 @@
   answers once the script is used up.
 - ``parse_multipart(content_type, body)``: the parts of a ``multipart/form-data`` body,
   parsed by hand and strictly (CRLF, boundary lines), as ``Part`` objects.
-- ``make_pprof()``: the serialized pprof of a small hand-made snapshot (one stack
-  ``leaf <- main`` in process ``app``, 7 samples) built by ``ddprofiler.pprof``.
+- ``make_profile()``: a small hand-made ``ddprofiler.Profile`` (one stack ``leaf <- main``
+  in process ``app``, 7 samples); ``make_pprof()``: its serialized pprof, built by
+  ``ddprofiler.pprof``.
 - ``self_signed_cert(dir)``: (cert, key) for ``localhost``/``127.0.0.1`` via ``openssl``.
 - ``AgentEmulator``: Datadog's ``ddapm-test-agent`` (own venv, ``.venv-testagent/``) on
   loopback; ``recorded(agent, token)``: the profile uploads it received in a session.
@@ -203,31 +204,29 @@ def parse_multipart(content_type: str, body: bytes) -> List[Part]:
 # ---------------------------------------------------------------- payloads
 
 
-def make_snapshot(count: int = 7) -> dict:
-    return {
-        "start_ns": START_NS,
-        "end_ns": END_NS,
-        "frequency": 20,
-        "mappings": [{"start": 0x400000, "limit": 0x500000, "offset": 0, "path": "/usr/bin/app",
-                      "build_id": "0123456789abcdef0123456789abcdef01234567",
-                      "is_kernel": False}],
-        "locations": [
-            {"mapping": 0, "address": 0x401000,
-             "lines": [{"function": "leaf", "system_name": "", "file": "/src/app.c", "line": 7}]},
-            {"mapping": 0, "address": 0x402000,
-             "lines": [{"function": "main", "system_name": "", "file": "/src/app.c", "line": 3}]},
-        ],
-        "stacks": [[0, 1]],
-        "samples": [{"pid": 4242, "tid": 4243, "cpu": 1, "stack": 0, "count": count,
-                     "thread_name": "worker", "process_name": "app"}],
-        "stats": {"samples": count, "lost": 0},
-    }
+def make_profile(count: int = 7):
+    """A one-stack ``ddprofiler.Profile``: ``leaf <- main`` in ``/usr/bin/app`` (pid 4242),
+    ``count`` samples at 20 Hz over [START_NS, END_NS]."""
+    from ddprofiler import Frame, Line, Mapping, Profile, Sample, Stats
+
+    app = Mapping(0x400000, 0x500000, 0, "/usr/bin/app",
+                  "0123456789abcdef0123456789abcdef01234567", False)
+    return Profile(
+        start_ns=START_NS, end_ns=END_NS, frequency=20,
+        mappings=[app],
+        frames=[Frame(0x401000, app, "native", (Line("leaf", "", "/src/app.c", 7),)),
+                Frame(0x402000, app, "native", (Line("main", "", "/src/app.c", 3),))],
+        stacks=[(0, 1)],
+        samples=[Sample(4242, 4243, 1, 0, count, "worker", "app")],
+        stats=Stats({"samples": count, "lost": 0},
+                    specs=[("samples", "count", ""), ("lost", "lost", "")]),
+    )
 
 
 def make_pprof(count: int = 7) -> bytes:
     from ddprofiler.pprof import build_profile
 
-    return build_profile(make_snapshot(count)).SerializeToString()
+    return build_profile(make_profile(count)).SerializeToString()
 
 
 def self_signed_cert(directory: str) -> Tuple[str, str]:

@@ -1,5 +1,9 @@
 """A local HTTP server playing Datadog's symbol query and upload endpoints
-(/api/v2/profiles/symbols/query and /api/v2/srcmap), with what it was sent, for tests."""
+(/api/v2/profiles/symbols/query and /api/v2/srcmap), with what it was sent, for tests.
+
+A request the server cannot take (another path, a malformed query) is answered 400 and
+recorded in ``errors``; the fixture fails the test at teardown when there are any (an
+assertion in the server's thread would only reach the log, never the test)."""
 from __future__ import annotations
 
 import email.parser
@@ -16,6 +20,7 @@ from ddprofiler.symbols.upload import INTAKE_PATH, QUERY_PATH
 class Backend:
     def __init__(self):
         self.have, self.queries, self.uploads = {}, [], []
+        self.errors = []  # what the server could not take: the fixture fails the test on them
         self.statuses = []  # statuses to answer the next uploads with, before 202
         self.in_flight = self.max_in_flight = self.attempts = self.active = 0
         self.gather = 0  # an upload waits (up to 0.5 s) for this many to be active at once
@@ -36,18 +41,30 @@ def make_handler(be: Backend):
             self.end_headers()
             self.wfile.write(body)
 
+        def _refuse(self, why, n):
+            self.rfile.read(n)
+            with be.lock:
+                be.errors.append(f"POST {self.path}: {why}")
+            self._reply(400)
+
         def do_POST(self):
             n = int(self.headers["Content-Length"])
             if self.path == QUERY_PATH:
-                body = json.loads(self.rfile.read(n))
+                try:
+                    body = json.loads(self.rfile.read(n))
+                    ids = body["data"]["attributes"]["buildIds"]
+                except (ValueError, KeyError, TypeError) as e:
+                    with be.lock:
+                        be.errors.append(f"POST {self.path}: malformed query: {e!r}")
+                    return self._reply(400)
                 be.queries.append((dict(self.headers), body))
-                ids = body["data"]["attributes"]["buildIds"]
                 data = [{"type": "symbols-query-response", "id": str(i),
                          "attributes": {"buildId": b, "symbolSource": be.have[b],
                                         "buildIdType": "gnu_build_id"}}
                         for i, b in enumerate(ids) if b in be.have]
                 return self._reply(200, json.dumps({"data": data}).encode())
-            assert self.path == INTAKE_PATH
+            if self.path != INTAKE_PATH:
+                return self._refuse(f"not {QUERY_PATH} or {INTAKE_PATH}", n)
             with be.lock:
                 be.attempts += 1
                 be.in_flight += n
@@ -85,6 +102,7 @@ def backend():
     yield be
     srv.shutdown()
     srv.server_close()
+    assert not be.errors, f"the symbol backend refused requests: {be.errors}"
 
 
 def parts(headers, body) -> dict:

@@ -2,8 +2,10 @@
 
 - every bad ``record`` flag is a one-line usage error (exit 2), no traceback, nothing
   written; ``--help`` lists every option;
-- the whole ``record`` path (status line, summary, signals, atomic pprof, error lines) runs
-  against a fake ``ddprofiler._native`` injected before the CLI starts;
+- the whole ``record`` path (status line, summary, signals, atomic pprof, error lines) and
+  the start of ``run`` run against a fake ``ddprofiler._native`` (the API of
+  ``_native.pyi``: tuple tables, ``counter_specs``, ``ddprofiler.errors``) injected before
+  the CLI starts;
 - the privilege message and the status/summary formatting, as plain functions.
 
 The CLI runs as ``python -m ddprofiler``: the installed package when one is importable,
@@ -15,6 +17,7 @@ import functools
 import io
 import os
 import pty
+import re
 import signal
 import subprocess
 import sys
@@ -23,7 +26,7 @@ import time
 from pathlib import Path
 
 import pytest
-from ddprofiler import privileges
+from ddprofiler import Stats, privileges
 from ddprofiler.pprof import read_pprof, stacks
 from ddprofiler.status import StatusLine, format_status, summary_lines
 
@@ -135,8 +138,8 @@ def test_help_lists_every_option(tmp_path):
     result = run_cli("record", "--help", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     options = ("--pid", "--duration", "--frequency", "--stack-bytes", "-o", "--output", "-v", "--verbose")
-    for option in options:
-        assert option in result.stdout
+    for option in options:  # whole options: "-o" inside "--output" does not count
+        assert re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", result.stdout), option
     top = run_cli("--help", cwd=tmp_path)
     assert top.returncode == 0 and "record" in top.stdout
     assert list(tmp_path.iterdir()) == []
@@ -148,52 +151,70 @@ FAKE_MAIN = textwrap.dedent(
     '''
     import os, sys, time, types
 
+    from ddprofiler import errors
+
     mode = os.environ.get("FAKE_NATIVE", "ok")
     if mode == "missing":
         sys.modules["ddprofiler._native"] = None  # makes `import ddprofiler._native` fail
     else:
+        # The API of python/ddprofiler/_native.pyi, faked.
         native = types.ModuleType("ddprofiler._native")
-
-        class BpfUnavailableError(RuntimeError):
-            pass
+        SPECS = [
+            ("samples", "count", "samples received"),
+            ("lost", "lost", "ring buffer full"),
+            ("processes", "gauge", "processes known now"),
+            ("unwind_complete", "success", "walks that reached the root"),
+            ("unwind_no_cfi", "unwind_failure", "no unwind rule"),
+            ("unwind_bad_pc", "unwind_failure", "bad pc"),
+            ("read_errors", "error", "reads that failed"),
+            ("fp_chain_failed", "count", "a count whose name says failed"),
+            ("stacks", "count", "stacks interned"),
+        ]
+        STATS = {"samples": 5, "lost": 1, "processes": 2, "unwind_complete": 2, "unwind_no_cfi": 3,
+                 "unwind_bad_pc": 0, "read_errors": 2, "fp_chain_failed": 4, "stacks": 7}
 
         class Profiler:
-            def __init__(self, frequency=99, pids=None, stack_bytes=16384):
+            def __init__(self, frequency=99, pids=None, stack_bytes=16384, symbolize="host"):
                 self.frequency, self.pids, self.stack_bytes = frequency, pids, stack_bytes
+                self.symbolize = symbolize
+                self.start_ns = self.end_ns = 0
 
             def start(self):
                 if mode == "eperm":
-                    raise PermissionError("CAP_PERFMON is missing (fake)")
+                    raise errors.PrivilegeError("missing CAP_PERFMON (fake): run as root")
                 if mode == "nobpf":
-                    raise BpfUnavailableError("BTF is missing at /sys/kernel/btf/vmlinux (fake)")
+                    raise errors.BpfUnavailableError("BTF is missing at /sys/kernel/btf/vmlinux (fake)")
                 self.start_ns = time.time_ns()
-                print("STARTED", flush=True)
+                print(f"STARTED frequency={self.frequency} pids={self.pids} "
+                      f"stack_bytes={self.stack_bytes} symbolize={self.symbolize}", flush=True)
 
             def stop(self):
-                self.end_ns = time.time_ns()
+                self.end_ns = self.end_ns or time.time_ns()
+
+            def close(self):
+                self.stop()
 
             def stats(self):
-                return {"samples": 5, "lost": 1, "processes": 2, "unwind_no_cfi": 3,
-                        "unwind_bad_pc": 0, "read_errors": 2, "stacks": 7}
+                return dict(STATS)
 
             def snapshot(self, reset=True):
-                pid = self.pids[0] if self.pids else 1
-                return {
-                    "start_ns": self.start_ns, "end_ns": self.end_ns, "frequency": self.frequency,
-                    "mappings": [{"start": 0x1000, "limit": 0x2000, "offset": 0, "path": "/bin/fake",
-                                  "build_id": "", "is_kernel": False}],
-                    "locations": [{"mapping": 0, "address": 0x1010,
-                                   "lines": [{"function": "fake_main", "system_name": "",
-                                              "file": "fake.c", "line": 3}]},
-                                  {"mapping": 0, "address": 0x1200, "lines": []}],
-                    "stacks": [[1, 0]],
-                    "samples": [{"pid": pid, "tid": pid, "cpu": 0, "stack": 0, "count": 5,
-                                 "thread_name": "fake", "process_name": "fake"}],
-                    "stats": {"samples": 5, "stack_bytes": self.stack_bytes},
-                }
+                pid = self.pids[0] if self.pids else os.getpid()
+                end = self.end_ns or time.time_ns()
+                snap = types.SimpleNamespace(
+                    start_ns=self.start_ns, end_ns=end, frequency=self.frequency,
+                    mappings=[(0x1000, 0x2000, 0, "/bin/fake", "", False, None)],
+                    frames=[(0, 0x1010, "native", [("fake_main", "", "fake.c", 3)]),
+                            (0, 0x1200, "native", [])],
+                    stacks=[(1, 0)],
+                    samples=[(pid, pid, 0, 0, 5, "fake", "fake")],
+                    processes=[(pid, "fake", "/bin/fake", {"DD_SERVICE": "fakesvc"}, "0::/\\n")],
+                    stats=dict(STATS),
+                )
+                self.start_ns = end
+                return snap
 
-        native.BpfUnavailableError = BpfUnavailableError
         native.Profiler = Profiler
+        native.counter_specs = lambda: list(SPECS)
         sys.modules["ddprofiler._native"] = native
 
     from ddprofiler import privileges
@@ -228,14 +249,16 @@ def test_record_writes_pprof_and_summary(tmp_path):
     (stack,) = stacks(profile)
     assert (stack.pid, stack.count, stack.frames) == (pid, 5, ["fake+0x1200", "fake_main"])
 
+    assert result.stdout.strip() == (f"STARTED frequency=100 pids=[{pid}] stack_bytes=16384 "
+                                     "symbolize=host")
+
     err = result.stderr
     assert "\r" not in err  # no live line when stderr is not a TTY
     assert "wrote profile.pprof" in err
-    assert "samples: 5" in err
-    assert "lost: 1 (16.7%)" in err
-    assert "unwinding failures: 3 (no_cfi 3)" in err
-    assert "other errors: read_errors 2" in err
-    assert "stacks" not in err  # not an error counter
+    # The summary, from the counters' kinds: never from their names.
+    summary = [line.strip() for line in err.splitlines()[1:]]
+    assert summary == ["samples: 5", "lost: 1 (16.7%)", "unwinding failures: 3 (no_cfi 3)",
+                       "other errors: read_errors 2"], err
     assert "Traceback" not in err
 
 
@@ -247,7 +270,7 @@ def test_signal_stops_early_and_still_writes(tmp_path, signum):
         cwd=tmp_path, env=dict(cli_env()), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
-        assert proc.stdout.readline().strip() == "STARTED"
+        assert proc.stdout.readline().startswith("STARTED ")
         started = time.monotonic()
         proc.send_signal(signum)
         stdout, stderr = proc.communicate(timeout=20)
@@ -283,16 +306,16 @@ def test_live_status_line_on_a_tty(tmp_path):
     assert "samples: 5" in tty  # the summary still follows
 
 
-@pytest.mark.parametrize(
-    "env,expected",
-    [
-        ({"FAKE_NATIVE": "missing"}, "pip install ."),
-        ({"FAKE_PRIVILEGES": "missing"}, "missing CAP_BPF and CAP_PERFMON (fake)"),
-        ({"FAKE_NATIVE": "eperm"}, "CAP_PERFMON is missing (fake)"),
-        ({"FAKE_NATIVE": "nobpf"}, "BTF is missing at /sys/kernel/btf/vmlinux (fake)"),
-    ],
-    ids=["no-extension", "no-privileges", "PermissionError", "BpfUnavailableError"],
-)
+FAILURES = [
+    ({"FAKE_NATIVE": "missing"}, "pip install ."),
+    ({"FAKE_PRIVILEGES": "missing"}, "missing CAP_BPF and CAP_PERFMON (fake)"),
+    ({"FAKE_NATIVE": "eperm"}, "missing CAP_PERFMON (fake): run as root"),
+    ({"FAKE_NATIVE": "nobpf"}, "BTF is missing at /sys/kernel/btf/vmlinux (fake)"),
+]
+FAILURE_IDS = ["no-extension", "no-privileges", "PrivilegeError", "BpfUnavailableError"]
+
+
+@pytest.mark.parametrize("env,expected", FAILURES, ids=FAILURE_IDS)
 def test_runtime_failures_are_one_error_line(tmp_path, env, expected):
     result = run_fake("record", "--duration", "0.2", cwd=tmp_path, **env)
     assert result.returncode == 1, result.stderr
@@ -303,11 +326,49 @@ def test_runtime_failures_are_one_error_line(tmp_path, env, expected):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("env,expected", FAILURES, ids=FAILURE_IDS)
+def test_run_failures_are_one_error_line(tmp_path, env, expected):
+    out = tmp_path / "profiles"
+    result = run_fake("run", "--output-dir", str(out), cwd=tmp_path, **env)
+    assert result.returncode == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith("ddprofiler: error: "), result.stderr
+    assert expected in errors[0]
+    assert "Traceback" not in result.stderr and "STARTED" not in result.stdout
+    assert list(out.iterdir()) == []
+
+
+def test_run_passes_symbolize_to_the_core_and_exports_the_last_period(tmp_path):
+    out = tmp_path / "profiles"
+    proc = subprocess.Popen(
+        fake_cmd("run", "--output-dir", str(out), "--symbolize", "backend", "--sampling-rate", "49",
+                 "--upload-period", "60"),
+        cwd=tmp_path, env=dict(cli_env()), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        started = proc.stdout.readline().strip()
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert started == "STARTED frequency=49 pids=None stack_bytes=16384 symbolize=backend"
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    files = sorted(p.name for p in out.iterdir())
+    assert len(files) == 1 and files[0].startswith("fakesvc-"), files  # the partial period
+    [stack] = stacks(read_pprof(out / files[0]))
+    assert (stack.count, stack.frames) == (5, ["fake+0x1200", "fake_main"])
+    # The period line counts from the kinds: read_errors is an error, fp_chain_failed is not.
+    [period] = [line for line in stderr.splitlines() if "period:" in line]
+    assert "lost 1, unwind failures no_cfi 3, errors read_errors 2;" in period, period
+
+
 def test_package_import_does_not_load_the_extension():
-    code = "import sys, ddprofiler, ddprofiler.cli; print('ddprofiler._native' in sys.modules)"
+    code = ("import sys, ddprofiler, ddprofiler.cli; "
+            "print(sorted(m for m in ('ddprofiler._native', 'google.protobuf') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], env=dict(cli_env()), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "False"
+    assert result.stdout.strip() == "[]"
 
 
 # --- privileges -------------------------------------------------------------------------
@@ -361,16 +422,24 @@ class FakeTTY(io.StringIO):
         return True
 
 
+STATUS_SPECS = [("samples", "count", ""), ("lost", "lost", ""), ("processes", "gauge", "")]
+
+
+def status_stats(**values):
+    return Stats(values, STATUS_SPECS)
+
+
 def test_status_line_redraws_in_place_on_a_tty():
     stream = FakeTTY()
     line = StatusLine(stream)
-    line.update(1.0, {"samples": 12345, "processes": 3, "lost": 0})
-    line.update(1.5, {"samples": 7, "processes": 3, "lost": 0})
-    line.update(2.0, {"samples": 8, "processes": 3, "lost": 0})
+    values = [status_stats(samples=12345, processes=3, lost=0), status_stats(samples=7, processes=3, lost=0),
+              status_stats(samples=8, processes=3, lost=2)]
+    for elapsed, stats in zip((1.0, 1.5, 2.0), values):
+        line.update(elapsed, stats)
     line.finish()
-    first = format_status(1.0, {"samples": 12345, "processes": 3, "lost": 0})
-    second = format_status(1.5, {"samples": 7, "processes": 3, "lost": 0})
-    third = format_status(2.0, {"samples": 8, "processes": 3, "lost": 0})
+    first, second, third = (format_status(e, st) for e, st in zip((1.0, 1.5, 2.0), values))
+    assert first == "recording    1.0s | samples 12345 | processes 3 | lost 0"
+    assert third == "recording    2.0s | samples 8 | processes 3 | lost 2"
     pad = " " * (len(first) - len(second))
     assert stream.getvalue() == f"\r{first}\r{second}{pad}\r{third}{pad}\r{' ' * len(first)}\r"
 
@@ -378,19 +447,28 @@ def test_status_line_redraws_in_place_on_a_tty():
 def test_status_line_is_silent_off_a_tty():
     stream = io.StringIO()
     line = StatusLine(stream)
-    line.update(1.0, {"samples": 1})
+    line.update(1.0, status_stats(samples=1))
     line.finish()
     assert stream.getvalue() == ""
 
 
-def test_summary_lines():
-    stats = {"samples": 990, "lost": 10, "processes": 4, "unwind_no_cfi": 5, "unwind_stack_end": 7,
-             "unwind_complete": 978, "map_read_failed": 2, "symbolize_errors": 0, "stacks": 40,
-             "bpf_ustack_clamped": 300}
+SUMMARY_SPECS = [
+    ("bpf_ustack_clamped", "count", ""), ("lost", "lost", ""), ("samples", "count", ""),
+    ("processes", "gauge", ""), ("unwind_complete", "success", ""),
+    ("unwind_no_cfi", "unwind_failure", ""), ("unwind_stack_end", "unwind_failure", ""),
+    ("map_read_failed", "error", ""), ("symbolize_errors", "error", ""), ("stacks", "count", ""),
+    ("fp_chain_failed", "count", ""), ("bad_records", "error", ""),
+]
+
+
+def test_summary_lines_follow_the_kinds():
+    stats = Stats({"samples": 990, "lost": 10, "processes": 4, "unwind_no_cfi": 5, "unwind_stack_end": 7,
+                   "unwind_complete": 978, "map_read_failed": 2, "symbolize_errors": 0, "stacks": 40,
+                   "bpf_ustack_clamped": 300, "fp_chain_failed": 9, "bad_records": 2}, SUMMARY_SPECS)
     assert summary_lines(stats) == [
         "samples: 990",
         "lost: 10 (1.0%)",
         "unwinding failures: 12 (stack_end 7, no_cfi 5)",
-        "other errors: map_read_failed 2",
+        "other errors: bad_records 2, map_read_failed 2",  # fp_chain_failed is a count
     ]
-    assert summary_lines({}) == ["samples: 0", "lost: 0"]
+    assert summary_lines(Stats({}, SUMMARY_SPECS)) == ["samples: 0", "lost: 0"]

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from cgroups import container_cgroup
+from ddprofiler import ProcessInfo
 from ddprofiler.tagging import (cgroup_inode, container_id_from_cgroup, pod_uid_from_cgroup,
                                 process_tags)
 from ddprofiler.tagging.containers import is_host_cgroup
@@ -183,12 +184,12 @@ def test_cgroup_inode_hybrid_prefers_memory_controller(tmp_path):
 def test_process_tags_inode_only_without_container_id(monkeypatch):
     import ddprofiler.tagging as tagging
     monkeypatch.setattr(tagging, "cgroup_inode", lambda text: 4242)
-    base = {"pid": 7, "name": "app", "exe": "/app", "env": {}}
-    assert process_tags({**base, "cgroup": f"0::/docker/{A}"}).cgroup_inode is None
-    assert process_tags({**base, "cgroup": f"0::/docker/{A}"}).container_id == A
-    assert process_tags({**base, "cgroup": "0::/lxc.payload.web"}).cgroup_inode == 4242
-    assert process_tags({**base, "cgroup": "0::/user.slice/user-0.slice"}).cgroup_inode is None
-    assert process_tags({**base, "cgroup": ""}).cgroup_inode is None
+    base = ProcessInfo(pid=7, name="app", exe="/app", env={}, cgroup="")
+    assert process_tags(base._replace(cgroup=f"0::/docker/{A}")).cgroup_inode is None
+    assert process_tags(base._replace(cgroup=f"0::/docker/{A}")).container_id == A
+    assert process_tags(base._replace(cgroup="0::/lxc.payload.web")).cgroup_inode == 4242
+    assert process_tags(base._replace(cgroup="0::/user.slice/user-0.slice")).cgroup_inode is None
+    assert process_tags(base).cgroup_inode is None
 
 
 # ---------------------------------------------------------------- live, needs root
@@ -208,8 +209,8 @@ def test_live_docker_style_cgroup():
                 if v2:
                     cgroup_root = root.parent if root.name == "unified" else root
                     assert cgroup_inode(line[0], str(cgroup_root)) == os.stat(leaf).st_ino
-            tags = process_tags({"pid": child.pid, "name": "sleep", "exe": "/usr/bin/sleep",
-                                 "env": {}, "cgroup": text})
+            tags = process_tags(ProcessInfo(pid=child.pid, name="sleep", exe="/usr/bin/sleep",
+                                            env={}, cgroup=text))
             assert tags.container_id == cid and tags.cgroup_inode is None
     finally:
         child.kill()

@@ -40,6 +40,7 @@ from ddprofiler.exporters import (
 )
 from ddprofiler.exporters.payload import build_body, rfc3339_ns
 from ddprofiler.pprof import profile_pb2, stacks
+from helpers import skip_or_fail
 
 KEY = "0123456789abcdef0123456789abcdef"
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z$")
@@ -345,7 +346,7 @@ def test_unix_socket_agent(exporters, tmp_path):
 @pytest.fixture(scope="module")
 def cert(tmp_path_factory):
     if shutil.which("openssl") is None:
-        pytest.skip("the openssl CLI is needed to make a test certificate")
+        skip_or_fail("the openssl CLI is needed to make a test certificate")
     return self_signed_cert(str(tmp_path_factory.mktemp("tls")))
 
 

@@ -56,10 +56,12 @@ def body_lines(func: str) -> range:
 
 
 def frames_with_lines(profile) -> list:
-    """Per sample: its count and its frames as (function, file, line), leaf first."""
+    """Per sample: its count and its frames as (function, file, line), leaf first; a location
+    without lines (an unsymbolized frame) is ("", "", 0), so that it cannot go unseen."""
     st = profile.string_table
     funcs = {f.id: (st[f.name], st[f.filename]) for f in profile.function}
-    locs = {loc.id: [(*funcs[ln.function_id], ln.line) for ln in loc.line] for loc in profile.location}
+    locs = {loc.id: [(*funcs[ln.function_id], ln.line) for ln in loc.line] or [("", "", 0)]
+            for loc in profile.location}
     return [(s.value[0], [fr for lid in s.location_id for fr in locs[lid]]) for s in profile.sample]
 
 

@@ -1,19 +1,21 @@
-"""The pprof builder and reader on a hand-made snapshot (no root, no extension needed).
+"""The pprof builder and reader on a hand-made ``ddprofiler.Profile`` (no root, no
+extension needed).
 
-The snapshot follows ``python/ddprofiler/_native.pyi``: a kernel mapping, an inlined
-location with two lines, an unsymbolized location, a marker frame and a 700-deep stack.
-When ``go`` is on PATH, ``go tool pprof`` must read the written file too.
+The profile has a kernel mapping, an inlined frame with two lines, an unsymbolized frame,
+a marker frame, a 600-deep stack cut by the core (ending in its ``[truncated]`` marker)
+and a mapping no frame uses. When ``go`` is on PATH, ``go tool pprof`` must read the
+written file too.
 """
 from __future__ import annotations
 
 import copy
 import gzip
 import os
-import shutil
 import subprocess
 import tempfile
 
 import pytest
+from ddprofiler import Frame, Line, Mapping, Profile, Sample, Stats
 from ddprofiler.pprof import build_profile, profile_pb2, read_pprof, stacks, write_pprof
 from ddprofiler.pprof.reader import parse_pprof
 
@@ -21,68 +23,66 @@ START_NS = 1_700_000_000_123_456_789
 PERIOD = 1_000_000_000 // 99  # 10101010
 
 APP, LIBC, KERNEL, UNUSED = range(4)
-MAIN, INLINED, LIBC_PC, KERNEL_PC, RECURSE, UNKNOWN = range(6)
+MAIN, INLINED, LIBC_PC, KERNEL_PC, RECURSE, UNKNOWN, TRUNCATED = range(7)
 
 
 def line(function, file="", number=0, system_name=""):
-    return {"function": function, "system_name": system_name, "file": file, "line": number}
+    return Line(function, system_name, file, number)
 
 
-def make_snapshot():
-    return {
-        "start_ns": START_NS,
-        "end_ns": START_NS + 10_000_000_000,
-        "frequency": 99,
-        "mappings": [
-            {"start": 0x400000, "limit": 0x500000, "offset": 0, "path": "/usr/bin/app",
-             "build_id": "0123456789abcdef0123456789abcdef01234567", "is_kernel": False},
-            {"start": 0x7F0000000000, "limit": 0x7F0000200000, "offset": 0x28000,
-             "path": "/usr/lib/x86_64-linux-gnu/libc.so.6", "build_id": "", "is_kernel": False},
-            {"start": 0xFFFFFFFF81000000, "limit": 1 << 64, "offset": 0, "path": "vmlinux",
-             "build_id": "feedface", "is_kernel": True},
-            {"start": 0x10000, "limit": 0x20000, "offset": 0, "path": "[vdso]",
-             "build_id": "", "is_kernel": False},
+def make_profile():
+    mappings = [
+        Mapping(0x400000, 0x500000, 0, "/usr/bin/app",
+                "0123456789abcdef0123456789abcdef01234567", False),
+        Mapping(0x7F0000000000, 0x7F0000200000, 0x28000, "/usr/lib/x86_64-linux-gnu/libc.so.6",
+                "", False),
+        Mapping(0xFFFFFFFF81000000, 1 << 64, 0, "vmlinux", "feedface", True),
+        Mapping(0x10000, 0x20000, 0, "[vdso]", "", False),
+    ]
+    app, libc, kernel, _ = mappings
+    frames = [
+        Frame(0x401000, app, "native", (line("main", "/src/app.c", 10),)),
+        Frame(0x401234, app, "native", (
+            line("inner_helper()", "/src/app.cc", 42, system_name="_Z12inner_helperv"),
+            line("outer", "/src/app.cc", 20),
+        )),
+        Frame(0x7F0000012345, libc, "native", ()),
+        Frame(0xFFFFFFFF81234567, kernel, "kernel", (line("do_syscall_64"),)),
+        Frame(0x402000, app, "native", (line("recurse", "/src/app.c", 30),)),
+        Frame(0, None, "marker", (line("[unknown]"),)),
+        Frame(0, None, "marker", (line("[truncated]"),)),
+    ]
+    return Profile(
+        start_ns=START_NS,
+        end_ns=START_NS + 10_000_000_000,
+        frequency=99,
+        mappings=mappings,
+        frames=frames,
+        stacks=[
+            (KERNEL_PC, LIBC_PC, INLINED, MAIN),
+            (RECURSE,) * 599 + (TRUNCATED,),  # as the core caps a deep stack
+            (UNKNOWN, MAIN),
         ],
-        "locations": [
-            {"mapping": APP, "address": 0x401000, "lines": [line("main", "/src/app.c", 10)]},
-            {"mapping": APP, "address": 0x401234, "lines": [
-                line("inner_helper()", "/src/app.cc", 42, system_name="_Z12inner_helperv"),
-                line("outer", "/src/app.cc", 20),
-            ]},
-            {"mapping": LIBC, "address": 0x7F0000012345, "lines": []},
-            {"mapping": KERNEL, "address": 0xFFFFFFFF81234567, "lines": [line("do_syscall_64")]},
-            {"mapping": APP, "address": 0x402000, "lines": [line("recurse", "/src/app.c", 30)]},
-            {"mapping": -1, "address": 0, "lines": [line("[unknown]")]},
+        samples=[
+            Sample(100, 101, 0, 0, 3, "worker", "app"),
+            Sample(100, 100, 1, 1, 2, "app", "app"),
+            Sample(200, 200, 1, 2, 1, "", ""),
+            Sample(300, 300, 0, 0, 0, "idle", "idle"),
         ],
-        "stacks": [
-            [KERNEL_PC, LIBC_PC, INLINED, MAIN],
-            [RECURSE] * 699 + [MAIN],
-            [UNKNOWN, MAIN],
-        ],
-        "samples": [
-            {"pid": 100, "tid": 101, "cpu": 0, "stack": 0, "count": 3,
-             "thread_name": "worker", "process_name": "app"},
-            {"pid": 100, "tid": 100, "cpu": 1, "stack": 1, "count": 2,
-             "thread_name": "app", "process_name": "app"},
-            {"pid": 200, "tid": 200, "cpu": 1, "stack": 2, "count": 1,
-             "thread_name": "", "process_name": ""},
-            {"pid": 300, "tid": 300, "cpu": 0, "stack": 0, "count": 0,
-             "thread_name": "idle", "process_name": "idle"},
-        ],
-        "stats": {"samples": 6, "lost": 0},
-    }
+        stats=Stats({"samples": 6, "lost": 0}, specs=[("samples", "count", ""), ("lost", "lost", "")]),
+    )
 
 
 @pytest.fixture(scope="module")
 def profile():
-    return build_profile(make_snapshot())
+    return build_profile(make_profile())
 
 
 def s(profile, index):
     return profile.string_table[index]
 
 
-def labels(profile, sample):
+def labels_of_sample(profile, sample):
     return {s(profile, lb.key): (s(profile, lb.str) if lb.str else lb.num) for lb in sample.label}
 
 
@@ -107,7 +107,7 @@ def test_types_period_and_times(profile):
         ("cpu-samples", "count"), ("cpu-time", "nanoseconds")]
     assert (s(profile, profile.period_type.type), s(profile, profile.period_type.unit)) == (
         "cpu-time", "nanoseconds")
-    assert profile.period == PERIOD == 10101010
+    assert profile.period == 10101010  # 1e9 // 99
     assert s(profile, profile.default_sample_type) == "cpu-time"
     assert profile.time_nanos == START_NS
     assert profile.duration_nanos == 10_000_000_000
@@ -128,7 +128,7 @@ def test_mappings(profile):
 
 def test_locations_and_functions(profile):
     locations = {loc.id: loc for loc in profile.location}
-    assert [loc.id for loc in profile.location] == [1, 2, 3, 4, 5, 6, 7]  # 7 = [truncated]
+    assert [loc.id for loc in profile.location] == [1, 2, 3, 4, 5, 6, 7]  # frame i is id i + 1
     inlined = locations[INLINED + 1]
     assert (inlined.mapping_id, inlined.address) == (1, 0x401234)
     assert function_names(profile, inlined) == ["inner_helper()", "outer"]
@@ -157,40 +157,58 @@ def test_samples_values_and_labels(profile):
     assert list(first.location_id) == [KERNEL_PC + 1, LIBC_PC + 1, INLINED + 1, MAIN + 1]
     assert list(first.value) == [3, 3 * PERIOD]
     assert list(deep.value) == [2, 2 * PERIOD]
-    assert labels(profile, first) == {
+    assert labels_of_sample(profile, first) == {
         "process_id": "100", "thread id": "101", "thread name": "worker",
         "process name": "app", "cpu.logical_number": "0"}
-    assert labels(profile, marker) == {"process_id": "200", "thread id": "200", "cpu.logical_number": "1"}
+    assert labels_of_sample(profile, marker) == {
+        "process_id": "200", "thread id": "200", "cpu.logical_number": "1"}
 
 
-def test_deep_stack_is_cut_to_600_with_truncated_marker(profile):
+def test_stack_cut_by_the_core_is_written_as_given(profile):
     deep = profile.sample[1]
-    assert len(deep.location_id) == 600
-    assert list(deep.location_id[:599]) == [RECURSE + 1] * 599
-    marker = {loc.id: loc for loc in profile.location}[deep.location_id[599]]
-    assert marker.mapping_id == 0
+    assert list(deep.location_id) == [RECURSE + 1] * 599 + [TRUNCATED + 1]
+    marker = {loc.id: loc for loc in profile.location}[TRUNCATED + 1]
+    assert (marker.mapping_id, marker.address) == (0, 0)
     assert function_names(profile, marker) == ["[truncated]"]
 
 
-def test_stack_of_exactly_600_is_kept_whole():
-    snapshot = make_snapshot()
-    snapshot["stacks"][1] = [RECURSE] * 599 + [MAIN]
-    profile = build_profile(snapshot)
-    assert list(profile.sample[1].location_id) == [RECURSE + 1] * 599 + [MAIN + 1]
-    assert "[truncated]" not in profile.string_table
+def test_builder_does_not_cut_stacks():
+    """The core caps stacks (one cap, one place): a longer one is written whole."""
+    p = make_profile()
+    p.stacks[1] = (RECURSE,) * 700 + (MAIN,)
+    pb = build_profile(p)
+    assert list(pb.sample[1].location_id) == [RECURSE + 1] * 700 + [MAIN + 1]
+    assert len(pb.location) == len(p.frames)  # no marker location added
 
 
-def test_build_does_not_modify_the_snapshot():
-    snapshot = make_snapshot()
-    before = copy.deepcopy(snapshot)
-    build_profile(snapshot)
-    assert snapshot == before
+def test_extra_labels_per_pid():
+    labels = {100: {"container_id": "c0ffee", "container_name": "", "pod_name": "web-1"},
+              999: {"container_id": "not-sampled"}}
+    pb = build_profile(make_profile(), labels)
+    got = [(labels_of["process_id"], labels_of.get("container_id"), labels_of.get("pod_name"),
+            "container_name" in labels_of)
+           for labels_of in (labels_of_sample(pb, sample) for sample in pb.sample)]
+    assert got == [("100", "c0ffee", "web-1", False), ("100", "c0ffee", "web-1", False),
+                   ("200", None, None, False)]
+    # The extra labels sit between the names and the CPU, as Datadog's host profiler writes them.
+    assert [s(pb, lb.key) for lb in pb.sample[0].label] == [
+        "process_id", "thread id", "thread name", "process name", "container_id", "pod_name",
+        "cpu.logical_number"]
+
+
+def test_frame_with_a_mapping_outside_the_table_gets_one():
+    p = make_profile()
+    jit = Mapping(0x9000, 0xA000, 0, "[anon]", "", False)
+    p.frames[UNKNOWN] = Frame(0x9010, jit, "jit", (line("jitted"),))
+    pb = build_profile(p)
+    assert [s(pb, m.filename) for m in pb.mapping][-1] == "[anon]"
+    assert {loc.id: loc for loc in pb.location}[UNKNOWN + 1].mapping_id == 5
 
 
 def test_write_is_gzip_atomic_and_round_trips(tmp_path):
     path = tmp_path / "out.pprof"
     path.write_bytes(b"old contents")
-    write_pprof(make_snapshot(), path)
+    write_pprof(make_profile(), path)
     data = path.read_bytes()
     assert data[:2] == b"\x1f\x8b"
     assert os.listdir(tmp_path) == ["out.pprof"]  # no temp file left behind
@@ -204,6 +222,10 @@ def test_write_is_gzip_atomic_and_round_trips(tmp_path):
     ]
     assert got[0].frames == ["do_syscall_64", "libc.so.6+0x7f0000012345", "inner_helper()", "outer", "main"]
     assert got[1].frames == ["recurse"] * 599 + ["[truncated]"]
+    # The reader names frames as Frame.name does.
+    p = make_profile()
+    assert got[0].frames == [name for f in p.stack(p.samples[0]) for name in f.functions]
+    assert got[2].frames == [f.name for f in p.stack(p.samples[2])]
     assert got[2].frames == ["[unknown]", "main"]
 
 
@@ -215,7 +237,7 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "replace", boom)
     with pytest.raises(OSError):
-        write_pprof(make_snapshot(), path)
+        write_pprof(make_profile(), path)
     assert os.listdir(tmp_path) == []
 
 
@@ -240,12 +262,11 @@ def _go_env(tmp_path):
     return env
 
 
-@pytest.mark.skipif(shutil.which("go") is None, reason="go is not on PATH: no go tool pprof to cross-check")
-def test_go_tool_pprof_reads_it(tmp_path):
+def test_go_tool_pprof_reads_it(tmp_path, go_binary):
     path = tmp_path / "cpu.pprof"
-    write_pprof(make_snapshot(), path)
+    write_pprof(make_profile(), path)
     result = subprocess.run(
-        ["go", "tool", "pprof", "-symbolize=none", "-raw", str(path)],
+        [go_binary, "tool", "pprof", "-symbolize=none", "-raw", str(path)],
         capture_output=True, text=True, env=_go_env(tmp_path), timeout=600,
     )
     assert result.returncode == 0, result.stderr

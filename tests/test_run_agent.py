@@ -145,6 +145,7 @@ def test_container_headers_and_labels(agent, workloads):
             stop(prof)
     ups = service_uploads(agent, "run")
     assert ups, "no upload for the containerized workload"
+    n_samples = 0
     for u in ups:
         h = u.request.headers
         assert h["datadog-container-id"] == cid and h["datadog-entity-id"] == f"ci-{cid}"
@@ -153,6 +154,9 @@ def test_container_headers_and_labels(agent, workloads):
         for s in p.sample:
             labels = {strings[lb.key]: strings[lb.str] for lb in s.label}
             assert labels["container_id"] == cid and labels["process_id"] == str(w.pid)
+        n_samples += len(p.sample)
+    # The labels above were checked on samples, not on empty profiles.
+    assert n_samples > 0, f"{len(ups)} uploads for {SERVICE} hold no sample"
 
 
 def test_output_dir_writes_one_pprof_per_service_per_period(tmp_path, workloads):

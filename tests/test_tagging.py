@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+from ddprofiler import ProcessInfo
 from ddprofiler.tagging import (ProcessTags, TagCache, normalize_service, normalize_tag,
                                 parse_dd_tags, process_tags, validate_tags)
 
@@ -10,7 +11,7 @@ CID = "b6fca87d67bd05a61568efae6f10178d739033a478c212adfa93637732c3cb37"
 
 
 def info(env=None, exe="/usr/local/bin/web-server", name="web-server", cgroup="0::/", pid=10):
-    return {"pid": pid, "name": name, "exe": exe, "env": dict(env or {}), "cgroup": cgroup}
+    return ProcessInfo(pid=pid, name=name, exe=exe, env=dict(env or {}), cgroup=cgroup)
 
 
 # ---------------------------------------------------------------- service
@@ -113,7 +114,7 @@ def test_container_fields():
 
 
 def test_missing_keys_tolerated():
-    t = process_tags({"pid": 3})
+    t = process_tags(ProcessInfo(pid=3, name="", exe="", env={}, cgroup=""))
     assert (t.service, t.service_inferred, t.container_id) == ("unknown-service", True, None)
 
 
@@ -187,12 +188,13 @@ def test_cache_memoizes_by_content():
 
 def test_cache_bounded_lru():
     cache = TagCache(maxsize=3)
-    for i in range(10):
-        cache.get(i, info(name=f"p{i}", exe=""))
+    made = [cache.get(i, info(name=f"p{i}", exe="")) for i in range(10)]
     assert len(cache) == 3
-    first = cache.get(7, info(name="p7", exe=""))
+    assert cache.get(7, info(name="p7", exe="")) is made[7]  # a hit: p7 is now the newest
     cache.get(10, info(name="p10", exe=""))  # evicts p8, the least recently used
-    assert cache.get(7, info(name="p7", exe="")) is first
+    assert cache.get(7, info(name="p7", exe="")) is made[7]
+    assert cache.get(9, info(name="p9", exe="")) is made[9]
+    assert cache.get(8, info(name="p8", exe="")) is not made[8]  # gone: computed again
     assert len(cache) == 3
     cache.clear()
     assert len(cache) == 0

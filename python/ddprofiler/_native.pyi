@@ -1,94 +1,198 @@
-"""Typed stub of the private Rust extension. Users import from ``ddprofiler``, not from here.
+"""Typed stub of the private Rust extension ``ddprofiler._native`` (``rust/ddprof-py``).
 
-The snapshot is the only data that crosses into Python: interned tables of an aggregate,
-never single samples.
+Users import from ``ddprofiler`` (``ddprofiler.Profiler``, ``ddprofiler.Profile``,
+``ddprofiler.symbols``), never from here. Checked against the built extension by
+``stubtest`` (``make lint``).
+
+The snapshot is the only bulk data that crosses into Python: interned tables as plain
+tuples (cheap to build, no per-sample objects), which ``ddprofiler.profile.Profile`` turns
+into typed records. Every error is raised as a class of ``ddprofiler.errors`` (or
+``ValueError`` for a bad argument, ``OSError`` for I/O), converted in one place in the
+binding. Every call that can block releases the GIL.
 """
-from typing import Optional, Sequence, TypedDict
+from typing import Literal, Optional, Sequence, final
+
+from ddprofiler.profile import FrameKind as _FrameKind
+from ddprofiler.profiler import SymbolizeMode as _SymbolizeMode
+from ddprofiler.stats import CounterKind as _CounterKind
+
+__all__ = [
+    "__version__",
+    "SYMBOL_SOURCES",
+    "Profiler",
+    "Snapshot",
+    "Binary",
+    "BinaryInfo",
+    "DebugFileStats",
+    "counter_specs",
+    "inspect",
+    "symbolize_file",
+]
 
 __version__: str
+SYMBOL_SOURCES: tuple[str, ...]
+"""Symbol sources as the backend ranks them, worst first: none, dynamic_symbol_table,
+symbol_table, gopclntab, debug_info."""
 
-class BpfUnavailableError(RuntimeError):
-    """The kernel lacks something the sampler needs (BTF, ring buffer, a helper...)."""
+# (function, system_name, file, line): system_name is "" when the same as function; file
+# "" and line 0 when unknown.
+_RawLine = tuple[str, str, str, int]
+# (start, limit, offset, path, file_id, is_kernel, binary): addresses in the process; the
+# file offset mapped at start; the path as the process names it ("[vdso]", "[anon]",
+# "[kernel.kallsyms]"); the id the backend knows the file by (GNU build id, else Go build id,
+# else the contract's file hash; "" when unknown); the open file, for symbol upload.
+_RawMapping = tuple[int, int, int, str, str, bool, Optional["Binary"]]
+# (mapping index or -1, address in the process, kind, lines innermost inlined first; empty
+# when unsymbolized or left for the backend)
+_RawFrame = tuple[int, int, _FrameKind, list[_RawLine]]
+# (pid, tid, cpu, stack index, count, thread_name, process_name)
+_RawSample = tuple[int, int, int, int, int, str, str]
+# (pid, name, exe, env, cgroup): env keeps only DD_SERVICE, DD_ENV, DD_VERSION,
+# OTEL_SERVICE_NAME, POD_NAME, KUBERNETES_POD_NAME; cgroup is /proc/PID/cgroup's text.
+_RawProcess = tuple[int, str, str, dict[str, str], str]
 
-class Mapping(TypedDict):
-    start: int          # first address of the mapping in the process
-    limit: int          # one past its last address
-    offset: int         # file offset mapped at `start`
-    path: str           # the file as the process names it, or "[kernel.kallsyms]", "[vdso]", "[anon]"
-    build_id: str       # GNU build id as hex, "" when unknown
-    is_kernel: bool
+def counter_specs() -> list[tuple[str, _CounterKind, str]]:
+    """Every counter of the registry (rust/ddprof-core/src/counters.rs), in its order:
+    (name, kind, one line of help)."""
 
-class Line(TypedDict):
-    function: str       # demangled name
-    system_name: str    # mangled (linkage) name, "" when the same as function
-    file: str           # source file, "" when unknown
-    line: int           # 0 when unknown
+@final
+class Snapshot:
+    """One closed period of the aggregate, symbolized (or left for the backend)."""
+    @property
+    def start_ns(self) -> int:
+        """Wall clock (Unix epoch, ns) at which the period started."""
+    @property
+    def end_ns(self) -> int: ...
+    @property
+    def frequency(self) -> int:
+        """Sampling rate, Hz per CPU."""
+    @property
+    def mappings(self) -> list[_RawMapping]: ...
+    @property
+    def frames(self) -> list[_RawFrame]: ...
+    @property
+    def stacks(self) -> list[tuple[int, ...]]:
+        """Frame indices, leaf first; at most the depth cap, a cut one ends with [truncated]."""
+    @property
+    def samples(self) -> list[_RawSample]: ...
+    @property
+    def processes(self) -> list[_RawProcess]:
+        """One per sampled pid whose /proc could be read; kernel threads have none."""
+    @property
+    def stats(self) -> dict[str, int]:
+        """Cumulative counters since start, when the period closed (registry order)."""
 
-class Location(TypedDict):
-    mapping: int        # index into Snapshot.mappings, -1 for marker frames
-    address: int        # address in the process (kernel address for kernel frames)
-    lines: list[Line]   # innermost inlined first; empty when unsymbolized
-
-class Sample(TypedDict):
-    pid: int
-    tid: int
-    cpu: int
-    stack: int          # index into Snapshot.stacks
-    count: int
-    thread_name: str
-    process_name: str
-
-class ProcessInfo(TypedDict):
-    pid: int
-    name: str           # the process's comm
-    exe: str            # /proc/PID/exe target, "" when unreadable
-    env: dict[str, str] # only DD_SERVICE, DD_ENV, DD_VERSION, OTEL_SERVICE_NAME, POD_NAME, KUBERNETES_POD_NAME
-    cgroup: str         # /proc/PID/cgroup as read when first sampled
-
-class Snapshot(TypedDict):
-    start_ns: int       # wall clock (Unix epoch ns) of the aggregate's start
-    end_ns: int
-    frequency: int
-    mappings: list[Mapping]
-    locations: list[Location]
-    stacks: list[list[int]]   # location indices, leaf first
-    samples: list[Sample]
-    processes: list[ProcessInfo]  # one per sampled pid whose /proc could be read; kernel threads have none
-    stats: dict[str, int]     # cumulative counters since start (not reset by snapshot)
-
-def symbolize_file(path: str, addresses: Sequence[int]) -> list[list[Line]]:
-    """Lines of each address of an ELF file, innermost inlined function first; addresses
-    as the file states them (what addr2line takes). Raises OSError for an unreadable file."""
-
-class DebugFileStats(TypedDict):
-    input_bytes: int          # size of src
-    output_bytes: int         # size of the debug file written
-    sections_compressed: int  # .debug_* sections zlib-compressed here
-    symtab_entries: int       # entries of .symtab (0 when src has none)
-    gopclntab_bytes: int      # bytes of Go's .gopclntab kept (0 when none)
-
-def make_debug_file(src: str, out: str, gopclntab_from: Optional[str] = None) -> DebugFileStats:
-    """Write the debug-only ELF of ELF64 little-endian ``src`` to ``out``: symbols, notes,
-    debug sections (zlib-compressed) and Go's ``.gopclntab`` (taken from ``gopclntab_from``
-    when ``src`` is a debug file without its bytes), no code; checked after writing.
-    Raises ValueError for a file that is not a readable/supported ELF, OSError for I/O,
-    RuntimeError when the result does not verify; ``out`` is removed on any error."""
-
+@final
 class Profiler:
-    """An eBPF sampler on every online CPU with its drain thread.
+    """The BPF sampler on every online CPU, with its drain and symbolizer threads.
 
-    Raises PermissionError (message says which privilege) or BpfUnavailableError on start.
+    Thread-safe: every method may be called from any thread at any time; no lock is held
+    while the GIL is released. ``start`` raises ``ddprofiler.errors.PrivilegeError``
+    (the message says which privilege and how to get it), ``BpfUnavailableError``, or
+    ``ValueError`` for a bad argument; ``ProfilerError`` when called twice.
     """
-    def __init__(
-        self,
+    def __new__(
+        cls,
         frequency: int = 99,
         pids: Optional[Sequence[int]] = None,
         stack_bytes: int = 16384,
-    ) -> None: ...
+        symbolize: _SymbolizeMode = "host",
+    ) -> Profiler: ...
     def start(self) -> None: ...
-    def stop(self) -> None: ...
+    def stop(self) -> None:
+        """Stop sampling and detach the BPF program after a last drain; snapshots of what
+        was collected stay available until close(). No-op before start or after close."""
+    def close(self) -> None:
+        """Stop, then end the profiler's threads and wait for them. Idempotent."""
     def stats(self) -> dict[str, int]:
-        """Cumulative counters: samples, lost, processes, how unwinds ended (unwind_complete
-        is a success; every other unwind_* a failure reason), *_errors, *_failed."""
+        """The counters now (lock-free); zeros before start."""
     def snapshot(self, reset: bool = True) -> Snapshot:
-        """Symbolize and hand over the aggregate so far; with reset, start a new one."""
+        """Symbolize and hand over the aggregate so far; with reset, start a new period at
+        the same instant. Raises ProfilerError before start or after close."""
+
+@final
+class DebugFileStats:
+    @property
+    def source(self) -> str:
+        """The file the symbols were taken from (the binary or its debug file)."""
+    @property
+    def input_bytes(self) -> int: ...
+    @property
+    def output_bytes(self) -> int: ...
+    @property
+    def sections_compressed(self) -> int:
+        """.debug_* sections zlib-compressed here."""
+    @property
+    def symtab_entries(self) -> int: ...
+    @property
+    def gopclntab_bytes(self) -> int: ...
+
+@final
+class BinaryInfo:
+    """What an ELF binary offers for symbolication (datadog-contracts.md, "Symbol upload").
+
+    Holds the binary (and its separate debug file, when found) open, so that
+    ``write_debug_file`` works after the path is gone (a deleted binary, an exited process).
+    """
+    @property
+    def path(self) -> str: ...
+    @property
+    def arch(self) -> str:
+        """x86_64, aarch64, or em_<e_machine>."""
+    @property
+    def gnu_build_id(self) -> Optional[str]: ...
+    @property
+    def go_build_id(self) -> Optional[str]: ...
+    @property
+    def file_hash(self) -> str:
+        """SHA-256 over the first and last 4096 bytes and the size (8 bytes big-endian),
+        first 16 bytes as 32 hex characters."""
+    @property
+    def symbol_source(self) -> str:
+        """The best of own_symbol_source and debug_file_symbol_source: none <
+        dynamic_symbol_table < symbol_table < gopclntab < debug_info."""
+    @property
+    def own_symbol_source(self) -> str: ...
+    @property
+    def file_size(self) -> int: ...
+    @property
+    def debug_sections_size(self) -> int:
+        """Bytes of .debug_*/.zdebug_* sections, the debug file's included."""
+    @property
+    def symtab_entries(self) -> int: ...
+    @property
+    def debug_file(self) -> Optional[str]: ...
+    @property
+    def debug_file_via(self) -> Optional[Literal["build-id", "debuglink"]]: ...
+    @property
+    def debug_file_symbol_source(self) -> Optional[str]: ...
+    @property
+    def debug_file_symtab_entries(self) -> int: ...
+    @property
+    def build_ids(self) -> list[str]:
+        """Ids the backend may know this binary by: file hash, GNU and Go build ids."""
+    def to_dict(self) -> dict[str, object]: ...
+    def write_debug_file(self, out: str) -> DebugFileStats:
+        """Write the debug-only ELF uploaded as ``elf_symbol_file`` to ``out``: from the debug
+        file when it ranks better than the binary, Go's .gopclntab from the binary. Verified
+        after writing; raises DebugFileError (out removed) or OSError."""
+
+@final
+class Binary:
+    """An ELF file the profiler holds open (see Snapshot.mappings)."""
+    @property
+    def path(self) -> str:
+        """The path as the process mapped it."""
+    @property
+    def file_id(self) -> str: ...
+    def inspect(self) -> BinaryInfo:
+        """Inspect the open file; its debug file is looked for inside the root of the
+        process that mapped it, then on the host. Raises InvalidBinaryError."""
+
+def inspect(path: str, root: str = "/") -> BinaryInfo:
+    """Inspect the ELF file at ``path``; separate debug files are looked for inside
+    ``root`` (e.g. /proc/PID/root). Raises InvalidBinaryError or OSError."""
+
+def symbolize_file(path: str, addresses: Sequence[int]) -> list[list[_RawLine]]:
+    """Lines of each address of an ELF file (SVMAs, as addr2line takes them), innermost
+    inlined function first; empty where nothing resolves. Raises OSError."""

@@ -4,10 +4,14 @@
 writes a gzip-compressed pprof to ``--output``. Every flag is checked before anything
 starts: a bad one is a one-line usage error on stderr, exit 2, and nothing is written.
 Failures at run time (extension missing, privileges missing, BPF unavailable, output not
-writable) are one line ``ddprofiler: error: ...``, exit 1. Ctrl-C or SIGTERM ends the
+writable: the ``ddprofiler.errors`` classes, and ``OSError``) are one line
+``ddprofiler: error: ...``, exit 1. Ctrl-C or SIGTERM ends the
 recording early; the profile is still written (atomically) and the exit code is 0.
 Diagnostics go through ``logging`` (``-v`` for debug); the live status line (TTY only) and
-the final summary go to stderr.
+the final summary go to stderr. ``run`` (the default command) is the continuous profiler
+(``ddprofiler.runner``); ``config`` shows the settings; ``symbols`` inspects binaries and
+uploads their symbols. Every command profiles through the public API
+(``ddprofiler.Profiler``, ``ddprofiler.record``), like any other user.
 """
 from __future__ import annotations
 
@@ -18,17 +22,27 @@ import os
 import signal
 import sys
 import tempfile
-from typing import Callable, Iterator, Optional, Tuple
+from types import FrameType
+from typing import IO, TYPE_CHECKING, Any, Callable, Dict, Iterator, Optional, Tuple, TypeVar
 
 import click
 
 import ddprofiler
-from ddprofiler import config, privileges
+from ddprofiler import config, errors, privileges
+from ddprofiler.profiler import SymbolizeMode, load_native
 from ddprofiler.status import StatusLine, summary_lines
+
+if TYPE_CHECKING:
+    from ddprofiler.symbols.background import BackgroundSymbolUpload
 
 log = logging.getLogger(__name__)
 
 ERROR_PREFIX = "ddprofiler: error: "
+_SYMBOLIZE_MODES: Tuple[SymbolizeMode, ...] = ("host", "backend", "both")
+# What stops a profiler from starting: one line, exit 1.
+_START_ERRORS = (errors.ProfilerError, PermissionError)
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class Failure(click.ClickException):
@@ -36,14 +50,16 @@ class Failure(click.ClickException):
 
     exit_code = 1
 
-    def show(self, file=None) -> None:
+    def show(self, file: Optional[IO[Any]] = None) -> None:
         click.echo(ERROR_PREFIX + self.format_message(), err=True)
 
 
 class _Group(click.Group):
     """A click group whose usage errors are a single line, never a traceback."""
 
-    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+    def main(self, args: Any = None, prog_name: Optional[str] = None,
+             complete_var: Optional[str] = None, standalone_mode: bool = True,
+             **extra: Any) -> Any:
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         try:
@@ -64,7 +80,7 @@ class _Group(click.Group):
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
-def _setting_options(f):
+def _setting_options(f: F) -> F:
     """The settings of the continuous profiler as flags (None when absent, so that the
     environment and defaults can take over: see ddprofiler.config)."""
     defaults = config.Settings()
@@ -91,7 +107,7 @@ def _setting_options(f):
 @_setting_options
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
 @click.pass_context
-def main(ctx: click.Context, verbose: bool, **flags) -> None:
+def main(ctx: click.Context, /, verbose: bool, **flags: Any) -> None:
     """ddprofiler: a continuous eBPF CPU profiler.
 
     Without a command, runs the continuous profiler (same as `ddprofiler run`): samples
@@ -105,7 +121,7 @@ def main(ctx: click.Context, verbose: bool, **flags) -> None:
         _run(ctx.obj["flags"], verbose)
 
 
-def _settings(flags) -> "tuple[config.Settings, dict]":
+def _settings(flags: Dict[str, Any]) -> Tuple[config.Settings, Dict[str, str]]:
     try:
         return config.resolve(flags, os.environ)
     except config.ConfigError as e:
@@ -116,7 +132,7 @@ def _settings(flags) -> "tuple[config.Settings, dict]":
 @_setting_options
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
 @click.pass_context
-def run(ctx: click.Context, verbose: bool, **flags) -> None:
+def run(ctx: click.Context, /, verbose: bool, **flags: Any) -> None:
     """Profile continuously and upload every period (the default command)."""
     merged = {**ctx.obj.get("flags", {}), **{k: v for k, v in flags.items() if v is not None}}
     _run(merged, verbose or ctx.obj.get("verbose", False))
@@ -125,7 +141,7 @@ def run(ctx: click.Context, verbose: bool, **flags) -> None:
 @main.command("config")
 @_setting_options
 @click.pass_context
-def config_command(ctx: click.Context, **flags) -> None:
+def config_command(ctx: click.Context, /, **flags: Any) -> None:
     """Show the effective settings and where each came from (secrets masked)."""
     merged = {**ctx.obj.get("flags", {}), **{k: v for k, v in flags.items() if v is not None}}
     settings, sources = _settings(merged)
@@ -136,32 +152,32 @@ def config_command(ctx: click.Context, **flags) -> None:
         click.echo(f"{name:<{width}}  {value:<{vwidth}}  {source}")
 
 
-def _run(flags, verbose: bool) -> None:
+def _run(flags: Dict[str, Any], verbose: bool) -> None:
     settings, sources = _settings(flags)
+    symbolize = _symbolize_mode(settings.symbolize)
     if settings.output_dir:
         _check_output_dir(settings.output_dir)
     _configure_logging(verbose, default=logging.INFO)
-    native = _native_with_privileges()
-    from ddprofiler.runner import Runner  # protobuf, zstandard: only from here on
+    _check_can_profile()
     from ddprofiler import exporters
+    from ddprofiler.runner import Runner  # protobuf, zstandard: only from here on
 
     exporter = exporters.from_settings(settings)
     log.info("ddprofiler %s: %s", ddprofiler.__version__, exporters.describe(settings))
     with _stop_on_signals(second_exits=True) as stop_requested:
+        profiler = ddprofiler.Profiler(frequency=settings.sampling_rate,
+                                       stack_bytes=settings.stack_bytes,
+                                       symbolize=symbolize)
         try:
-            profiler = native.Profiler(frequency=settings.sampling_rate, pids=None,
-                                       stack_bytes=settings.stack_bytes)
             profiler.start()
-        except native.BpfUnavailableError as e:
+        except _START_ERRORS as e:
             exporter.close(0)
-            raise Failure(str(e)) from e
-        except PermissionError as e:
-            exporter.close(0)
-            raise Failure(str(e) or privileges.problem(cap_eff=0) or "permission denied") from e
-        symbols = _symbol_upload(settings)
-        Runner(settings, profiler, exporter, symbols=symbols).run(stop_requested)
-        if symbols is not None:
-            symbols.close(0)
+            raise _start_failure(e) from e
+        with profiler:
+            symbols = _symbol_upload(settings)
+            Runner(settings, profiler, exporter, symbols=symbols).run(stop_requested)
+            if symbols is not None:
+                symbols.close(0)
         log.info("stopping: waiting up to %gs for pending uploads", settings.shutdown_timeout)
         exporter.close(settings.shutdown_timeout)
         stats = exporter.stats()
@@ -169,13 +185,15 @@ def _run(flags, verbose: bool) -> None:
                  stats.get("uploads_failed", 0), stats.get("uploads_dropped", 0))
 
 
-def _symbol_upload(settings):
+def _symbol_upload(settings: config.Settings) -> Optional[BackgroundSymbolUpload]:
     """The background symbol uploader, when --upload-symbols asks for one."""
     if not settings.upload_symbols:
         return None
     from ddprofiler.symbols import SymbolUploader
     from ddprofiler.symbols.background import BackgroundSymbolUpload
 
+    if not settings.api_key:  # config.resolve refuses --upload-symbols without one
+        raise click.UsageError("--upload-symbols needs an API key: set DD_API_KEY")
     uploader = SymbolUploader(settings.api_key, settings.app_key, settings.site,
                               dry_run=settings.symbols_dry_run,
                               api_base_url=settings.symbols_api_url,
@@ -187,16 +205,31 @@ def _symbol_upload(settings):
     return BackgroundSymbolUpload(uploader)
 
 
-def _native_with_privileges():
-    """The extension, once it is known to load and the privileges to be there."""
+def _check_can_profile() -> None:
+    """Fails (one line, exit 1) unless the extension loads and the privileges are there,
+    before anything else starts."""
     try:
-        native = ddprofiler.load_native()
-    except ImportError as e:
+        load_native()
+    except errors.NativeExtensionError as e:
         raise Failure(str(e)) from e
     problem = privileges.problem()
     if problem:
         raise Failure(problem)
-    return native
+
+
+def _start_failure(e: BaseException) -> Failure:
+    """The one error line of a profiler that did not start."""
+    if isinstance(e, PermissionError) and not isinstance(e, errors.PrivilegeError):
+        # EPERM from somewhere without a message of ours: say what is usually missing.
+        return Failure(str(e) or privileges.problem(cap_eff=0) or "permission denied")
+    return Failure(str(e) or type(e).__name__)
+
+
+def _symbolize_mode(text: str) -> SymbolizeMode:
+    for mode in _SYMBOLIZE_MODES:
+        if text == mode:
+            return mode
+    raise click.UsageError(f"--symbolize: {text!r} is not one of {', '.join(_SYMBOLIZE_MODES)}")
 
 
 def _check_output_dir(path: str) -> None:
@@ -211,26 +244,26 @@ def _check_output_dir(path: str) -> None:
         raise click.UsageError(f"--output-dir: '{path}' is not writable ({e.strerror or e})") from None
 
 
-def _check_duration(ctx, param, value: float) -> float:
+def _check_duration(ctx: click.Context, param: click.Parameter, value: float) -> float:
     if not math.isfinite(value):
         raise click.BadParameter(f"{value} is not a finite number of seconds.")
     return value
 
 
-def _check_stack_bytes(ctx, param, value: int) -> int:
+def _check_stack_bytes(ctx: click.Context, param: click.Parameter, value: int) -> int:
     if value % 8:
         raise click.BadParameter(f"{value} is not a multiple of 8.")
     return value
 
 
-def _check_pids(ctx, param, value: Tuple[int, ...]) -> Tuple[int, ...]:
+def _check_pids(ctx: click.Context, param: click.Parameter, value: Tuple[int, ...]) -> Tuple[int, ...]:
     for pid in value:
         if not os.path.isdir(f"/proc/{pid}"):
             raise click.BadParameter(f"no process with pid {pid}.")
     return tuple(dict.fromkeys(value))
 
 
-def _check_output(ctx, param, value: str) -> str:
+def _check_output(ctx: click.Context, param: click.Parameter, value: str) -> str:
     if not value or value.endswith(os.sep) or os.path.isdir(value):
         raise click.BadParameter(f"'{value}' is a directory.")
     if os.path.lexists(value) and not os.path.isfile(value):
@@ -270,38 +303,34 @@ def _check_output(ctx, param, value: str) -> str:
     callback=_check_output, help="Where to write the gzip-compressed pprof.",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
-def record(pids, duration, frequency, stack_bytes, output, verbose) -> None:
+def record(pids: Tuple[int, ...], duration: float, frequency: int, stack_bytes: int, output: str,
+           verbose: bool) -> None:
     """Record a CPU profile of all processes (or the given ones) to a pprof file."""
     _configure_logging(verbose)
-    native = _native_with_privileges()
+    _check_can_profile()
     log.debug("recording pids=%s duration=%ss frequency=%sHz stack_bytes=%s",
               list(pids) or "all", duration, frequency, stack_bytes)
 
     status = StatusLine(sys.stderr)
     with _stop_on_signals() as stop_requested:
         try:
-            snapshot = ddprofiler.record(
-                duration, pids=pids, frequency=frequency, stack_bytes=stack_bytes,
+            profile = ddprofiler.record(
+                duration, pids=pids or None, frequency=frequency, stack_bytes=stack_bytes,
                 should_stop=stop_requested, on_progress=status.update,
             )
-        except native.BpfUnavailableError as e:
-            raise Failure(str(e)) from e
-        except PermissionError as e:
-            raise Failure(str(e) or privileges.problem(cap_eff=0) or "permission denied") from e
+        except _START_ERRORS as e:
+            raise _start_failure(e) from e
         finally:
             status.finish()
-    if stop_requested():
+    if stop_requested.signum is not None:
         log.debug("stopped early by %s", signal.Signals(stop_requested.signum).name)
 
-    from ddprofiler.pprof import write_pprof  # protobuf is only needed from here on
-
     try:
-        write_pprof(snapshot, output)
+        profile.write(output)
     except OSError as e:
         raise Failure(f"cannot write {output}: {e.strerror or e}") from e
-    seconds = max(0, snapshot["end_ns"] - snapshot["start_ns"]) / 1e9
-    click.echo(f"ddprofiler: wrote {output} ({seconds:.1f} s)", err=True)
-    for line in summary_lines(snapshot["stats"]):
+    click.echo(f"ddprofiler: wrote {output} ({profile.duration_s:.1f} s)", err=True)
+    for line in summary_lines(profile.stats):
         click.echo(f"  {line}", err=True)
 
 
@@ -315,7 +344,7 @@ class _StopFlag:
     def __call__(self) -> bool:
         return self.signum is not None
 
-    def set(self, signum, frame) -> None:
+    def set(self, signum: int, frame: Optional[FrameType]) -> None:
         if self.signum is not None and self.second_exits:
             os.write(2, b"ddprofiler: second signal, exiting now\n")
             os._exit(128 + signum)
@@ -323,7 +352,7 @@ class _StopFlag:
 
 
 @contextlib.contextmanager
-def _stop_on_signals(second_exits: bool = False) -> Iterator[Callable[[], bool]]:
+def _stop_on_signals(second_exits: bool = False) -> Iterator[_StopFlag]:
     """While inside, SIGINT and SIGTERM set the yielded flag instead of killing us; with
     `second_exits`, a second signal ends the process at once."""
     flag = _StopFlag(second_exits)
@@ -383,8 +412,9 @@ def symbols_inspect(binary: str, root: str) -> None:
               help="Record of what was uploaded (default: ~/.local/state/ddprofiler/).")
 @click.option("--no-state", is_flag=True, help="Keep no record: upload again what the backend lacks.")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
-def symbols_upload(paths, api_key, app_key, site, dry_run, root, max_bytes_in_flight,
-                   max_workers, state_path, no_state, verbose) -> None:
+def symbols_upload(paths: Tuple[str, ...], api_key: Optional[str], app_key: Optional[str], site: str,
+                   dry_run: bool, root: str, max_bytes_in_flight: int, max_workers: int,
+                   state_path: Optional[str], no_state: bool, verbose: bool) -> None:
     """Upload the symbols of PATHS (ELF files, or directories searched for them) where ours
     are better than what Datadog has."""
     _configure_logging(verbose, default=logging.INFO)

@@ -4,31 +4,30 @@
 processes seen (``processes_seen``, else ``processes``) and lost samples, each time
 ``update`` is called (the caller paces it, about twice a second); it writes nothing at all
 when its stream is not a TTY. ``finish`` erases it. ``summary_lines`` gives the end-of-run
-report, printed whether or not on a TTY: samples, lost, unwinding failures by reason (stats
-keys starting with ``unwind_``, except success counters such as ``unwind_complete``) and
-any other nonzero error counter (keys naming an error, failure, drop, miss...).
+report, printed whether or not on a TTY: samples, lost, unwinding failures by reason and
+the other nonzero error counters. Which counter is which comes from its kind in the
+core's registry (``Stats.of_kind``), never from its name. Non-goals: logging.
 """
 from __future__ import annotations
 
 import sys
-from typing import IO, List, Mapping, Optional
+from typing import IO, List, Optional
 
-_HEADLINE_KEYS = ("samples", "lost", "processes")
-_UNWIND_PREFIX = "unwind_"
-_UNWIND_SUCCESS = ("complete", "completed", "ok", "success", "succeeded")
-_ERROR_WORDS = ("error", "fail", "drop", "lost", "miss", "invalid", "trunc", "overflow", "unknown", "denied")
+from ddprofiler.stats import Stats
+
+_UNWIND_PREFIX = "unwind_"  # dropped from the reasons shown, which all start with it
 
 
 class StatusLine:
     """A live, self-overwriting status line on a terminal; silent elsewhere."""
 
     def __init__(self, stream: Optional[IO[str]] = None) -> None:
-        self.stream = stream if stream is not None else sys.stderr
+        self.stream: IO[str] = stream if stream is not None else sys.stderr
         isatty = getattr(self.stream, "isatty", None)
         self.enabled = bool(isatty and isatty())
         self._width = 0
 
-    def update(self, elapsed: float, stats: Mapping[str, int]) -> None:
+    def update(self, elapsed: float, stats: Stats) -> None:
         if not self.enabled:
             return
         line = format_status(elapsed, stats)
@@ -43,42 +42,34 @@ class StatusLine:
             self._width = 0
 
 
-def format_status(elapsed: float, stats: Mapping[str, int]) -> str:
-    return (
-        f"recording {elapsed:6.1f}s | samples {stats.get('samples', 0)} | "
-        f"processes {stats.get('processes_seen', stats.get('processes', 0))} | lost {stats.get('lost', 0)}"
-    )
+def format_status(elapsed: float, stats: Stats) -> str:
+    processes = stats.get("processes_seen", stats.get("processes", 0))
+    return (f"recording {elapsed:6.1f}s | samples {stats.samples} | "
+            f"processes {processes} | lost {stats.lost}")
 
 
-def summary_lines(stats: Mapping[str, int]) -> List[str]:
-    """The final report: one line each for samples, lost, unwinding failures, other errors."""
-    samples = stats.get("samples", 0)
-    lost = stats.get("lost", 0)
+def summary_lines(stats: Stats) -> List[str]:
+    """The final report: one line each for samples, lost, unwinding failures, other errors
+    (the last two only when nonzero; largest first, then by name)."""
+    samples, lost = stats.samples, stats.lost
     lines = [f"samples: {samples}"]
     seen = samples + lost
     lines.append(f"lost: {lost}" + (f" ({100.0 * lost / seen:.1f}%)" if lost and seen else ""))
 
-    unwind = _nonzero(stats, _is_unwind_failure)
+    unwind = _largest_first(stats.unwind_failures())
     if unwind:
-        reasons = ", ".join(f"{key[len(_UNWIND_PREFIX):]} {value}" for key, value in unwind)
+        reasons = ", ".join(f"{_reason(name)} {value}" for name, value in unwind)
         lines.append(f"unwinding failures: {sum(value for _, value in unwind)} ({reasons})")
 
-    errors = _nonzero(
-        stats,
-        lambda key: key not in _HEADLINE_KEYS
-        and not key.startswith(_UNWIND_PREFIX)
-        and any(word in key for word in _ERROR_WORDS),
-    )
+    errors = _largest_first(stats.errors())
     if errors:
-        lines.append("other errors: " + ", ".join(f"{key} {value}" for key, value in errors))
+        lines.append("other errors: " + ", ".join(f"{name} {value}" for name, value in errors))
     return lines
 
 
-def _is_unwind_failure(key: str) -> bool:
-    return key.startswith(_UNWIND_PREFIX) and key[len(_UNWIND_PREFIX):] not in _UNWIND_SUCCESS
+def _reason(name: str) -> str:
+    return name[len(_UNWIND_PREFIX):] if name.startswith(_UNWIND_PREFIX) else name
 
 
-def _nonzero(stats: Mapping[str, int], keep) -> List[tuple]:
-    """(key, value) of the nonzero counters kept, largest first then by name."""
-    items = [(key, value) for key, value in stats.items() if value and keep(key)]
-    return sorted(items, key=lambda item: (-item[1], item[0]))
+def _largest_first(counters: dict[str, int]) -> List[tuple[str, int]]:
+    return sorted(counters.items(), key=lambda item: (-item[1], item[0]))

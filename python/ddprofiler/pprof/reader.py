@@ -55,7 +55,7 @@ def stacks(profile: profile_pb2.Profile) -> List[Stack]:
     strings = profile.string_table
     count_index = _count_index(profile)
     frames_of = _location_frames(profile)
-    result = []
+    result: List[Stack] = []
     for sample in profile.sample:
         labels: Dict[str, Union[int, str]] = {}
         for label in sample.label:
@@ -94,7 +94,7 @@ def _location_frames(profile: profile_pb2.Profile) -> Dict[int, List[str]]:
     strings = profile.string_table
     functions = {f.id: strings[f.name] or strings[f.system_name] for f in profile.function}
     mappings = {m.id: os.path.basename(strings[m.filename]) for m in profile.mapping}
-    frames_of = {}
+    frames_of: Dict[int, List[str]] = {}
     for location in profile.location:
         fallback = f"{mappings.get(location.mapping_id) or '[unknown]'}+0x{location.address:x}"
         names = [functions.get(line.function_id) or fallback for line in location.line]

@@ -1,7 +1,7 @@
 """What a sampled process is, in Datadog's terms: service, env, version, container, pod.
 
 Contract
-- ``process_tags(info) -> ProcessTags``; ``info`` is one ``Snapshot.processes`` entry
+- ``process_tags(info) -> ProcessTags``; ``info`` is a ``ddprofiler.ProcessInfo``
   (``name``, ``exe``, ``env``, ``cgroup``), or None for a pid without one (kernel threads:
   their stacks hold only kernel frames) which gives service ``system``, not inferred.
   Service: see ``service.py``. ``env``/``version`` from the process's ``DD_ENV`` /
@@ -26,12 +26,15 @@ from __future__ import annotations
 import collections
 import threading
 from dataclasses import dataclass
-from typing import Hashable, Mapping, Optional
+from typing import TYPE_CHECKING, Hashable, Mapping, Optional
 
 from .containers import (cgroup_inode, container_id_from_cgroup, is_host_cgroup,
                          pod_uid_from_cgroup)
 from .service import SYSTEM_SERVICE, UNKNOWN_SERVICE, normalize_service, service_of
 from .tags import normalize_tag, parse_dd_tags, validate_tags
+
+if TYPE_CHECKING:
+    from ddprofiler.profile import ProcessInfo
 
 __all__ = [
     "ProcessTags", "SYSTEM_SERVICE", "TagCache", "UNKNOWN_SERVICE", "cgroup_inode",
@@ -64,12 +67,12 @@ def _tag_value(key: str, value: Optional[str]) -> Optional[str]:
     return normalized or None
 
 
-def process_tags(info: Optional[Mapping]) -> ProcessTags:
+def process_tags(info: Optional["ProcessInfo"]) -> ProcessTags:
     if info is None:
         return SYSTEM_TAGS
-    env: Mapping[str, str] = info.get("env") or {}
+    env: Mapping[str, str] = info.env or {}
     service, inferred = service_of(info)
-    cgroup = info.get("cgroup") or ""
+    cgroup = info.cgroup or ""
     container_id = container_id_from_cgroup(cgroup)
     inode = None
     if container_id is None and cgroup and not is_host_cgroup(cgroup):
@@ -98,11 +101,10 @@ class TagCache:
         self._lock = threading.Lock()
 
     @staticmethod
-    def _key(info: Mapping) -> Hashable:
-        env = info.get("env") or {}
-        return (info.get("name"), info.get("exe"), tuple(sorted(env.items())), info.get("cgroup"))
+    def _key(info: "ProcessInfo") -> Hashable:
+        return (info.name, info.exe, tuple(sorted((info.env or {}).items())), info.cgroup)
 
-    def get(self, pid: int, info: Optional[Mapping]) -> ProcessTags:
+    def get(self, pid: int, info: Optional["ProcessInfo"]) -> ProcessTags:
         """Tags of the process ``pid`` described by ``info`` (None: a kernel thread)."""
         if info is None:
             return SYSTEM_TAGS

@@ -1,7 +1,7 @@
 """The service of a process, from what the snapshot says about it.
 
 Contract
-- ``service_of(info) -> (service, inferred)``; ``info`` is one ``Snapshot.processes`` entry.
+- ``service_of(info) -> (service, inferred)``; ``info`` is a ``ddprofiler.ProcessInfo``.
   Order (as Datadog's eBPF host profiler): ``DD_SERVICE``, then ``OTEL_SERVICE_NAME`` from
   the process's environment (``inferred=False``); else the basename of ``exe``, else the
   comm ``name`` (``inferred=True``); else ``unknown-service`` (inferred). A variable whose
@@ -23,9 +23,12 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Mapping, Tuple
+from typing import TYPE_CHECKING, Mapping, Tuple
 
 from .tags import normalize_tag
+
+if TYPE_CHECKING:
+    from ddprofiler.profile import ProcessInfo
 
 SERVICE_ENV_VARS = ("DD_SERVICE", "OTEL_SERVICE_NAME")
 SYSTEM_SERVICE = "system"
@@ -67,13 +70,13 @@ def _basename(exe: str) -> str:
     return os.path.basename(exe.rstrip("/"))
 
 
-def service_of(info: Mapping) -> Tuple[str, bool]:
-    env: Mapping[str, str] = info.get("env") or {}
+def service_of(info: "ProcessInfo") -> Tuple[str, bool]:
+    env: Mapping[str, str] = info.env or {}
     for var in SERVICE_ENV_VARS:
         service = _clean(env.get(var) or "")
         if service:
             return service, False
-    for candidate in (_basename(info.get("exe") or ""), info.get("name") or ""):
+    for candidate in (_basename(info.exe or ""), info.name or ""):
         service = _clean(candidate)
         if service:
             return service, True

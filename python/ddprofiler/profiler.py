@@ -1,0 +1,180 @@
+"""Sampling from Python: ``Profiler`` (start, snapshot, stop) and ``record`` (one go).
+
+Input: which processes (``pids``, default all), the sampling rate (Hz per CPU), the user
+stack bytes copied per sample, and where frames get their names (``symbolize``: ``host``
+here, ``backend`` leaves native frames to Datadog's backend, ``both``). Output:
+``Profile`` objects, one per ``snapshot()``, and ``Stats`` (the counters) at any time.
+
+``Profiler`` wraps the Rust sampler ``ddprofiler._native.Profiler``; the extension is
+imported when a profiler starts, never when ``ddprofiler`` is imported (so that the CLI's
+``--help`` and flag errors work without it), and a missing one is a
+``NativeExtensionError`` saying how to build it. Every method may be called from any
+thread. Non-goals: tagging, splitting and exporting (``ddprofiler.runner``).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from importlib import import_module
+from types import ModuleType, TracebackType
+from typing import TYPE_CHECKING, Literal, Optional
+
+from ddprofiler.errors import NativeExtensionError, ProfilerError
+from ddprofiler.profile import Profile
+from ddprofiler.stats import Stats
+
+if TYPE_CHECKING:
+    from ddprofiler import _native  # noqa: F401 - also imported at run time, when starting
+
+__all__ = ["Profiler", "SymbolizeMode", "load_native", "record"]
+
+SymbolizeMode = Literal["host", "backend", "both"]
+
+_PROGRESS_INTERVAL_S = 0.5  # how often record() reports progress
+_POLL_S = 0.1  # how quickly record() notices should_stop()
+
+
+def load_native() -> ModuleType:
+    """Import and return ``ddprofiler._native``; raise NativeExtensionError if it is missing."""
+    try:
+        return import_module("ddprofiler._native")
+    except ImportError as e:
+        raise NativeExtensionError(
+            f"the native extension ddprofiler._native cannot be imported ({e}); build and "
+            "install it from the source tree with `pip install .` (or `make`)"
+        ) from e
+
+
+class Profiler:
+    """A CPU profiler of every online CPU: BPF sampling, unwinding, symbolization.
+
+    ``pids``: sample only these processes (None or empty: all). ``frequency``: samples per
+    second on each CPU. ``stack_bytes``: bytes of user stack copied per sample (a multiple
+    of 8, 1024 to 65536). ``symbolize``: see the module docstring.
+
+    Use as a context manager (``with Profiler() as p:`` starts, leaving the block closes),
+    or call ``start()`` and ``close()``. A profiler starts once: after ``close()``, make a
+    new one. ``start`` raises ``NativeExtensionError``,
+    ``PrivilegeError`` (the message says which privilege and how to get it),
+    ``BpfUnavailableError``, ``ValueError`` for a bad argument, and ``ProfilerError`` when
+    the profiler was started before.
+    """
+
+    def __init__(
+        self,
+        pids: Optional[Iterable[int]] = None,
+        frequency: int = 99,
+        stack_bytes: int = 16384,
+        *,
+        symbolize: SymbolizeMode = "host",
+    ) -> None:
+        self.pids: Optional[tuple[int, ...]] = tuple(pids) if pids else None
+        self.frequency = frequency
+        self.stack_bytes = stack_bytes
+        self.symbolize: SymbolizeMode = symbolize
+        self._native: Optional[_native.Profiler] = None
+        self._closed = False
+        # Held only around the start/close transitions, never by stats() or snapshot():
+        # a waiter releases the GIL, so no call can freeze the interpreter.
+        self._lifecycle = threading.Lock()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "started" if self._native else "new"
+        return (f"Profiler(pids={list(self.pids) if self.pids else None}, frequency={self.frequency}, "
+                f"stack_bytes={self.stack_bytes}, symbolize={self.symbolize!r}) [{state}]")
+
+    def start(self) -> Profiler:
+        """Load and attach the sampler; samples are counted from now on. Returns self."""
+        with self._lifecycle:
+            if self._closed or self._native is not None:
+                raise ProfilerError("this profiler was started before: make a new one")
+            load_native()  # a missing extension: NativeExtensionError, saying how to build it
+            from ddprofiler import _native
+
+            profiler = _native.Profiler(
+                frequency=self.frequency, pids=list(self.pids) if self.pids else None,
+                stack_bytes=self.stack_bytes, symbolize=self.symbolize)
+            try:
+                profiler.start()
+            except BaseException:
+                profiler.close()  # end whatever threads a half-done start left
+                raise
+            self._native = profiler
+        return self
+
+    def stop(self) -> None:
+        """Stop sampling after a last drain; ``snapshot`` still hands over what was
+        collected, until ``close``. No-op before start and after close."""
+        native = self._native
+        if native is not None:
+            native.stop()
+
+    def close(self) -> None:
+        """Stop, then end the profiler's threads. Idempotent."""
+        with self._lifecycle:
+            self._closed = True
+            native = self._native
+        if native is not None:
+            native.close()
+
+    def stats(self) -> Stats:
+        """The counters now: cumulative since start, gauges at their current level; every
+        counter at 0 before start."""
+        native = self._native
+        if native is None:
+            return Stats.zeros()
+        return Stats(native.stats())
+
+    def snapshot(self, reset: bool = True) -> Profile:
+        """The samples since the start or the last reset, symbolized (as ``symbolize``
+        says); with ``reset``, a new period starts at the same instant (no sample is lost
+        or counted twice). Can take seconds (symbolization). Raises ProfilerError before
+        start and after close."""
+        native = self._native
+        if native is None:
+            raise ProfilerError("snapshot() of a profiler that was not started")
+        return Profile.from_native(native.snapshot(reset))
+
+    def __enter__(self) -> Profiler:
+        """Starts the profiler, unless ``start()`` was called already (``with
+        Profiler().start() as p:`` works too)."""
+        if self._native is not None and not self._closed:
+            return self
+        return self.start()
+
+    def __exit__(self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException],
+                 tb: Optional[TracebackType]) -> None:
+        self.close()
+
+
+def record(
+    duration: float,
+    *,
+    pids: Optional[Iterable[int]] = None,
+    frequency: int = 99,
+    stack_bytes: int = 16384,
+    symbolize: SymbolizeMode = "host",
+    should_stop: Optional[Callable[[], bool]] = None,
+    on_progress: Optional[Callable[[float, Stats], None]] = None,
+) -> Profile:
+    """Sample all processes (or ``pids``) for ``duration`` seconds; return the Profile.
+
+    Stops early when ``should_stop()`` turns true (checked every 0.1 s).
+    ``on_progress(elapsed_s, stats)`` is called about twice a second with the running
+    counters. The profile's ``stats`` are the final counters (taken after sampling
+    stopped). Raises what ``Profiler.start`` raises, before sampling starts.
+    """
+    with Profiler(pids, frequency, stack_bytes, symbolize=symbolize) as profiler:
+        started = time.monotonic()
+        next_progress = started
+        while True:
+            now = time.monotonic()
+            if now - started >= duration or (should_stop is not None and should_stop()):
+                break
+            if on_progress is not None and now >= next_progress:
+                on_progress(now - started, profiler.stats())
+                next_progress = now + _PROGRESS_INTERVAL_S
+            time.sleep(min(_POLL_S, max(0.0, started + duration - now)))
+        profiler.stop()
+        return profiler.snapshot()
