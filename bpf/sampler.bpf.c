@@ -10,6 +10,7 @@
 #include <linux/bpf_perf_event.h>
 #include <asm/ptrace.h>
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
 #include "sampler.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -22,12 +23,25 @@ char LICENSE[] SEC("license") = "GPL";
 #define REGS_IP(r) ((r)->rip)
 #define REGS_SP(r) ((r)->rsp)
 #define REGS_FP(r) ((r)->rbp)
+/* pthread_self() of the current thread: the TCB, where fs points (glibc and musl). Read
+ * through CO-RE: the kernel's own offset of thread.fsbase, found in its BTF at load. */
+struct thread_struct {
+	unsigned long fsbase;
+} __attribute__((preserve_access_index));
+struct task_struct {
+	struct thread_struct thread;
+} __attribute__((preserve_access_index));
+#define HAVE_THREAD_POINTER 1
+#define THREAD_POINTER(task) BPF_CORE_READ(task, thread.fsbase)
 #elif defined(__TARGET_ARCH_arm64)
 /* struct user_pt_regs { regs[31], sp, pc, pstate }: EL0t when pstate's mode bits are 0. */
 #define REGS_USER_MODE(r) (((r)->pstate & 0xf) == 0)
 #define REGS_IP(r) ((r)->pc)
 #define REGS_SP(r) ((r)->sp)
 #define REGS_FP(r) ((r)->regs[29])
+/* pthread_self() is below TPIDR_EL0 by a libc-specific amount: not known here, so Python
+ * 3.8-3.10 (whose thread states name their thread by pthread_self) get no Python frames. */
+#define HAVE_THREAD_POINTER 0
 #else
 #error "the sampler supports x86_64 and arm64 only"
 #endif
@@ -40,13 +54,19 @@ volatile const __u64 wakeup_bytes = 1 << 20; /* wake the reader when this much i
 #define PAGE_SIZE 4096
 #define KSTACK_BYTES (DDPROF_MAX_KSTACK_DEPTH * 8)
 #define UFP_BYTES (DDPROF_MAX_UFP_DEPTH * 8)
+#define PY_BYTES (DDPROF_MAX_PY_FRAMES * 16)
+/* The Python frames start at most here (after the header), and every slot stays inside. */
+#define PY_OFF_MAX (DDPROF_MAX_USTACK_BYTES + KSTACK_BYTES + UFP_BYTES)
 #define HDR_BYTES sizeof(struct sample_header)
 /* Room for the header, the largest snapshot plus one page of slack for the verifier's bound
- * on the page-by-page copy, the kernel stack and the user frame-pointer chain. */
-#define SCRATCH_BYTES (HDR_BYTES + DDPROF_MAX_USTACK_BYTES + PAGE_SIZE + KSTACK_BYTES + UFP_BYTES)
+ * on the page-by-page copy, the kernel stack, the user frame-pointer chain and the Python
+ * frames. */
+#define SCRATCH_BYTES (HDR_BYTES + DDPROF_MAX_USTACK_BYTES + PAGE_SIZE + KSTACK_BYTES + UFP_BYTES + PY_BYTES)
 
 struct scratch {
 	__u8 data[SCRATCH_BYTES];
+	/* One Python frame's fields, read at once (8 bytes of slack for the bounds). */
+	__u8 pyblock[DDPROF_PY_FRAME_BLOCK + 8];
 };
 
 /* Per-CPU scratch: a PERCPU_ARRAY value cannot exceed 32 KiB, so this is a plain ARRAY with
@@ -96,6 +116,22 @@ struct {
 	__type(key, __u32);
 	__type(value, __u8);
 } fp_chain_pids SEC(".maps");
+
+/* CPython processes (set by user space when it recognizes one) and the thread state of
+ * each of their threads (found by walking the interpreter's thread list, then kept). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct py_proc);
+} py_procs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct py_tstate);
+} py_tstates SEC(".maps");
 
 static __always_inline void count(__u32 id)
 {
@@ -147,6 +183,122 @@ static __always_inline __u32 get_stack(struct bpf_perf_event_data *ctx, void *ds
 	return 0;
 }
 
+/* The current thread's PyThreadState: the one kept for it when it still names this thread,
+ * else the one of the interpreter's thread list that does (`want`: the tid, or
+ * pthread_self for 3.8-3.10). 0 when the thread has none (remembered for a second). */
+static __always_inline __u64 find_tstate(struct py_proc *cfg, __u32 tid, __u64 want, __u16 *status)
+{
+	__u64 now = bpf_ktime_get_ns();
+	struct py_tstate *known = bpf_map_lookup_elem(&py_tstates, &tid);
+	if (known) {
+		if (known->tstate) {
+			__u64 id = 0;
+			if (bpf_probe_read_user(&id, sizeof(id), (void *)(known->tstate + cfg->tstate_id)) == 0 && id == want)
+				return known->tstate;
+		} else if (now - known->checked_ns < 1000000000ULL) {
+			*status = DDPROF_PY_NO_THREAD;
+			return 0;
+		}
+	}
+	count(DDPROF_CNT_PY_SCANS);
+	__u64 interp = 0, t = 0, found = 0;
+	if (bpf_probe_read_user(&interp, sizeof(interp), (void *)(cfg->runtime + cfg->interp_head)) != 0 || !interp ||
+	    bpf_probe_read_user(&t, sizeof(t), (void *)(interp + cfg->threads_head)) != 0) {
+		*status = DDPROF_PY_READ_FAILED;
+		return 0;
+	}
+	for (int i = 0; i < DDPROF_MAX_PY_THREADS && t; i++) {
+		__u64 id = 0;
+		if (bpf_probe_read_user(&id, sizeof(id), (void *)(t + cfg->tstate_id)) != 0)
+			break;
+		if (id == want) {
+			found = t;
+			break;
+		}
+		if (bpf_probe_read_user(&t, sizeof(t), (void *)(t + cfg->tstate_next)) != 0)
+			break;
+	}
+	struct py_tstate entry = { .tstate = found, .checked_ns = now };
+	bpf_map_update_elem(&py_tstates, &tid, &entry, BPF_ANY);
+	if (!found)
+		*status = DDPROF_PY_NO_THREAD;
+	return found;
+}
+
+/* A pointer-sized field of the frame block: offsets are multiples of 8 (aligned loads). */
+static __always_inline __u64 block_u64(struct scratch *s, __u32 off)
+{
+	return *(__u64 *)(s->pyblock + (off & (DDPROF_PY_FRAME_BLOCK - 8)));
+}
+
+/* Walks the current thread's Python frames into the record at `at` (bytes after the
+ * header), as read: one induction variable and no version logic, so that the verifier
+ * walks the loop once per frame; user space decodes (versions, shims, instructions).
+ * Returns how many were written and sets the header's status. */
+static __always_inline __u32 read_python(struct scratch *s, struct sample_header *h, __u32 at)
+{
+	struct py_proc *cfg = bpf_map_lookup_elem(&py_procs, &h->pid);
+	if (!cfg)
+		return 0;
+	__u16 status = DDPROF_PY_OK;
+	__u64 want = h->tid;
+	if (cfg->id_is_pthread) {
+#if HAVE_THREAD_POINTER
+		struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
+		want = THREAD_POINTER(task);
+#else
+		h->py_status = DDPROF_PY_NO_THREAD;
+		return 0;
+#endif
+	}
+	__u64 tstate = find_tstate(cfg, h->tid, want, &status);
+	if (!tstate) {
+		h->py_status = status;
+		return 0;
+	}
+	__u64 frame = 0;
+	if (bpf_probe_read_user(&frame, sizeof(frame), (void *)(tstate + cfg->tstate_frame)) != 0) {
+		h->py_status = DDPROF_PY_READ_FAILED;
+		return 0;
+	}
+	if (cfg->cframe_frame != 0xffff && frame &&
+	    bpf_probe_read_user(&frame, sizeof(frame), (void *)(frame + cfg->cframe_frame)) != 0) {
+		h->py_status = DDPROF_PY_READ_FAILED;
+		return 0;
+	}
+	if (!frame) {
+		h->py_status = DDPROF_PY_NO_FRAME;
+		return 0;
+	}
+	__u32 len = cfg->block_len;
+	if (len > DDPROF_PY_FRAME_BLOCK)
+		len = DDPROF_PY_FRAME_BLOCK;
+	if (len < 8)
+		len = 8;
+	__u32 code_off = cfg->frame_code, prev_off = cfg->frame_previous, instr_off = cfg->frame_instr;
+	__u32 entry_off = cfg->frame_entry & (DDPROF_PY_FRAME_BLOCK - 1);
+	__u32 n = 0;
+	for (; n < DDPROF_MAX_PY_FRAMES; n++) {
+		if (!frame)
+			break;
+		if (bpf_probe_read_user(s->pyblock, len, (void *)frame) != 0) {
+			status = DDPROF_PY_READ_FAILED;
+			break;
+		}
+		__u32 slot = at + n * 16;
+		if (slot > PY_OFF_MAX + PY_BYTES - 16)
+			break;
+		struct py_frame *pf = (struct py_frame *)(s->data + HDR_BYTES + slot);
+		pf->code = block_u64(s, code_off);
+		pf->instr = (block_u64(s, instr_off) & 0x00ffffffffffffffULL) | ((__u64)s->pyblock[entry_off] << 56);
+		frame = block_u64(s, prev_off);
+	}
+	if (frame && status == DDPROF_PY_OK)
+		status = DDPROF_PY_CUT;
+	h->py_status = status;
+	return n;
+}
+
 SEC("perf_event")
 int ddprof_sample(struct bpf_perf_event_data *ctx)
 {
@@ -181,6 +333,8 @@ int ddprof_sample(struct bpf_perf_event_data *ctx)
 	h->kstack_len = 0;
 	h->ustack_len = 0;
 	h->ufp_len = 0;
+	h->py_len = 0;
+	h->py_status = DDPROF_PY_NONE;
 	bpf_get_current_comm(h->comm, sizeof(h->comm));
 
 	/* User registers: from the interrupt when it hit user mode, else the task's saved ones. */
@@ -239,7 +393,17 @@ int ddprof_sample(struct bpf_perf_event_data *ctx)
 		flen = DDPROF_MAX_UFP_DEPTH;
 	h->ufp_len = flen;
 
-	__u64 total = HDR_BYTES + ufp_off + (__u64)flen * 8;
+	/* Python frames, for CPython processes, after the chain. */
+	__u32 py_off = ufp_off + flen * 8;
+	if (py_off > PY_OFF_MAX)
+		py_off = PY_OFF_MAX;
+	h->py_status = DDPROF_PY_NONE;
+	__u32 plen = read_python(s, h, py_off);
+	if (plen > DDPROF_MAX_PY_FRAMES)
+		plen = DDPROF_MAX_PY_FRAMES;
+	h->py_len = plen;
+
+	__u64 total = HDR_BYTES + py_off + (__u64)plen * 16;
 	if (total > SCRATCH_BYTES)
 		total = SCRATCH_BYTES;
 	int wake = 0;

@@ -7,6 +7,10 @@
  *   | user frame-pointer chain (ufp_len u64 addresses: ip, then return addresses), only for
  *     pids in the `fp_chain_pids` map (Go programs: their stacks switch between goroutine and
  *     system stacks, which the snapshot from sp cannot follow, while the chain does)
+ *   | Python frames (py_len struct py_frame, leaf first), only for pids in the `py_procs`
+ *     map (CPython processes: their Python stack is the interpreter's frame chain, read at
+ *     the sample, since 3.11 Python calls do not grow the C stack); py_status says how the
+ *     walk ended
  * The user stack comes first so that its copy lands at a fixed offset of the scratch buffer,
  * which keeps the verifier's bounds simple.
  * Rust mirrors these types with #[repr(C)] structs and asserts their sizes at compile time;
@@ -15,7 +19,7 @@
 #ifndef DDPROF_SAMPLER_H
 #define DDPROF_SAMPLER_H
 
-#define DDPROF_ABI_VERSION 2
+#define DDPROF_ABI_VERSION 3
 
 /* Kernel stack depth taken with bpf_get_stack (PERF_MAX_STACK_DEPTH is 127). */
 #define DDPROF_MAX_KSTACK_DEPTH 127
@@ -24,6 +28,12 @@
 /* Largest user stack snapshot the program can copy; the runtime size is a load-time knob. */
 #define DDPROF_MAX_USTACK_BYTES (64 * 1024)
 #define DDPROF_COMM_LEN 16
+/* Python frames read per sample; a deeper Python stack keeps its leaf end (py_status CUT). */
+#define DDPROF_MAX_PY_FRAMES 160
+/* Bytes of a Python frame read at once: every field the walk uses lies in them. */
+#define DDPROF_PY_FRAME_BLOCK 128
+/* Thread states of a process looked through to find the current thread's. */
+#define DDPROF_MAX_PY_THREADS 256
 
 /* Per-CPU counters, indices into the `counters` PERCPU_ARRAY map. */
 enum ddprof_counter {
@@ -36,7 +46,8 @@ enum ddprof_counter {
 	DDPROF_CNT_USTACK_CLAMPED = 6,/* copy clamped to the end of the stack mapping */
 	DDPROF_CNT_NEW_PIDS = 7,      /* first sample of a pid: the reader is woken at once */
 	DDPROF_CNT_UFP_FAILED = 8,    /* the user frame-pointer chain was asked for and not taken */
-	DDPROF_CNT_MAX = 9,
+	DDPROF_CNT_PY_SCANS = 9,      /* walks of an interpreter's thread list for a thread state */
+	DDPROF_CNT_MAX = 10,
 };
 
 /* Bits of sample_header.flags. */
@@ -57,8 +68,55 @@ struct sample_header {
 	unsigned int ustack_len;       /* number of user stack bytes after the header */
 	char comm[DDPROF_COMM_LEN];    /* thread name */
 	unsigned int ufp_len;          /* number of u64 user frame-pointer chain entries that follow */
-	unsigned int _pad;
+	unsigned short py_len;         /* number of struct py_frame that follow */
+	unsigned short py_status;      /* enum ddprof_py_status */
 };
 /* sizeof(struct sample_header) == 80 */
+
+/* How the walk of a sample's Python frames ended. */
+enum ddprof_py_status {
+	DDPROF_PY_NONE = 0,        /* not a CPython process: nothing was read */
+	DDPROF_PY_OK = 1,          /* read to the thread's first frame */
+	DDPROF_PY_NO_THREAD = 2,   /* the thread has no thread state (not a Python thread) */
+	DDPROF_PY_NO_FRAME = 3,    /* the thread runs no Python code now */
+	DDPROF_PY_READ_FAILED = 4, /* the interpreter's memory could not be read */
+	DDPROF_PY_CUT = 5,         /* deeper than DDPROF_MAX_PY_FRAMES: the leaf end is kept */
+};
+
+/* One Python frame, as read: user space knows the version and decodes it. */
+struct py_frame {
+	unsigned long long code;       /* the frame's code pointer field (tag bits included) */
+	unsigned long long instr;      /* bits 0-55: the instruction field (f_lasti, or a
+	                                  pointer into the code object); bits 56-63: the entry
+	                                  byte (is_entry 3.11, owner 3.12+) */
+};
+/* sizeof(struct py_frame) == 16 */
+
+/* What the walk needs to know of a process's interpreter (value of the `py_procs` map,
+ * set by user space): where its runtime is and the offsets of the fields read. */
+struct py_proc {
+	unsigned long long runtime;      /* address of _PyRuntime */
+	unsigned int interp_head;        /* _PyRuntimeState.interpreters.head */
+	unsigned short threads_head;     /* PyInterpreterState: first thread state */
+	unsigned short tstate_next;
+	unsigned short tstate_id;        /* native_thread_id (3.11+) or thread_id (pthread_self) */
+	unsigned short tstate_frame;     /* frame (3.8-3.10), cframe (3.11-3.12), current_frame */
+	unsigned short cframe_frame;     /* _PyCFrame.current_frame; 0xffff: no CFrame */
+	unsigned short frame_code;       /* the offsets in a frame: multiples of 8 below */
+	unsigned short frame_previous;   /* DDPROF_PY_FRAME_BLOCK, but frame_entry (a byte) */
+	unsigned short frame_instr;
+	unsigned short frame_entry;
+	unsigned short block_len;        /* bytes read per frame, <= DDPROF_PY_FRAME_BLOCK */
+	unsigned char id_is_pthread;     /* tstate_id holds pthread_self(), not the tid */
+	unsigned char _pad[7];
+};
+/* sizeof(struct py_proc) == 40 */
+
+/* Thread state of a thread (value of the `py_tstates` map): 0 when the thread had none
+ * when looked for at checked_ns (looked for again a second later). */
+struct py_tstate {
+	unsigned long long tstate;
+	unsigned long long checked_ns;
+};
 
 #endif

@@ -84,6 +84,7 @@ registry! {
     BpfUstackClamped = "bpf_ustack_clamped", Count, Some(DDPROF_CNT_USTACK_CLAMPED), "user stack copies cut at the end of the stack's mapping";
     BpfNewPids = "bpf_new_pids", Count, Some(DDPROF_CNT_NEW_PIDS), "first samples of a pid, which wake the reader at once";
     BpfFpChainFailed = "bpf_fp_chain_failed", Error, Some(DDPROF_CNT_UFP_FAILED), "frame-pointer chains asked for and not taken";
+    BpfPyScans = "bpf_python_thread_scans", Count, Some(DDPROF_CNT_PY_SCANS), "walks of an interpreter's thread list to find a thread state";
     // The drain thread.
     Samples = "samples", Count, None, "samples received and counted";
     BadRecords = "bad_records", Error, None, "records whose lengths disagree with their size (dropped)";
@@ -96,6 +97,15 @@ registry! {
     UnwindTooDeep = "unwind_too_deep", UnwindFailure, None, "stacks cut at the depth cap (the leaf end kept)";
     FpChainUsed = "fp_chain_used", Count, None, "walks finished by the kernel's frame-pointer chain (Go system stacks)";
     FpChainFailed = "fp_chain_failed", Count, None, "walks the frame-pointer chain could not continue (counted in unwind_* too)";
+    // Python frames (CPython processes only).
+    PythonSamples = "python_samples", Count, None, "samples whose stack got Python frames";
+    PythonNoThread = "python_no_thread", Count, None, "samples of threads of a CPython with no thread state (not Python threads)";
+    PythonNoFrame = "python_no_frame", Count, None, "samples of Python threads running no Python code";
+    PythonReadFailed = "python_read_failed", Error, None, "samples whose Python frames could not be read (interpreter memory)";
+    PythonCut = "python_cut", UnwindFailure, None, "Python stacks deeper than the sampler reads (the leaf end kept)";
+    PythonUnsupported = "python_unsupported", Error, None, "samples of a CPython whose frames are not read (version, debug or free-threaded build: logged once)";
+    PythonCodeErrors = "python_code_errors", Error, None, "Python frames whose code object could not be read";
+    PythonMergeMismatch = "python_merge_mismatch", Error, None, "stacks whose Python frames and eval-loop frames did not line up";
     // The process registry.
     Processes = "processes", Gauge, None, "processes whose mappings are known now";
     ProcessesSeen = "processes_seen", Count, None, "processes loaded since the start";

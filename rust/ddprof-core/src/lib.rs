@@ -8,6 +8,7 @@
 //! | sample, drain | `sampler/` | the BPF program's loading and records; the drain thread |
 //! | (per process) | `process/` | mappings, process facts (service, container) |
 //! | unwind | `unwind/` | CFI walk, module tables, the frame-pointer join |
+//! | (Python) | `cpython/` | interpreters, code objects, merging Python frames in |
 //! | (per file) | `elf/` | open files, ids, debug files, the debug-only ELF writer |
 //! | symbolize | `symbolize/` | blazesym, Go tables, kernel, perf maps (own thread) |
 //! | aggregate | `aggregate/` | interned tables, the depth cap, snapshots |
@@ -15,11 +16,13 @@
 //! Shared vocabulary: `addr` (AVMA, SVMA, file offsets, bias), `arch` (the one place that
 //! names the target architecture), `counters` (the typed counter registry), `error`.
 //! `profiler` runs the threads. Dependencies point down the list `profiler`, `sampler`,
-//! `aggregate`, `symbolize`, `unwind`, `process`, `elf`, then the shared modules: no cycle.
+//! `aggregate`, `symbolize`, `cpython`, `unwind`, `process`, `elf`, then the shared
+//! modules: no cycle.
 pub mod addr;
 pub mod aggregate;
 pub mod arch;
 pub mod counters;
+pub mod cpython;
 pub mod elf;
 pub mod error;
 pub mod process;

@@ -64,6 +64,10 @@ pub struct Aggregate {
     mappings: Vec<SnapshotMapping>,
     mapping_ids: HashMap<(u32, Avma), u32>,
     kernel_mapping: Option<u32>,
+    /// `[python X.Y.Z]` mappings by version.
+    python_mappings: HashMap<String, u32>,
+    /// Python frames by (mapping, qualified name, file, line).
+    python_frames: HashMap<(u32, Arc<str>, Arc<str>, u32), u32>,
     frames: Vec<PendingFrame>,
     frame_ids: HashMap<FrameKey, u32>,
     stacks: Vec<Box<[u32]>>,
@@ -97,6 +101,8 @@ impl Aggregate {
             mappings: Vec::new(),
             mapping_ids: HashMap::new(),
             kernel_mapping: None,
+            python_mappings: HashMap::new(),
+            python_frames: HashMap::new(),
             frames: Vec::new(),
             frame_ids: HashMap::new(),
             stacks: Vec::new(),
@@ -135,6 +141,40 @@ impl Aggregate {
             file: None,
         });
         self.kernel_mapping = Some(id);
+        id
+    }
+
+    /// The pseudo-mapping of the Python functions of CPython `version`: `[python 3.11.2]`.
+    pub fn python_mapping(&mut self, version: &str) -> u32 {
+        if let Some(&id) = self.python_mappings.get(version) {
+            return id;
+        }
+        let id = self.mappings.len() as u32;
+        self.mappings.push(SnapshotMapping {
+            start: Avma(0),
+            limit: Avma(0),
+            offset: crate::addr::FileOffset(0),
+            path: format!("[python {version}]"),
+            file_id: String::new(),
+            is_kernel: false,
+            file: None,
+        });
+        self.python_mappings.insert(version.to_string(), id);
+        id
+    }
+
+    /// The id of a Python frame: function `qualname` of `file` at `line`, of CPython
+    /// `version`.
+    pub fn python_frame(&mut self, version: &str, qualname: &Arc<str>, file: &Arc<str>, line: u32) -> u32 {
+        let mapping = self.python_mapping(version);
+        let key = (mapping, qualname.clone(), file.clone(), line);
+        if let Some(&id) = self.python_frames.get(&key) {
+            return id;
+        }
+        let lines = Arc::from(vec![crate::symbolize::Line { function: qualname.to_string(), file: file.to_string(), line }]);
+        let id = self.frames.len() as u32;
+        self.frames.push(PendingFrame { mapping: Some(mapping), address: Avma(0), kind: FrameKind::Python, request: SymRequest::Fixed(lines) });
+        self.python_frames.insert(key, id);
         id
     }
 

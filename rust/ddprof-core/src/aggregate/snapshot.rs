@@ -15,6 +15,9 @@ pub enum FrameKind {
     Kernel,
     /// Anonymous executable memory: JIT code.
     Jit,
+    /// A Python function (CPython's frame, read by the sampler), under a `[python X.Y.Z]`
+    /// mapping.
+    Python,
     /// Not code: a marker such as `[truncated]`, `[unknown]`, `[process exited]`.
     Marker,
 }
@@ -25,6 +28,7 @@ impl FrameKind {
             FrameKind::Native => "native",
             FrameKind::Kernel => "kernel",
             FrameKind::Jit => "jit",
+            FrameKind::Python => "python",
             FrameKind::Marker => "marker",
         }
     }

@@ -13,6 +13,10 @@ pub const MAX_KSTACK_DEPTH: usize = 127;
 pub const MAX_UFP_DEPTH: usize = 127;
 /// Must match DDPROF_MAX_USTACK_BYTES.
 pub const MAX_USTACK_BYTES: u32 = 64 * 1024;
+/// Must match DDPROF_MAX_PY_FRAMES.
+pub const MAX_PY_FRAMES: usize = 160;
+/// Must match DDPROF_PY_FRAME_BLOCK.
+pub const PY_FRAME_BLOCK: usize = 128;
 
 pub const F_USER_REGS: u32 = 0x1;
 pub const F_KERNEL_MODE: u32 = 0x2;
@@ -33,10 +37,83 @@ pub struct SampleHeader {
     pub ustack_len: u32,
     pub comm: [u8; 16],
     pub ufp_len: u32,
-    pub _pad: u32,
+    pub py_len: u16,
+    pub py_status: u16,
 }
 
 const _: () = assert!(std::mem::size_of::<SampleHeader>() == 80);
+
+/// enum ddprof_py_status: how the walk of a sample's Python frames ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PyStatus {
+    None,
+    Ok,
+    NoThread,
+    NoFrame,
+    ReadFailed,
+    Cut,
+}
+
+impl PyStatus {
+    fn from_raw(v: u16) -> Option<PyStatus> {
+        Some(match v {
+            0 => PyStatus::None,
+            1 => PyStatus::Ok,
+            2 => PyStatus::NoThread,
+            3 => PyStatus::NoFrame,
+            4 => PyStatus::ReadFailed,
+            5 => PyStatus::Cut,
+            _ => return None,
+        })
+    }
+}
+
+/// struct py_proc: the `py_procs` map's value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PyProc {
+    pub runtime: u64,
+    pub interp_head: u32,
+    pub threads_head: u16,
+    pub tstate_next: u16,
+    pub tstate_id: u16,
+    pub tstate_frame: u16,
+    pub cframe_frame: u16,
+    pub frame_code: u16,
+    pub frame_previous: u16,
+    pub frame_instr: u16,
+    pub frame_entry: u16,
+    pub block_len: u16,
+    pub id_is_pthread: u8,
+    pub _pad: [u8; 7],
+}
+
+const _: () = assert!(std::mem::size_of::<PyProc>() == 40);
+// SAFETY: plain old data, no padding (the size assertion above), any bit pattern is valid.
+unsafe impl aya::Pod for PyProc {}
+
+impl From<&crate::cpython::PyProcConfig> for PyProc {
+    fn from(c: &crate::cpython::PyProcConfig) -> Self {
+        PyProc {
+            runtime: c.runtime,
+            interp_head: c.interp_head,
+            threads_head: c.threads_head,
+            tstate_next: c.tstate_next,
+            tstate_id: c.tstate_id,
+            tstate_frame: c.tstate_frame,
+            cframe_frame: c.cframe_frame,
+            frame_code: c.frame_code,
+            frame_previous: c.frame_previous,
+            frame_instr: c.frame_instr,
+            frame_entry: c.frame_entry,
+            block_len: c.block_len,
+            id_is_pthread: c.id_is_pthread,
+            _pad: [0; 7],
+        }
+    }
+}
+
+const PY_FRAME_BYTES: usize = 16;
 const HDR: usize = std::mem::size_of::<SampleHeader>();
 
 /// One sample as it came out of the ring buffer.
@@ -46,6 +123,8 @@ pub struct Record<'a> {
     pub ustack: &'a [u8],
     kstack: &'a [u8],
     ufp: &'a [u8],
+    py: &'a [u8],
+    pub py_status: PyStatus,
 }
 
 impl<'a> Record<'a> {
@@ -63,10 +142,13 @@ impl<'a> Record<'a> {
         let klen = header.kstack_len as usize * 8;
         let ufp_off = kstack_off + klen;
         let flen = header.ufp_len as usize * 8;
+        let py_off = ufp_off + flen;
+        let plen = header.py_len as usize * PY_FRAME_BYTES;
         if ulen > MAX_USTACK_BYTES as usize
             || header.kstack_len as usize > MAX_KSTACK_DEPTH
             || header.ufp_len as usize > MAX_UFP_DEPTH
-            || ufp_off + flen > bytes.len()
+            || header.py_len as usize > MAX_PY_FRAMES
+            || py_off + plen > bytes.len()
         {
             return None;
         }
@@ -74,7 +156,9 @@ impl<'a> Record<'a> {
             header,
             ustack: &bytes[HDR..HDR + ulen],
             kstack: &bytes[kstack_off..ufp_off],
-            ufp: &bytes[ufp_off..ufp_off + flen],
+            ufp: &bytes[ufp_off..py_off],
+            py: &bytes[py_off..py_off + plen],
+            py_status: PyStatus::from_raw(header.py_status)?,
         })
     }
 
@@ -93,6 +177,15 @@ impl<'a> Record<'a> {
 
     pub fn has_fp_chain(&self) -> bool {
         !self.ufp.is_empty()
+    }
+
+    /// The Python frames the sampler read, leaf first, raw: (code field, instruction field
+    /// with the entry byte in bits 56-63).
+    pub fn python_frames(&self) -> impl Iterator<Item = crate::cpython::RawPyFrame> + 'a {
+        self.py.chunks_exact(PY_FRAME_BYTES).map(|c| {
+            let word = |i: usize| u64::from_ne_bytes([c[i], c[i + 1], c[i + 2], c[i + 3], c[i + 4], c[i + 5], c[i + 6], c[i + 7]]);
+            crate::cpython::RawPyFrame { code: word(0), instr: word(8) }
+        })
     }
 
     /// Kernel addresses, leaf first.
@@ -129,6 +222,9 @@ mod tests {
         assert_eq!(header_define("DDPROF_F_USER_REGS"), u64::from(F_USER_REGS));
         assert_eq!(header_define("DDPROF_F_KERNEL_MODE"), u64::from(F_KERNEL_MODE));
         assert_eq!(header_define("DDPROF_F_USTACK_CUT"), u64::from(F_USTACK_CUT));
+        assert_eq!(header_define("DDPROF_MAX_PY_FRAMES"), MAX_PY_FRAMES as u64);
+        assert_eq!(header_define("DDPROF_PY_FRAME_BLOCK"), PY_FRAME_BLOCK as u64);
+        assert_eq!(PY_FRAME_BLOCK, crate::cpython::FRAME_BLOCK_BYTES);
     }
 
     #[test]

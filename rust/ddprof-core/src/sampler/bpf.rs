@@ -34,6 +34,7 @@ pub struct Sampler {
     ring: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
     fp_chain_pids: BpfHashMap<MapData, u32, u8>,
+    py_procs: BpfHashMap<MapData, u32, abi::PyProc>,
     _bpf: Ebpf,
     pub cpus: Vec<u32>,
 }
@@ -149,6 +150,10 @@ impl Sampler {
             bpf.take_map("fp_chain_pids").ok_or_else(|| Error::Other("map fp_chain_pids missing".into()))?,
         )
         .map_err(|e| Error::Other(format!("fp_chain_pids: {e}")))?;
+        let py_procs = BpfHashMap::try_from(
+            bpf.take_map("py_procs").ok_or_else(|| Error::Other("map py_procs missing".into()))?,
+        )
+        .map_err(|e| Error::Other(format!("py_procs: {e}")))?;
         log::info!(
             "sampling {} CPUs at {} Hz, {} B user stack snapshots{}",
             cpus.len(),
@@ -156,7 +161,7 @@ impl Sampler {
             cfg.stack_bytes,
             if cfg.pids.is_empty() { String::new() } else { format!(", pids {:?}", cfg.pids) }
         );
-        Ok(Sampler { ring, counters, fp_chain_pids, _bpf: bpf, cpus })
+        Ok(Sampler { ring, counters, fp_chain_pids, py_procs, _bpf: bpf, cpus })
     }
 
     /// Waits up to `timeout_ms` for the ring buffer to have data (or the timer to expire).
@@ -181,6 +186,18 @@ impl Sampler {
     pub fn want_fp_chain(&mut self, pid: u32) {
         if let Err(e) = self.fp_chain_pids.insert(pid, 1, 0) {
             log::debug!("fp_chain_pids insert {pid}: {e}");
+        }
+    }
+
+    /// From now on, samples of `pid` carry the Python frames of its interpreter, described
+    /// by `cfg` (`None`: no longer, after an exec). The map is an LRU, as above.
+    pub fn want_python(&mut self, pid: u32, cfg: Option<&abi::PyProc>) {
+        let res = match cfg {
+            Some(c) => self.py_procs.insert(pid, *c, 0),
+            None => self.py_procs.remove(&pid),
+        };
+        if let Err(e) = res {
+            log::debug!("py_procs {pid}: {e}");
         }
     }
 

@@ -9,28 +9,42 @@
 //!
 //! Per-sample failures are data: each becomes a counter (`counters`) and, where the stack
 //! was cut, a `[truncated]` marker frame; never an error.
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::abi::{self, Record};
+use super::abi::{self, PyStatus, Record};
 use super::bpf::Sampler;
 use crate::addr::Avma;
 use crate::aggregate::{Aggregate, FrameKey, FrameKind, Snapshot, SnapshotMapping, MAX_STACK_DEPTH, TRUNCATED};
 use crate::counters::{Counter, Counters};
-use crate::process::{MapKind, Mapping, Registry};
+use crate::cpython::code::CodeCache;
+use crate::cpython::merge::{merge, Merged, Piece, PyFrame, NO_INSTR};
+use crate::cpython::offsets::FrameLayout;
+use crate::cpython::{Detected, Detector, Interpreter};
+use crate::process::{MapKind, Mapping, Process, Registry};
 use crate::symbolize::perfmap::PerfMapFiles;
 use crate::symbolize::{self, SymRequest};
 use crate::unwind::{chain_capacity, extend_with_fp_chain, Outcome, StackUnwinder};
 
 pub const EXITED: &str = "[process exited]";
 pub const UNKNOWN: &str = "[unknown]";
+/// A Python frame whose code object could not be read.
+pub const PYTHON_UNREADABLE: &str = "[python: unreadable code object]";
 
 /// How long the drain thread sleeps when the BPF side has not woken it.
 const DRAIN_INTERVAL_MS: i32 = 50;
 /// Pids asked for the frame-pointer chain, remembered so that each is asked once.
 const MAX_FP_CHAIN_ASKED: usize = 16_384;
+
+/// What the drain thread asks of the BPF side (it owns no map).
+pub enum BpfRequest {
+    /// Samples of this pid carry the user frame-pointer chain.
+    FpChain(u32),
+    /// Samples of this pid carry its interpreter's Python frames (`None`: no longer).
+    Python(u32, Option<abi::PyProc>),
+}
 
 /// What the profiler handle asks the drain thread.
 pub enum Command {
@@ -55,10 +69,16 @@ pub struct Drain {
     addrs: Vec<Avma>,
     chain: Vec<u64>,
     frames: Vec<u32>,
-    /// Pids whose samples should carry the frame-pointer chain, for the loop to hand to the
-    /// sampler; `fp_chain_asked` keeps each from being asked twice (bounded).
-    fp_chain_requests: Vec<u32>,
+    /// What to tell the sampler, for the loop to hand over; `fp_chain_asked` keeps each pid
+    /// from being asked twice for its chain (bounded).
+    requests: Vec<BpfRequest>,
     fp_chain_asked: HashSet<u32>,
+    /// CPython: what each process (generation) is, its code objects, and scratch space.
+    detector: Detector,
+    pythons: HashMap<u32, (u64, Detected)>,
+    codes: CodeCache,
+    python: Vec<PyFrame>,
+    pieces: Vec<Piece>,
 }
 
 impl Drain {
@@ -72,8 +92,13 @@ impl Drain {
             addrs: Vec::with_capacity(256),
             chain: Vec::new(),
             frames: Vec::with_capacity(256),
-            fp_chain_requests: Vec::new(),
+            requests: Vec::new(),
             fp_chain_asked: HashSet::new(),
+            detector: Detector::default(),
+            pythons: HashMap::new(),
+            codes: CodeCache::default(),
+            python: Vec::new(),
+            pieces: Vec::new(),
         }
     }
 
@@ -106,6 +131,8 @@ impl Drain {
             self.unwinder.forget_stale(&self.registry);
             let registry = &self.registry;
             self.perf_maps.retain(|pid| registry.get(pid).is_some());
+            self.codes.retain(|pid| registry.get(pid).is_some());
+            self.pythons.retain(|pid, _| registry.get(*pid).is_some());
         }
     }
 
@@ -129,6 +156,7 @@ impl Drain {
         let Some(process) = self.registry.get(h.pid) else {
             return self.process_gone();
         };
+        let python = python_of(&mut self.pythons, &mut self.detector, &mut self.requests, process).cloned();
         let cut = h.flags & abi::F_USTACK_CUT != 0;
         // The one depth cap: kernel frames, user frames and a marker fit in it.
         let max_user = MAX_STACK_DEPTH.saturating_sub(self.frames.len() + 1);
@@ -152,24 +180,53 @@ impl Drain {
                 self.fp_chain_asked.clear();
             }
             self.fp_chain_asked.insert(h.pid);
-            self.fp_chain_requests.push(h.pid);
+            self.requests.push(BpfRequest::FpChain(h.pid));
         }
 
-        for &addr in &addrs {
-            let id = match process.mapping(addr) {
-                Some(m) => {
-                    let mapping = self.aggregate.mapping(h.pid, m.range.start, || snapshot_mapping(m));
-                    let perf_maps = &mut self.perf_maps;
-                    self.aggregate.frame(FrameKey::User { mapping, addr }, |_| {
-                        let (kind, request) = request_for(m, addr, h.pid, perf_maps);
-                        (Some(mapping), kind, request)
-                    })
+        self.python.clear();
+        let interp = match &python {
+            Some(Detected::Python(interp)) => {
+                interp.decode(rec.python_frames(), &mut self.python);
+                count_python_status(&self.counters, rec.py_status, !self.python.is_empty());
+                Some(interp)
+            }
+            Some(Detected::Unsupported { .. }) => {
+                self.counters.incr(Counter::PythonUnsupported);
+                None
+            }
+            _ => None,
+        };
+        match &interp {
+            Some(interp) if !self.python.is_empty() => {
+                let merged = merge(addrs.len(), |i| interp.is_eval(addrs[i]), &self.python, &mut self.pieces);
+                if merged != Merged::Exact && outcome == Outcome::Complete {
+                    self.counters.incr(Counter::PythonMergeMismatch);
                 }
-                None => self.aggregate.frame(FrameKey::Unmapped { addr }, |_| {
-                    (None, FrameKind::Marker, SymRequest::Fixed(symbolize::marker(UNKNOWN)))
-                }),
-            };
-            self.frames.push(id);
+                let pieces = std::mem::take(&mut self.pieces);
+                for piece in &pieces {
+                    if self.frames.len() + 1 >= MAX_STACK_DEPTH {
+                        outcome = Outcome::TooDeep;
+                        break;
+                    }
+                    let id = match *piece {
+                        Piece::Native(i) => native_frame(&mut self.aggregate, &mut self.perf_maps, process, addrs[i]),
+                        Piece::Python(i) => {
+                            python_frame(&mut self.aggregate, &mut self.codes, &self.counters, process, interp, self.python[i])
+                        }
+                    };
+                    self.frames.push(id);
+                }
+                self.pieces = pieces;
+                if rec.py_status == PyStatus::Cut && outcome == Outcome::Complete {
+                    outcome = Outcome::Truncated;
+                }
+            }
+            _ => {
+                for &addr in &addrs {
+                    let id = native_frame(&mut self.aggregate, &mut self.perf_maps, process, addr);
+                    self.frames.push(id);
+                }
+            }
         }
         if outcome != Outcome::Complete {
             let id = self.aggregate.marker(TRUNCATED);
@@ -189,6 +246,91 @@ impl Drain {
             self.aggregate.close()
         } else {
             self.aggregate.clone()
+        }
+    }
+}
+
+/// What `process` (this generation of it) is as a CPython, detected on first sight: a new
+/// interpreter is registered with the sampler, a process that exec'd into something else
+/// is unregistered.
+fn python_of<'a>(
+    pythons: &'a mut HashMap<u32, (u64, Detected)>,
+    detector: &mut Detector,
+    requests: &mut Vec<BpfRequest>,
+    process: &Process,
+) -> Option<&'a Detected> {
+    let known = pythons.get(&process.pid).is_some_and(|(g, _)| *g == process.generation);
+    if !known {
+        let was_python = matches!(pythons.get(&process.pid), Some((_, Detected::Python(_))));
+        let detected = detector.detect(process);
+        match &detected {
+            Detected::Python(interp) => {
+                log::debug!("pid {}: CPython {} (runtime at {:?})", process.pid, interp.version, interp.runtime);
+                requests.push(BpfRequest::Python(process.pid, Some(abi::PyProc::from(&interp.config()))));
+            }
+            _ if was_python => requests.push(BpfRequest::Python(process.pid, None)),
+            _ => {}
+        }
+        pythons.insert(process.pid, (process.generation, detected));
+    }
+    pythons.get(&process.pid).map(|(_, d)| d)
+}
+
+fn count_python_status(counters: &Counters, status: PyStatus, has_frames: bool) {
+    if has_frames {
+        counters.incr(Counter::PythonSamples);
+    }
+    match status {
+        PyStatus::NoThread => counters.incr(Counter::PythonNoThread),
+        PyStatus::NoFrame => counters.incr(Counter::PythonNoFrame),
+        PyStatus::ReadFailed => counters.incr(Counter::PythonReadFailed),
+        PyStatus::Cut => counters.incr(Counter::PythonCut),
+        PyStatus::None | PyStatus::Ok => {}
+    }
+}
+
+/// The frame id of a native frame of `process`: in a mapping, or not.
+fn native_frame(aggregate: &mut Aggregate, perf_maps: &mut PerfMapFiles, process: &Process, addr: Avma) -> u32 {
+    let pid = process.pid;
+    match process.mapping(addr) {
+        Some(m) => {
+            let mapping = aggregate.mapping(pid, m.range.start, || snapshot_mapping(m));
+            aggregate.frame(FrameKey::User { mapping, addr }, |_| {
+                let (kind, request) = request_for(m, addr, pid, perf_maps);
+                (Some(mapping), kind, request)
+            })
+        }
+        None => aggregate.frame(FrameKey::Unmapped { addr }, |_| {
+            (None, FrameKind::Marker, SymRequest::Fixed(symbolize::marker(UNKNOWN)))
+        }),
+    }
+}
+
+/// The frame id of a Python frame: its code object's name, file, and the line of its
+/// instruction.
+fn python_frame(
+    aggregate: &mut Aggregate,
+    codes: &mut CodeCache,
+    counters: &Counters,
+    process: &Process,
+    interp: &Interpreter,
+    f: PyFrame,
+) -> u32 {
+    let o = &interp.offsets;
+    match codes.get(process.pid, process.generation, o, Avma(f.code), interp.code_type) {
+        Ok(code) => {
+            let unit = match (f.instr, o.frame_layout) {
+                (NO_INSTR, _) => None,
+                (i, FrameLayout::Objects { lasti_in_bytes: true }) => Some(i / 2),
+                (i, _) => Some(i),
+            };
+            let line = code.lines.line(unit);
+            aggregate.python_frame(&interp.version, &code.qualname, &code.filename, line)
+        }
+        Err(e) => {
+            log::debug!("pid {}: code object {:#x}: {e}", process.pid, f.code);
+            counters.incr(Counter::PythonCodeErrors);
+            aggregate.marker(PYTHON_UNREADABLE)
         }
     }
 }
@@ -231,8 +373,11 @@ pub fn drain_loop(mut sampler: Sampler, rx: Receiver<Command>, sym: Sender<SymJo
     let mut drain = Drain::new(counters.clone());
     let ingest_all = |sampler: &mut Sampler, drain: &mut Drain| {
         sampler.drain(|bytes| drain.ingest(bytes));
-        for pid in drain.fp_chain_requests.drain(..) {
-            sampler.want_fp_chain(pid);
+        for request in drain.requests.drain(..) {
+            match request {
+                BpfRequest::FpChain(pid) => sampler.want_fp_chain(pid),
+                BpfRequest::Python(pid, cfg) => sampler.want_python(pid, cfg.as_ref()),
+            }
         }
         sampler.copy_counters(&counters);
         drain.publish_gauges();

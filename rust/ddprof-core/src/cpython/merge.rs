@@ -1,0 +1,126 @@
+//! Python frames into native stacks: each native frame of the eval loop
+//! (`_PyEval_EvalFrameDefault`) is replaced by the Python frames that call of the loop was
+//! executing.
+//!
+//! Input: the native stack (leaf first), which of its frames are eval-loop frames, and the
+//! Python frames the sampler read (leaf first), each marked when it is the first frame of
+//! its eval call (the entry frame: 3.11 `is_entry`, the frame above a C-stack shim 3.12+,
+//! every frame 3.8-3.10). Output: the merged order, as [`Piece`]s. Both stacks are walked
+//! leaf to root: the n-th eval frame of the native stack is the n-th run of Python frames,
+//! because each C-level call into the eval loop (a C function calling back into Python:
+//! `sorted(key=...)`, `map`, `json`'s `default=`) both pushes a native eval frame and
+//! starts a new run that ends at an entry frame. Non-goals: reading anything.
+
+/// One Python frame as the sampler recorded it (`struct py_frame` in `bpf/sampler.h`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PyFrame {
+    pub code: u64,
+    /// The instruction: code units (or bytes, 3.8-3.9: see `offsets::FrameLayout`);
+    /// `NO_INSTR` before the first instruction.
+    pub instr: u32,
+    pub flags: u32,
+}
+
+/// `PyFrame::flags`: the first Python frame of its call of the eval loop.
+pub const PY_ENTRY: u32 = 1;
+/// `PyFrame::instr` of a frame that has not executed an instruction yet.
+pub const NO_INSTR: u32 = u32::MAX;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Piece {
+    /// `native[i]`.
+    Native(usize),
+    /// `python[i]`.
+    Python(usize),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Merged {
+    /// Every run of Python frames went to an eval frame, and every eval frame got one.
+    Exact,
+    /// The native walk ended before the Python frames did (it stopped early): the rest of
+    /// the Python frames follow the native ones.
+    PythonLeft,
+    /// Eval frames were left without Python frames (the Python walk was cut, or the thread
+    /// was not running Python there): they stay as native frames.
+    EvalLeft,
+}
+
+/// Merges into `out` (cleared first).
+pub fn merge(native_len: usize, is_eval: impl Fn(usize) -> bool, python: &[PyFrame], out: &mut Vec<Piece>) -> Merged {
+    out.clear();
+    let mut p = 0;
+    let mut eval_left = false;
+    for n in 0..native_len {
+        if !is_eval(n) {
+            out.push(Piece::Native(n));
+            continue;
+        }
+        if p >= python.len() {
+            eval_left = true;
+            out.push(Piece::Native(n));
+            continue;
+        }
+        // This eval call's run: up to and including its entry frame.
+        while p < python.len() {
+            out.push(Piece::Python(p));
+            p += 1;
+            if python[p - 1].flags & PY_ENTRY != 0 {
+                break;
+            }
+        }
+    }
+    if p < python.len() {
+        out.extend((p..python.len()).map(Piece::Python));
+        return Merged::PythonLeft;
+    }
+    if eval_left {
+        Merged::EvalLeft
+    } else {
+        Merged::Exact
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn py(entries: &[bool]) -> Vec<PyFrame> {
+        entries.iter().enumerate().map(|(i, &e)| PyFrame { code: i as u64, instr: 0, flags: if e { PY_ENTRY } else { 0 } }).collect()
+    }
+
+    #[test]
+    fn runs_replace_eval_frames_in_order() {
+        // native: list_sort_impl, EVAL, builtin_sorted, EVAL, Py_RunMain, main
+        let eval = [false, true, false, true, false, false];
+        // python: key (entry of the inner call), build_report, <module> (entry)
+        let python = py(&[true, false, true]);
+        let mut out = Vec::new();
+        assert_eq!(merge(eval.len(), |i| eval[i], &python, &mut out), Merged::Exact);
+        use Piece::*;
+        assert_eq!(out, [Native(0), Python(0), Native(2), Python(1), Python(2), Native(4), Native(5)]);
+    }
+
+    #[test]
+    fn every_frame_its_own_call_before_3_11() {
+        let eval = [true, true, false];
+        let python = py(&[true, true]);
+        let mut out = Vec::new();
+        assert_eq!(merge(3, |i| eval[i], &python, &mut out), Merged::Exact);
+        assert_eq!(out, [Piece::Python(0), Piece::Python(1), Piece::Native(2)]);
+    }
+
+    #[test]
+    fn leftovers_on_either_side() {
+        let mut out = Vec::new();
+        // The native walk stopped after one eval frame; two runs were read.
+        assert_eq!(merge(1, |_| true, &py(&[true, false, true]), &mut out), Merged::PythonLeft);
+        assert_eq!(out, [Piece::Python(0), Piece::Python(1), Piece::Python(2)]);
+        // Two eval frames, one run: the outer eval frame stays native.
+        assert_eq!(merge(2, |_| true, &py(&[true]), &mut out), Merged::EvalLeft);
+        assert_eq!(out, [Piece::Python(0), Piece::Native(1)]);
+        // Not Python at all.
+        assert_eq!(merge(2, |_| false, &[], &mut out), Merged::Exact);
+        assert_eq!(out, [Piece::Native(0), Piece::Native(1)]);
+    }
+}

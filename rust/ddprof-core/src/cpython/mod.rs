@@ -1,0 +1,339 @@
+//! CPython: the Python frames a native stack was executing.
+//!
+//! Since 3.11, Python-to-Python calls do not grow the C stack: the Python stack is only in
+//! the interpreter's own frame chain. The BPF sampler reads it at the moment of the sample
+//! (thread state -> current frame -> previous ..., bounded; see `bpf/sampler.bpf.c`),
+//! recording each frame's code object address and instruction offset. This module is the
+//! user-space half:
+//!
+//! - here: recognizing a CPython (the executable or `libpython3.X.so` maps `_PyRuntime`),
+//!   its version (the `cpython-3XY` cache tag every build carries, `Py_Version` 3.11+,
+//!   `_Py_DebugOffsets` 3.13+), where its runtime and eval loop are in the process, and the
+//!   per-process configuration the sampler needs ([`PyProcConfig`]);
+//! - `offsets`: the struct layouts per version; `lines`: the line tables;
+//! - `code`: code objects (qualified name, file, first line, line table), read from the
+//!   process's memory once per (process, code object), cached and bounded;
+//! - `merge`: replacing each run of eval-loop frames of the native stack by the Python
+//!   frames it was executing.
+//!
+//! An interpreter we do not support (version, debug or free-threaded build) gets native
+//! frames only, and one log line naming it: never names read at guessed places.
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::Arc;
+
+use object::{Object, ObjectSection, ObjectSymbol};
+
+use crate::addr::{Avma, FileOffset, Svma};
+use crate::elf::ElfFile;
+use crate::process::Process;
+
+pub mod code;
+pub mod lines;
+pub mod memory;
+pub mod merge;
+pub mod offsets;
+
+use offsets::{DebugOffsets, EntryMark, FrameLayout, Offsets};
+
+/// Bytes of a frame the sampler reads at once (every frame field must fit, pointer fields
+/// at multiples of 8): DDPROF_PY_FRAME_BLOCK in `bpf/sampler.h`.
+pub const FRAME_BLOCK_BYTES: usize = 128;
+
+/// What a binary that embeds CPython says about it (computed once per file).
+#[derive(Debug)]
+pub struct CpythonBinary {
+    /// "3.11.2" when the binary states its micro version (3.11+), else "3.9".
+    pub version: String,
+    pub minor: u32,
+    pub runtime: Svma,
+    /// `_PyEval_EvalFrameDefault`: each native frame in it is one call of the eval loop.
+    pub eval: Range<Svma>,
+    /// `PyCode_Type`, to check that a pointer read from a frame is a code object.
+    pub code_type: Option<Svma>,
+    /// The layout, or why this interpreter is not supported.
+    pub offsets: Result<Arc<Offsets>, String>,
+}
+
+/// A CPython in one process (one generation of its mappings).
+#[derive(Debug)]
+pub struct Interpreter {
+    pub version: String,
+    pub runtime: Avma,
+    pub eval: Range<Avma>,
+    pub code_type: Option<Avma>,
+    pub offsets: Arc<Offsets>,
+}
+
+impl Interpreter {
+    pub fn is_eval(&self, addr: Avma) -> bool {
+        addr >= self.eval.start && addr < self.eval.end
+    }
+}
+
+/// What the sampler needs to walk a process's Python frames (the BPF map value; see
+/// `struct py_proc` in `bpf/sampler.h`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PyProcConfig {
+    pub runtime: u64,
+    pub interp_head: u32,
+    pub threads_head: u16,
+    pub tstate_next: u16,
+    pub tstate_id: u16,
+    pub tstate_frame: u16,
+    pub cframe_frame: u16,
+    pub frame_code: u16,
+    pub frame_previous: u16,
+    pub frame_instr: u16,
+    pub frame_entry: u16,
+    pub block_len: u16,
+    pub id_is_pthread: u8,
+}
+
+/// `py_proc.cframe_frame` when there is no CFrame between thread state and frame.
+pub const NO_CFRAME: u16 = 0xffff;
+
+/// One Python frame as the sampler read it (`struct py_frame`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawPyFrame {
+    /// The frame's code pointer field (3.14: tag bits included).
+    pub code: u64,
+    /// Bits 0-55: the instruction field; bits 56-63: the entry byte.
+    pub instr: u64,
+}
+
+impl Interpreter {
+    pub fn config(&self) -> PyProcConfig {
+        let o = &self.offsets;
+        let u16_of = |v: u64| u16::try_from(v).unwrap_or(u16::MAX);
+        let last = [o.frame_code, o.frame_previous, o.frame_instr, o.frame_entry].into_iter().max().unwrap_or(0);
+        PyProcConfig {
+            runtime: self.runtime.0,
+            interp_head: u32::try_from(o.runtime_interpreters_head).unwrap_or(u32::MAX),
+            threads_head: u16_of(o.interp_threads_head),
+            tstate_next: u16_of(o.tstate_next),
+            tstate_id: u16_of(o.tstate_native_thread_id.unwrap_or(o.tstate_thread_id)),
+            tstate_frame: u16_of(o.tstate_frame),
+            cframe_frame: o.cframe_current_frame.map_or(NO_CFRAME, u16_of),
+            frame_code: u16_of(o.frame_code),
+            frame_previous: u16_of(o.frame_previous),
+            frame_instr: u16_of(o.frame_instr),
+            frame_entry: u16_of(o.frame_entry),
+            block_len: u16_of((last + 8).next_multiple_of(8)),
+            id_is_pthread: u8::from(o.tstate_native_thread_id.is_none()),
+        }
+    }
+
+    /// The frames the sampler read, as the merge wants them: C-stack shims (3.12+) dropped
+    /// and the frame above each marked as its eval call's entry, instructions as code-unit
+    /// (3.10+) or byte (3.8-3.9) offsets, code pointers untagged.
+    pub fn decode(&self, raw: impl Iterator<Item = RawPyFrame>, out: &mut Vec<merge::PyFrame>) {
+        out.clear();
+        let o = &self.offsets;
+        for r in raw {
+            let code = r.code & !o.code_tag_bits;
+            let entry_byte = (r.instr >> 56) as u8;
+            let field = r.instr & 0x00ff_ffff_ffff_ffff;
+            let (instr, entry) = match o.frame_layout {
+                FrameLayout::Objects { .. } => {
+                    let lasti = field as u32 as i32;
+                    (u32::try_from(lasti).unwrap_or(merge::NO_INSTR), true)
+                }
+                FrameLayout::Interpreter { entry } => {
+                    if let EntryMark::CstackOwner(shim) = entry {
+                        if entry_byte >= shim {
+                            if let Some(last) = out.last_mut() {
+                                last.flags |= merge::PY_ENTRY;
+                            }
+                            continue;
+                        }
+                    }
+                    let base = code.wrapping_add(o.code_adaptive.unwrap_or(0));
+                    let unit = field.checked_sub(base).map(|d| d / 2).and_then(|u| u32::try_from(u).ok());
+                    (unit.unwrap_or(merge::NO_INSTR), entry == EntryMark::IsEntry && entry_byte != 0)
+                }
+            };
+            out.push(merge::PyFrame { code, instr, flags: if entry { merge::PY_ENTRY } else { 0 } });
+        }
+    }
+}
+
+/// The minor version a binary was built as, from the `cpython-3XY` cache tag every build
+/// carries (`sys.implementation.cache_tag`).
+fn cache_tag_minor(data: &[u8]) -> Option<u32> {
+    const TAG: &[u8] = b"\0cpython-3";
+    let mut minors = data.windows(TAG.len()).enumerate().filter(|(_, w)| *w == TAG).filter_map(|(i, _)| {
+        let rest = data.get(i + TAG.len()..)?;
+        let rest = &rest[..rest.len().min(4)];
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        (digits > 0 && rest.get(digits) == Some(&0)).then(|| std::str::from_utf8(&rest[..digits]).ok()?.parse().ok())?
+    });
+    let first = minors.next()?;
+    minors.all(|m| m == first).then_some(first)
+}
+
+/// The minor version in a file name such as `python3.11`, `libpython3.9.so.1.0`.
+fn name_minor(path: &str) -> Option<u32> {
+    let base = path.rsplit('/').next()?;
+    let at = base.find("python3.")? + "python3.".len();
+    let digits: String = base[at..].chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+fn svma_bytes(file: &ElfFile, at: Svma, len: usize) -> Option<&[u8]> {
+    let seg = file.segments.iter().find(|s| at >= s.svma && at.0 - s.svma.0 + len as u64 <= s.file_size)?;
+    let off = FileOffset(seg.file_offset.0 + (at.0 - seg.svma.0));
+    let start = usize::try_from(off.0).ok()?;
+    file.bytes().get(start..start.checked_add(len)?)
+}
+
+/// Recognizes the CPython a binary embeds; `None` when it is not one (no `_PyRuntime`).
+pub fn inspect_binary(file: &ElfFile) -> Option<CpythonBinary> {
+    let obj = object::File::parse(file.bytes()).ok()?;
+    let mut syms: HashMap<&str, (u64, u64)> = HashMap::new();
+    const WANTED: [&str; 5] = ["_PyRuntime", "_PyEval_EvalFrameDefault", "PyCode_Type", "Py_Version", "_Py_NegativeRefcount"];
+    for s in obj.dynamic_symbols().chain(obj.symbols()) {
+        if let Ok(name) = s.name() {
+            if WANTED.contains(&name) && s.address() != 0 {
+                syms.entry(name).or_insert((s.address(), s.size()));
+            }
+        }
+    }
+    let runtime = Svma(syms.get("_PyRuntime")?.0);
+    let eval = syms.get("_PyEval_EvalFrameDefault").map(|&(a, n)| Svma(a)..Svma(a + n.max(1)));
+    let code_type = syms.get("PyCode_Type").map(|&(a, _)| Svma(a));
+    let rodata = obj.section_by_name(".rodata").and_then(|s| s.data().ok()).unwrap_or_default();
+    let minor = cache_tag_minor(rodata).or_else(|| cache_tag_minor(file.bytes()));
+    let mut version = minor.map_or_else(|| "3.?".to_string(), |m| format!("3.{m}"));
+    let offsets = (|| -> Result<Offsets, String> {
+        let minor = minor.ok_or("no cpython-3XY cache tag in the binary")?;
+        if eval.is_none() {
+            return Err("no _PyEval_EvalFrameDefault symbol".into());
+        }
+        if let Some(n) = name_minor(&file.origin.path).filter(|&n| n != minor) {
+            return Err(format!("its name says 3.{n}, its cache tag 3.{minor}"));
+        }
+        if syms.contains_key("_Py_NegativeRefcount") {
+            return Err("a debug build (object headers differ)".into());
+        }
+        let py_version = syms.get("Py_Version").and_then(|&(a, _)| svma_bytes(file, Svma(a), 8));
+        if let Some(hex) = py_version.and_then(|b| b.try_into().ok()).map(u64::from_ne_bytes) {
+            version = version_of_hex(hex);
+        }
+        if minor < 13 {
+            return offsets::table(minor).ok_or_else(|| "a version we do not support (3.8 and later are)".to_string());
+        }
+        let block = svma_bytes(file, runtime, offsets::DEBUG_OFFSETS_BYTES)
+            .or_else(|| svma_bytes(file, runtime, offsets::DEBUG_OFFSETS_BYTES / 2))
+            .and_then(DebugOffsets::parse)
+            .ok_or("no _Py_DebugOffsets at _PyRuntime")?;
+        version = version_of_hex(block.version_hex);
+        match (block.free_threaded, block.offsets) {
+            (true, _) => Err("a free-threaded build".into()),
+            (false, None) => Err("a _Py_DebugOffsets layout we do not know (3.13 and 3.14 are)".into()),
+            (false, Some(o)) if o.minor != minor => Err(format!("_Py_DebugOffsets says 3.{}", o.minor)),
+            (false, Some(o)) => Ok(o),
+        }
+    })();
+    let offsets = offsets.and_then(|o| o.check().map(|()| Arc::new(o)));
+    Some(CpythonBinary {
+        version,
+        minor: minor.unwrap_or(0),
+        runtime,
+        eval: eval.unwrap_or(Svma(0)..Svma(0)),
+        code_type,
+        offsets,
+    })
+}
+
+/// "3.11.2", "3.13.0rc1" from PY_VERSION_HEX.
+pub fn version_of_hex(hex: u64) -> String {
+    let (major, minor, micro) = ((hex >> 24) & 0xff, (hex >> 16) & 0xff, (hex >> 8) & 0xff);
+    let level = match (hex >> 4) & 0xf {
+        0xa => "a",
+        0xb => "b",
+        0xc => "rc",
+        _ => "",
+    };
+    let serial = hex & 0xf;
+    if level.is_empty() {
+        format!("{major}.{minor}.{micro}")
+    } else {
+        format!("{major}.{minor}.{micro}{level}{serial}")
+    }
+}
+
+/// What the detector concluded for one process.
+#[derive(Debug, Clone)]
+pub enum Detected {
+    NotPython,
+    /// CPython whose frames we do not read: the version and why.
+    Unsupported { version: String, why: String },
+    Python(Arc<Interpreter>),
+}
+
+/// Recognizes the CPython of processes, caching what each binary says.
+#[derive(Default)]
+pub struct Detector {
+    binaries: HashMap<Arc<str>, Option<Arc<CpythonBinary>>>,
+    /// Versions already named in a log line, so that each is logged once.
+    logged: std::collections::HashSet<String>,
+}
+
+const MAX_BINARIES: usize = 4096;
+
+impl Detector {
+    pub fn detect(&mut self, process: &Process) -> Detected {
+        for m in &process.mappings {
+            let Some(file) = &m.file else { continue };
+            // Only files that can be a CPython are searched for its symbols.
+            if !m.path.rsplit('/').next().is_some_and(|b| b.contains("python")) {
+                continue;
+            }
+            if self.binaries.len() >= MAX_BINARIES {
+                self.binaries.clear();
+            }
+            let bin = self.binaries.entry(file.cache_key.clone()).or_insert_with(|| inspect_binary(file).map(Arc::new)).clone();
+            let Some(bin) = bin else { continue };
+            return match &bin.offsets {
+                Ok(offsets) => Detected::Python(Arc::new(Interpreter {
+                    version: bin.version.clone(),
+                    runtime: m.bias.avma(bin.runtime),
+                    eval: m.bias.avma(bin.eval.start)..m.bias.avma(bin.eval.end),
+                    code_type: bin.code_type.map(|t| m.bias.avma(t)),
+                    offsets: offsets.clone(),
+                })),
+                Err(why) => {
+                    if self.logged.insert(format!("{}: {why}", bin.version)) {
+                        log::warn!(
+                            "CPython {} (pid {}, {}): {why}: its samples get native frames only",
+                            bin.version,
+                            process.pid,
+                            m.path
+                        );
+                    }
+                    Detected::Unsupported { version: bin.version.clone(), why: why.clone() }
+                }
+            };
+        }
+        Detected::NotPython
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_from_tags_names_and_hex() {
+        assert_eq!(cache_tag_minor(b"x\0cpython-311\0y\0cpython-311\0"), Some(11));
+        assert_eq!(cache_tag_minor(b"x\0cpython-39\0"), Some(9));
+        assert_eq!(cache_tag_minor(b"x\0cpython-39\0cpython-310\0"), None, "two tags disagree");
+        assert_eq!(cache_tag_minor(b"cpython-39"), None, "not a whole string");
+        assert_eq!(name_minor("/usr/bin/python3.11"), Some(11));
+        assert_eq!(name_minor("/opt/lib/libpython3.9.so.1.0"), Some(9));
+        assert_eq!(name_minor("/usr/bin/python3"), None);
+        assert_eq!(version_of_hex(0x030b02f0), "3.11.2");
+        assert_eq!(version_of_hex(0x030d00c1), "3.13.0rc1");
+    }
+}
