@@ -14,7 +14,8 @@
 //! - `code`: code objects (qualified name, file, first line, line table), read from the
 //!   process's memory once per (process, code object), cached and bounded;
 //! - `merge`: replacing each run of eval-loop frames of the native stack by the Python
-//!   frames it was executing.
+//!   frames it was executing;
+//! - `trampoline`: unwinding through the perf trampolines of `-X perf` / `-X perf_jit`.
 //!
 //! An interpreter we do not support (version, debug or free-threaded build) gets native
 //! frames only, and one log line naming it: never names read at guessed places.
@@ -33,6 +34,7 @@ pub mod lines;
 pub mod memory;
 pub mod merge;
 pub mod offsets;
+pub mod trampoline;
 
 use offsets::{DebugOffsets, EntryMark, FrameLayout, Offsets};
 

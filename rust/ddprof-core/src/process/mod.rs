@@ -191,7 +191,7 @@ impl Registry {
         for l in parse_maps(&text) {
             let kind = if l.path == "[vdso]" {
                 MapKind::Vdso
-            } else if l.inode == 0 || l.path.is_empty() || l.path.starts_with('[') {
+            } else if l.inode == 0 || l.path.is_empty() || l.path.starts_with('[') || is_jitdump(&l.path) {
                 MapKind::Anon
             } else {
                 MapKind::File
@@ -218,6 +218,11 @@ impl Registry {
         self.next_generation += 1;
         Some(Process { pid, info, mappings, generation, runs_go, exe_inode: exe_inode(pid), refreshed: Instant::now() })
     }
+}
+
+/// A JIT's `jit-PID.dump`, which it maps executable only to mark it for perf: no code.
+fn is_jitdump(path: &str) -> bool {
+    path.rsplit('/').next().is_some_and(|b| b.starts_with("jit-") && b.ends_with(".dump"))
 }
 
 /// Opens the file behind a mapping as the process sees it: through map_files (works for

@@ -22,6 +22,7 @@ use crate::counters::{Counter, Counters};
 use crate::cpython::code::CodeCache;
 use crate::cpython::merge::{merge, Merged, Piece, PyFrame, NO_INSTR};
 use crate::cpython::offsets::FrameLayout;
+use crate::cpython::trampoline::Trampolines;
 use crate::cpython::{Detected, Detector, Interpreter};
 use crate::process::{MapKind, Mapping, Process, Registry};
 use crate::symbolize::perfmap::PerfMapFiles;
@@ -77,6 +78,7 @@ pub struct Drain {
     detector: Detector,
     pythons: HashMap<u32, (u64, Detected)>,
     codes: CodeCache,
+    trampolines: Trampolines,
     python: Vec<PyFrame>,
     pieces: Vec<Piece>,
 }
@@ -97,6 +99,7 @@ impl Drain {
             detector: Detector::default(),
             pythons: HashMap::new(),
             codes: CodeCache::default(),
+            trampolines: Trampolines::default(),
             python: Vec::new(),
             pieces: Vec::new(),
         }
@@ -132,6 +135,7 @@ impl Drain {
             let registry = &self.registry;
             self.perf_maps.retain(|pid| registry.get(pid).is_some());
             self.codes.retain(|pid| registry.get(pid).is_some());
+            self.trampolines.retain(|pid| registry.get(pid).is_some());
             self.pythons.retain(|pid, _| registry.get(*pid).is_some());
         }
     }
@@ -161,7 +165,14 @@ impl Drain {
         // The one depth cap: kernel frames, user frames and a marker fit in it.
         let max_user = MAX_STACK_DEPTH.saturating_sub(self.frames.len() + 1);
         let mut addrs = std::mem::take(&mut self.addrs);
-        let mut outcome = self.unwinder.unwind(process, regs, rec.ustack, cut, max_user, &mut addrs);
+        // CPython 3.12+ may enter its eval loop through perf trampolines (-X perf).
+        let trampoline_pid = match &python {
+            Some(Detected::Python(i)) if i.offsets.minor >= 12 => Some(h.pid),
+            _ => None,
+        };
+        let trampolines = &mut self.trampolines;
+        let mut known = |addr: Avma, _first: bool| trampoline_pid.and_then(|pid| trampolines.rule(pid, addr));
+        let mut outcome = self.unwinder.unwind(process, regs, rec.ustack, cut, max_user, &mut known, &mut addrs);
         if outcome != Outcome::Complete && rec.has_fp_chain() {
             self.chain.clear();
             self.chain.extend(rec.fp_chain());
@@ -209,6 +220,8 @@ impl Drain {
                         break;
                     }
                     let id = match *piece {
+                        // A perf trampoline says again what the Python frames say.
+                        Piece::Native(i) if self.trampolines.is_trampoline(h.pid, addrs[i]) => continue,
                         Piece::Native(i) => native_frame(&mut self.aggregate, &mut self.perf_maps, process, addrs[i]),
                         Piece::Python(i) => {
                             python_frame(&mut self.aggregate, &mut self.codes, &self.counters, process, interp, self.python[i])

@@ -14,6 +14,7 @@
 use framehop::{FrameAddress, Unwinder as _};
 
 use crate::addr::Avma;
+pub use crate::arch::KnownRule;
 use crate::arch::{self, UnwindCache, UserRegs};
 use crate::counters::Counter;
 use crate::process::{Process, Registry};
@@ -67,7 +68,10 @@ impl StackUnwinder {
     }
 
     /// Walks the stack, at most `max_frames` deep; pushes lookup addresses into `out`
-    /// (cleared first).
+    /// (cleared first). `known_code` gives the rule of code that has no CFI but whose shape
+    /// is known (CPython's perf trampolines, see `cpython::trampoline`): asked for each
+    /// address in memory no module covers, framehop otherwise.
+    #[allow(clippy::too_many_arguments)]
     pub fn unwind(
         &mut self,
         process: &Process,
@@ -75,6 +79,7 @@ impl StackUnwinder {
         stack: &[u8],
         snapshot_cut: bool,
         max_frames: usize,
+        known_code: &mut dyn FnMut(Avma, bool) -> Option<KnownRule>,
         out: &mut Vec<Avma>,
     ) -> Outcome {
         out.clear();
@@ -89,17 +94,28 @@ impl StackUnwinder {
             Ok(u64::from_ne_bytes(b))
         };
         let unwinder = self.modules.get(process);
-        let mut it = unwinder.iter_frames(regs.ip.0, arch::unwind_regs(&regs), &mut self.cache, &mut read_stack);
+        let mut unwind_regs = arch::unwind_regs(&regs);
+        let mut frame = FrameAddress::InstructionPointer(regs.ip.0);
+        out.push(regs.ip);
         loop {
-            match it.next() {
-                Ok(Some(frame)) => {
+            let addr = frame.address_for_lookup();
+            let in_module = process.mapping(Avma(addr)).is_some_and(|m| m.file.is_some());
+            let rule = if in_module { None } else { known_code(Avma(addr), !frame.is_return_address()) };
+            let next = match rule {
+                Some(rule) => arch::apply_known_rule(&rule, &mut unwind_regs, &mut read_stack)
+                    .map(Some)
+                    .map_err(|a| framehop::Error::CouldNotReadStack(a)),
+                None => unwinder.unwind_frame(frame, &mut unwind_regs, &mut self.cache, &mut read_stack),
+            };
+            match next {
+                Ok(Some(ra)) => {
+                    // A null return address: a chain that ends without a root CFI says so.
+                    let Some(next) = FrameAddress::from_return_address(ra) else { return Outcome::Stuck };
                     if out.len() >= max_frames {
                         return Outcome::TooDeep;
                     }
-                    out.push(Avma(match frame {
-                        FrameAddress::InstructionPointer(a) => a,
-                        FrameAddress::ReturnAddress(a) => a.get().wrapping_sub(1),
-                    }));
+                    out.push(Avma(next.address_for_lookup()));
+                    frame = next;
                 }
                 Ok(None) => return Outcome::Complete,
                 Err(framehop::Error::CouldNotReadStack(addr)) => {
