@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Frame", "FrameKind", "Line", "Mapping", "ProcessInfo", "Profile", "Sample", "TopEntry"]
 
-FrameKind = Literal["native", "kernel", "jit", "marker"]
+FrameKind = Literal["native", "kernel", "jit", "python", "marker"]
 K = TypeVar("K", bound=Hashable)
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -78,8 +78,10 @@ class Frame(NamedTuple):
     mapping: Optional[Mapping]
     """None for marker frames and addresses outside every known mapping."""
     kind: FrameKind
-    """``native`` (user code in a file), ``kernel``, ``jit`` (named from a perf map) or
-    ``marker`` (``[truncated]``, ``[unknown]``...: named by its only line)."""
+    """``native`` (user code in a file), ``kernel``, ``jit`` (named from a perf map),
+    ``python`` (a CPython frame: its mapping is ``[python X.Y.Z]``, its line the function's
+    qualified name, file and the line being executed) or ``marker`` (``[truncated]``,
+    ``[unknown]``...: named by its only line)."""
     lines: tuple[Line, ...]
     """Source lines, innermost inlined function first; empty when unsymbolized or left
     for the backend to symbolize."""

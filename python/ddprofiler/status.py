@@ -4,9 +4,11 @@
 processes seen (``processes_seen``, else ``processes``) and lost samples, each time
 ``update`` is called (the caller paces it, about twice a second); it writes nothing at all
 when its stream is not a TTY. ``finish`` erases it. ``summary_lines`` gives the end-of-run
-report, printed whether or not on a TTY: samples, lost, unwinding failures by reason and
-the other nonzero error counters. Which counter is which comes from its kind in the
-core's registry (``Stats.of_kind``), never from its name. Non-goals: logging.
+report, printed whether or not on a TTY: samples, lost, Python frames (when CPython
+processes were sampled: how many samples got Python frames, and why the others did not),
+unwinding failures by reason and the other nonzero error counters. Which counter is an
+error comes from its kind in the core's registry (``Stats.of_kind``), never from its name.
+Non-goals: logging.
 """
 from __future__ import annotations
 
@@ -16,6 +18,13 @@ from typing import IO, List, Optional
 from ddprofiler.stats import Stats
 
 _UNWIND_PREFIX = "unwind_"  # dropped from the reasons shown, which all start with it
+# Samples of CPython processes without Python frames, by reason, as the summary words them.
+_PYTHON_WITHOUT = (
+    ("python_unsupported", "unsupported interpreter"),
+    ("python_no_frame", "no Python code running"),
+    ("python_no_thread", "not a Python thread"),
+    ("python_read_failed", "interpreter memory unreadable"),
+)
 
 
 class StatusLine:
@@ -56,6 +65,10 @@ def summary_lines(stats: Stats) -> List[str]:
     seen = samples + lost
     lines.append(f"lost: {lost}" + (f" ({100.0 * lost / seen:.1f}%)" if lost and seen else ""))
 
+    python = python_line(stats)
+    if python:
+        lines.append(python)
+
     unwind = _largest_first(stats.unwind_failures())
     if unwind:
         reasons = ", ".join(f"{_reason(name)} {value}" for name, value in unwind)
@@ -65,6 +78,20 @@ def summary_lines(stats: Stats) -> List[str]:
     if errors:
         lines.append("other errors: " + ", ".join(f"{name} {value}" for name, value in errors))
     return lines
+
+
+def python_line(stats: Stats) -> str:
+    """``python: N samples with Python frames; M without (reason n, ...)``, or "" when no
+    CPython process was sampled."""
+    with_frames = stats.get("python_samples", 0)
+    without = [(why, stats.get(name, 0)) for name, why in _PYTHON_WITHOUT if stats.get(name, 0)]
+    if not with_frames and not without:
+        return ""
+    line = f"python: {with_frames} samples with Python frames"
+    if without:
+        reasons = ", ".join(f"{why} {n}" for why, n in sorted(without, key=lambda w: -w[1]))
+        line += f"; {sum(n for _, n in without)} without ({reasons})"
+    return line
 
 
 def _reason(name: str) -> str:

@@ -163,8 +163,9 @@ impl Interpreter {
 /// The minor version a binary was built as, from the `cpython-3XY` cache tag every build
 /// carries (`sys.implementation.cache_tag`).
 fn cache_tag_minor(data: &[u8]) -> Option<u32> {
-    const TAG: &[u8] = b"\0cpython-3";
-    let mut minors = data.windows(TAG.len()).enumerate().filter(|(_, w)| *w == TAG).filter_map(|(i, _)| {
+    const TAG: &[u8] = b"cpython-3";
+    let starts = data.windows(TAG.len()).enumerate().filter(|(i, w)| *w == TAG && (*i == 0 || data[i - 1] == 0));
+    let mut minors = starts.filter_map(|(i, _)| {
         let rest = data.get(i + TAG.len()..)?;
         let rest = &rest[..rest.len().min(4)];
         let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
@@ -222,8 +223,11 @@ pub fn inspect_binary(file: &ElfFile) -> Option<CpythonBinary> {
         if let Some(hex) = py_version.and_then(|b| b.try_into().ok()).map(u64::from_ne_bytes) {
             version = version_of_hex(hex);
         }
+        if !(8..=14).contains(&minor) {
+            return Err("a version we do not support (3.8 to 3.14 are)".into());
+        }
         if minor < 13 {
-            return offsets::table(minor).ok_or_else(|| "a version we do not support (3.8 and later are)".to_string());
+            return offsets::table(minor).ok_or_else(|| "a version without a layout table".to_string());
         }
         let block = svma_bytes(file, runtime, offsets::DEBUG_OFFSETS_BYTES)
             .or_else(|| svma_bytes(file, runtime, offsets::DEBUG_OFFSETS_BYTES / 2))
@@ -331,7 +335,8 @@ mod tests {
         assert_eq!(cache_tag_minor(b"x\0cpython-311\0y\0cpython-311\0"), Some(11));
         assert_eq!(cache_tag_minor(b"x\0cpython-39\0"), Some(9));
         assert_eq!(cache_tag_minor(b"x\0cpython-39\0cpython-310\0"), None, "two tags disagree");
-        assert_eq!(cache_tag_minor(b"cpython-39"), None, "not a whole string");
+        assert_eq!(cache_tag_minor(b"xcpython-39\0"), None, "not a whole string");
+        assert_eq!(cache_tag_minor(b"cpython-39\0"), Some(9), "at the start of the data");
         assert_eq!(name_minor("/usr/bin/python3.11"), Some(11));
         assert_eq!(name_minor("/opt/lib/libpython3.9.so.1.0"), Some(9));
         assert_eq!(name_minor("/usr/bin/python3"), None);
