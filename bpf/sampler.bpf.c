@@ -183,11 +183,20 @@ static __always_inline __u32 get_stack(struct bpf_perf_event_data *ctx, void *ds
 	return 0;
 }
 
+/* What py_find_tstate returns when the interpreter could not be read (never a real
+ * thread state's address). */
+#define PY_TSTATE_UNREADABLE 1
+
 /* The current thread's PyThreadState: the one kept for it when it still names this thread,
  * else the one of the interpreter's thread list that does (`want`: the tid, or
- * pthread_self for 3.8-3.10). 0 when the thread has none (remembered for a second). */
-static __always_inline __u64 find_tstate(struct py_proc *cfg, __u32 tid, __u64 want, __u16 *status)
+ * pthread_self for 3.8-3.10). 0 when the thread has none (remembered for a second).
+ * A global function: the verifier checks it once, apart from its caller (a loop verified
+ * inside the sampler's own program would be verified again for every path into it). */
+__attribute__((noinline)) __u64 py_find_tstate(__u32 pid, __u32 tid, __u64 want)
 {
+	struct py_proc *cfg = bpf_map_lookup_elem(&py_procs, &pid);
+	if (!cfg)
+		return 0;
 	__u64 now = bpf_ktime_get_ns();
 	struct py_tstate *known = bpf_map_lookup_elem(&py_tstates, &tid);
 	if (known) {
@@ -196,17 +205,14 @@ static __always_inline __u64 find_tstate(struct py_proc *cfg, __u32 tid, __u64 w
 			if (bpf_probe_read_user(&id, sizeof(id), (void *)(known->tstate + cfg->tstate_id)) == 0 && id == want)
 				return known->tstate;
 		} else if (now - known->checked_ns < 1000000000ULL) {
-			*status = DDPROF_PY_NO_THREAD;
 			return 0;
 		}
 	}
 	count(DDPROF_CNT_PY_SCANS);
 	__u64 interp = 0, t = 0, found = 0;
 	if (bpf_probe_read_user(&interp, sizeof(interp), (void *)(cfg->runtime + cfg->interp_head)) != 0 || !interp ||
-	    bpf_probe_read_user(&t, sizeof(t), (void *)(interp + cfg->threads_head)) != 0) {
-		*status = DDPROF_PY_READ_FAILED;
-		return 0;
-	}
+	    bpf_probe_read_user(&t, sizeof(t), (void *)(interp + cfg->threads_head)) != 0)
+		return PY_TSTATE_UNREADABLE;
 	for (int i = 0; i < DDPROF_MAX_PY_THREADS && t; i++) {
 		__u64 id = 0;
 		if (bpf_probe_read_user(&id, sizeof(id), (void *)(t + cfg->tstate_id)) != 0)
@@ -220,8 +226,6 @@ static __always_inline __u64 find_tstate(struct py_proc *cfg, __u32 tid, __u64 w
 	}
 	struct py_tstate entry = { .tstate = found, .checked_ns = now };
 	bpf_map_update_elem(&py_tstates, &tid, &entry, BPF_ANY);
-	if (!found)
-		*status = DDPROF_PY_NO_THREAD;
 	return found;
 }
 
@@ -231,45 +235,27 @@ static __always_inline __u64 block_u64(struct scratch *s, __u32 off)
 	return *(__u64 *)(s->pyblock + (off & (DDPROF_PY_FRAME_BLOCK - 8)));
 }
 
-/* Walks the current thread's Python frames into the record at `at` (bytes after the
- * header), as read: one induction variable and no version logic, so that the verifier
- * walks the loop once per frame; user space decodes (versions, shims, instructions).
- * Returns how many were written and sets the header's status. */
-static __always_inline __u32 read_python(struct scratch *s, struct sample_header *h, __u32 at)
+/* Walks the Python frames of thread state `tstate` of process `pid` into this CPU's record,
+ * at `at` (bytes after the header), as read: one induction variable and no version logic;
+ * user space decodes (versions, shims, instructions). Returns the number of frames written
+ * and, shifted by 16, the status. A global function (see py_find_tstate). */
+__attribute__((noinline)) __u32 py_walk(__u32 pid, __u64 tstate, __u32 at)
 {
-	struct py_proc *cfg = bpf_map_lookup_elem(&py_procs, &h->pid);
-	if (!cfg)
-		return 0;
-	__u16 status = DDPROF_PY_OK;
-	__u64 want = h->tid;
-	if (cfg->id_is_pthread) {
-#if HAVE_THREAD_POINTER
-		struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
-		want = THREAD_POINTER(task);
-#else
-		h->py_status = DDPROF_PY_NO_THREAD;
-		return 0;
-#endif
-	}
-	__u64 tstate = find_tstate(cfg, h->tid, want, &status);
-	if (!tstate) {
-		h->py_status = status;
-		return 0;
-	}
+	struct py_proc *cfg = bpf_map_lookup_elem(&py_procs, &pid);
+	__u32 cpu = bpf_get_smp_processor_id();
+	struct scratch *s = bpf_map_lookup_elem(&scratch_bufs, &cpu);
+	if (!cfg || !s)
+		return DDPROF_PY_NONE << 16;
+	if (at > PY_OFF_MAX)
+		at = PY_OFF_MAX;
 	__u64 frame = 0;
-	if (bpf_probe_read_user(&frame, sizeof(frame), (void *)(tstate + cfg->tstate_frame)) != 0) {
-		h->py_status = DDPROF_PY_READ_FAILED;
-		return 0;
-	}
+	if (bpf_probe_read_user(&frame, sizeof(frame), (void *)(tstate + cfg->tstate_frame)) != 0)
+		return DDPROF_PY_READ_FAILED << 16;
 	if (cfg->cframe_frame != 0xffff && frame &&
-	    bpf_probe_read_user(&frame, sizeof(frame), (void *)(frame + cfg->cframe_frame)) != 0) {
-		h->py_status = DDPROF_PY_READ_FAILED;
-		return 0;
-	}
-	if (!frame) {
-		h->py_status = DDPROF_PY_NO_FRAME;
-		return 0;
-	}
+	    bpf_probe_read_user(&frame, sizeof(frame), (void *)(frame + cfg->cframe_frame)) != 0)
+		return DDPROF_PY_READ_FAILED << 16;
+	if (!frame)
+		return DDPROF_PY_NO_FRAME << 16;
 	__u32 len = cfg->block_len;
 	if (len > DDPROF_PY_FRAME_BLOCK)
 		len = DDPROF_PY_FRAME_BLOCK;
@@ -277,7 +263,7 @@ static __always_inline __u32 read_python(struct scratch *s, struct sample_header
 		len = 8;
 	__u32 code_off = cfg->frame_code, prev_off = cfg->frame_previous, instr_off = cfg->frame_instr;
 	__u32 entry_off = cfg->frame_entry & (DDPROF_PY_FRAME_BLOCK - 1);
-	__u32 n = 0;
+	__u32 status = DDPROF_PY_OK, n = 0;
 	for (; n < DDPROF_MAX_PY_FRAMES; n++) {
 		if (!frame)
 			break;
@@ -295,8 +281,34 @@ static __always_inline __u32 read_python(struct scratch *s, struct sample_header
 	}
 	if (frame && status == DDPROF_PY_OK)
 		status = DDPROF_PY_CUT;
-	h->py_status = status;
-	return n;
+	return (status << 16) | n;
+}
+
+/* The Python frames of the sampled thread, for CPython processes: written at `at` after the
+ * header; returns how many, and sets the header's status. */
+static __always_inline __u32 read_python(struct sample_header *h, __u32 at)
+{
+	struct py_proc *cfg = bpf_map_lookup_elem(&py_procs, &h->pid);
+	if (!cfg)
+		return 0;
+	__u64 want = h->tid;
+	if (cfg->id_is_pthread) {
+#if HAVE_THREAD_POINTER
+		struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
+		want = THREAD_POINTER(task);
+#else
+		h->py_status = DDPROF_PY_NO_THREAD;
+		return 0;
+#endif
+	}
+	__u64 tstate = py_find_tstate(h->pid, h->tid, want);
+	if (tstate == 0 || tstate == PY_TSTATE_UNREADABLE) {
+		h->py_status = tstate ? DDPROF_PY_READ_FAILED : DDPROF_PY_NO_THREAD;
+		return 0;
+	}
+	__u32 r = py_walk(h->pid, tstate, at);
+	h->py_status = r >> 16;
+	return r & 0xffff;
 }
 
 SEC("perf_event")
@@ -398,7 +410,7 @@ int ddprof_sample(struct bpf_perf_event_data *ctx)
 	if (py_off > PY_OFF_MAX)
 		py_off = PY_OFF_MAX;
 	h->py_status = DDPROF_PY_NONE;
-	__u32 plen = read_python(s, h, py_off);
+	__u32 plen = read_python(h, py_off);
 	if (plen > DDPROF_MAX_PY_FRAMES)
 		plen = DDPROF_MAX_PY_FRAMES;
 	h->py_len = plen;

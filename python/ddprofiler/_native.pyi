@@ -97,6 +97,7 @@ class Profiler:
         pids: Optional[Sequence[int]] = None,
         stack_bytes: int = 16384,
         symbolize: _SymbolizeMode = "host",
+        python: bool = True,
     ) -> Profiler: ...
     def start(self) -> None: ...
     def stop(self) -> None:

@@ -167,7 +167,7 @@ def _run(flags: Dict[str, Any], verbose: bool) -> None:
     with _stop_on_signals(second_exits=True) as stop_requested:
         profiler = ddprofiler.Profiler(frequency=settings.sampling_rate,
                                        stack_bytes=settings.stack_bytes,
-                                       symbolize=symbolize)
+                                       symbolize=symbolize, python=settings.python)
         try:
             profiler.start()
         except _START_ERRORS as e:
@@ -302,9 +302,14 @@ def _check_output(ctx: click.Context, param: click.Parameter, value: str) -> str
     "-o", "--output", type=click.Path(), default="profile.pprof", show_default=True,
     callback=_check_output, help="Where to write the gzip-compressed pprof.",
 )
+@click.option(
+    "--python/--no-python", default=True, show_default=True,
+    help="Read the Python frames of CPython processes (3.8 to 3.14) and show them in place "
+         "of the interpreter's own.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
 def record(pids: Tuple[int, ...], duration: float, frequency: int, stack_bytes: int, output: str,
-           verbose: bool) -> None:
+           python: bool, verbose: bool) -> None:
     """Record a CPU profile of all processes (or the given ones) to a pprof file."""
     _configure_logging(verbose)
     _check_can_profile()
@@ -316,7 +321,7 @@ def record(pids: Tuple[int, ...], duration: float, frequency: int, stack_bytes: 
         try:
             profile = ddprofiler.record(
                 duration, pids=pids or None, frequency=frequency, stack_bytes=stack_bytes,
-                should_stop=stop_requested, on_progress=status.update,
+                python=python, should_stop=stop_requested, on_progress=status.update,
             )
         except _START_ERRORS as e:
             raise _start_failure(e) from e

@@ -45,6 +45,7 @@ class Settings:
     stack_bytes: int = 16384
     max_queue_bytes: int = 64 << 20
     symbolize: str = "host"
+    python: bool = True
     upload_symbols: bool = False
     app_key: Optional[str] = dataclasses.field(default=None, repr=False)
     symbols_dry_run: bool = False
@@ -219,6 +220,9 @@ SPECS: Tuple[Spec, ...] = (
     Spec("symbolize", "--symbolize", ("DD_HOST_PROFILING_SYMBOLIZE",), _symbolize,
          "Where native frames are symbolized: host (here), backend (sent as addresses with "
          "build ids, remote_symbols:yes), or both."),
+    Spec("python", "--python/--no-python", ("DD_HOST_PROFILING_PYTHON",), _bool,
+         "Read the Python frames of CPython processes (3.8 to 3.14) and show them in place "
+         "of the interpreter's own."),
     Spec("upload_symbols", "--upload-symbols/--no-upload-symbols",
          ("DD_HOST_PROFILING_UPLOAD_SYMBOLS", "DD_HOST_PROFILING_EXPERIMENTAL_UPLOAD_SYMBOLS"), _bool,
          "Upload the symbols of the binaries seen in profiles where ours beat Datadog's "

@@ -2,7 +2,8 @@
 
 Input: which processes (``pids``, default all), the sampling rate (Hz per CPU), the user
 stack bytes copied per sample, and where frames get their names (``symbolize``: ``host``
-here, ``backend`` leaves native frames to Datadog's backend, ``both``). Output:
+here, ``backend`` leaves native frames to Datadog's backend, ``both``), and whether the
+Python frames of CPython processes are read (``python``, default on). Output:
 ``Profile`` objects, one per ``snapshot()``, and ``Stats`` (the counters) at any time.
 
 ``Profiler`` wraps the Rust sampler ``ddprofiler._native.Profiler``; the extension is
@@ -68,8 +69,10 @@ class Profiler:
         stack_bytes: int = 16384,
         *,
         symbolize: SymbolizeMode = "host",
+        python: bool = True,
     ) -> None:
         self.pids: Optional[tuple[int, ...]] = tuple(pids) if pids else None
+        self.python = python
         self.frequency = frequency
         self.stack_bytes = stack_bytes
         self.symbolize: SymbolizeMode = symbolize
@@ -94,7 +97,7 @@ class Profiler:
 
             profiler = _native.Profiler(
                 frequency=self.frequency, pids=list(self.pids) if self.pids else None,
-                stack_bytes=self.stack_bytes, symbolize=self.symbolize)
+                stack_bytes=self.stack_bytes, symbolize=self.symbolize, python=self.python)
             try:
                 profiler.start()
             except BaseException:
@@ -155,6 +158,7 @@ def record(
     frequency: int = 99,
     stack_bytes: int = 16384,
     symbolize: SymbolizeMode = "host",
+    python: bool = True,
     should_stop: Optional[Callable[[], bool]] = None,
     on_progress: Optional[Callable[[float, Stats], None]] = None,
 ) -> Profile:
@@ -165,7 +169,7 @@ def record(
     counters. The profile's ``stats`` are the final counters (taken after sampling
     stopped). Raises what ``Profiler.start`` raises, before sampling starts.
     """
-    with Profiler(pids, frequency, stack_bytes, symbolize=symbolize) as profiler:
+    with Profiler(pids, frequency, stack_bytes, symbolize=symbolize, python=python) as profiler:
         started = time.monotonic()
         next_progress = started
         while True:

@@ -106,6 +106,8 @@ registry! {
     PythonUnsupported = "python_unsupported", Error, None, "samples of a CPython whose frames are not read (version, debug or free-threaded build: logged once)";
     PythonCodeErrors = "python_code_errors", Error, None, "Python frames whose code object could not be read";
     PythonMergeMismatch = "python_merge_mismatch", Error, None, "stacks whose Python frames and eval-loop frames did not line up";
+    PythonCodeObjects = "python_code_objects", Gauge, None, "code objects cached now (name, file, line table)";
+    PythonCodeBytes = "python_code_bytes", Gauge, None, "heap bytes of the cached code objects, approximately";
     // The process registry.
     Processes = "processes", Gauge, None, "processes whose mappings are known now";
     ProcessesSeen = "processes_seen", Count, None, "processes loaded since the start";

@@ -26,11 +26,13 @@ pub struct ProfilerConfig {
     /// Bytes of user stack copied per sample: a multiple of 8, at most 64 KiB.
     pub stack_bytes: u32,
     pub symbolize: SymbolizeMode,
+    /// Read CPython processes' Python frames (see `cpython`).
+    pub python: bool,
 }
 
 impl Default for ProfilerConfig {
     fn default() -> Self {
-        ProfilerConfig { frequency: 99, pids: Vec::new(), stack_bytes: 16384, symbolize: SymbolizeMode::Host }
+        ProfilerConfig { frequency: 99, pids: Vec::new(), stack_bytes: 16384, symbolize: SymbolizeMode::Host, python: true }
     }
 }
 
@@ -67,9 +69,10 @@ impl Profiler {
         let (sym_tx, sym_rx) = mpsc::channel();
         let spawn_err = |e| Error::Io { context: "starting a profiler thread".into(), source: e };
         let c1 = counters.clone();
+        let python = cfg.python;
         let drain = std::thread::Builder::new()
             .name("ddprof-drain".into())
-            .spawn(move || drain_loop(sampler, rx, sym_tx, c1))
+            .spawn(move || drain_loop(sampler, rx, sym_tx, c1, python))
             .map_err(spawn_err)?;
         let c2 = counters.clone();
         let (frequency, mode) = (cfg.frequency, cfg.symbolize);

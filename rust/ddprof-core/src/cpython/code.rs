@@ -116,11 +116,19 @@ struct Entry {
     checked: Instant,
 }
 
+impl Code {
+    /// Heap bytes held, approximately (strings, line table, the entry itself).
+    pub fn heap_bytes(&self) -> usize {
+        self.qualname.len() + self.filename.len() + self.lines.heap_bytes() + std::mem::size_of::<Code>() + 64
+    }
+}
+
 /// Code objects by (pid, generation, address).
 #[derive(Default)]
 pub struct CodeCache {
     per_process: HashMap<u32, (u64, HashMap<u64, Entry>)>,
     total: usize,
+    bytes: usize,
 }
 
 impl CodeCache {
@@ -137,6 +145,7 @@ impl CodeCache {
         let (gen, codes) = self.per_process.entry(pid).or_insert_with(|| (generation, HashMap::new()));
         if *gen != generation {
             self.total -= codes.len();
+            self.bytes -= codes.values().map(|e| e.code.heap_bytes()).sum::<usize>();
             codes.clear();
             *gen = generation;
         }
@@ -151,33 +160,44 @@ impl CodeCache {
                 e.checked = Instant::now();
                 return Ok(e.code.clone());
             }
-            codes.remove(&addr.0);
-            self.total -= 1;
+            if let Some(old) = codes.remove(&addr.0) {
+                self.total -= 1;
+                self.bytes -= old.code.heap_bytes();
+            }
         }
         let code = Arc::new(read_code(&mem, o, addr, code_type)?);
         if codes.len() >= MAX_PER_PROCESS {
             self.total -= codes.len();
+            self.bytes -= codes.values().map(|e| e.code.heap_bytes()).sum::<usize>();
             codes.clear();
         }
+        self.bytes += code.heap_bytes();
         codes.insert(addr.0, Entry { code: code.clone(), checked: Instant::now() });
         self.total += 1;
         if self.total > MAX_TOTAL {
             self.per_process.clear();
             self.total = 0;
+            self.bytes = 0;
         }
         Ok(code)
     }
 
     /// Forgets processes for which `alive` is false.
     pub fn retain(&mut self, alive: impl Fn(u32) -> bool) {
-        let total = &mut self.total;
+        let (total, bytes) = (&mut self.total, &mut self.bytes);
         self.per_process.retain(|pid, (_, codes)| {
             let keep = alive(*pid);
             if !keep {
                 *total -= codes.len();
+                *bytes -= codes.values().map(|e| e.code.heap_bytes()).sum::<usize>();
             }
             keep
         });
+    }
+
+    /// Heap bytes held, approximately.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     pub fn len(&self) -> usize {

@@ -207,40 +207,22 @@ pub fn inspect_binary(file: &ElfFile) -> Option<CpythonBinary> {
     let code_type = syms.get("PyCode_Type").map(|&(a, _)| Svma(a));
     let rodata = obj.section_by_name(".rodata").and_then(|s| s.data().ok()).unwrap_or_default();
     let minor = cache_tag_minor(rodata).or_else(|| cache_tag_minor(file.bytes()));
-    let mut version = minor.map_or_else(|| "3.?".to_string(), |m| format!("3.{m}"));
-    let offsets = (|| -> Result<Offsets, String> {
-        let minor = minor.ok_or("no cpython-3XY cache tag in the binary")?;
-        if eval.is_none() {
-            return Err("no _PyEval_EvalFrameDefault symbol".into());
-        }
-        if let Some(n) = name_minor(&file.origin.path).filter(|&n| n != minor) {
-            return Err(format!("its name says 3.{n}, its cache tag 3.{minor}"));
-        }
-        if syms.contains_key("_Py_NegativeRefcount") {
-            return Err("a debug build (object headers differ)".into());
-        }
-        let py_version = syms.get("Py_Version").and_then(|&(a, _)| svma_bytes(file, Svma(a), 8));
-        if let Some(hex) = py_version.and_then(|b| b.try_into().ok()).map(u64::from_ne_bytes) {
-            version = version_of_hex(hex);
-        }
-        if !(8..=14).contains(&minor) {
-            return Err("a version we do not support (3.8 to 3.14 are)".into());
-        }
-        if minor < 13 {
-            return offsets::table(minor).ok_or_else(|| "a version without a layout table".to_string());
-        }
-        let block = svma_bytes(file, runtime, offsets::DEBUG_OFFSETS_BYTES)
-            .or_else(|| svma_bytes(file, runtime, offsets::DEBUG_OFFSETS_BYTES / 2))
-            .and_then(DebugOffsets::parse)
-            .ok_or("no _Py_DebugOffsets at _PyRuntime")?;
-        version = version_of_hex(block.version_hex);
-        match (block.free_threaded, block.offsets) {
-            (true, _) => Err("a free-threaded build".into()),
-            (false, None) => Err("a _Py_DebugOffsets layout we do not know (3.13 and 3.14 are)".into()),
-            (false, Some(o)) if o.minor != minor => Err(format!("_Py_DebugOffsets says 3.{}", o.minor)),
-            (false, Some(o)) => Ok(o),
-        }
-    })();
+    let py_version = syms
+        .get("Py_Version")
+        .and_then(|&(a, _)| svma_bytes(file, Svma(a), 8))
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_ne_bytes);
+    let block = svma_bytes(file, runtime, offsets::DEBUG_OFFSETS_BYTES)
+        .or_else(|| svma_bytes(file, runtime, offsets::DEBUG_OFFSETS_BYTES / 2));
+    let facts = BinaryFacts {
+        minor,
+        named_minor: name_minor(&file.origin.path),
+        has_eval: eval.is_some(),
+        debug_build: syms.contains_key("_Py_NegativeRefcount"),
+        py_version,
+        debug_offsets: block,
+    };
+    let (version, offsets) = decide(&facts);
     let offsets = offsets.and_then(|o| o.check().map(|()| Arc::new(o)));
     Some(CpythonBinary {
         version,
@@ -250,6 +232,55 @@ pub fn inspect_binary(file: &ElfFile) -> Option<CpythonBinary> {
         code_type,
         offsets,
     })
+}
+
+/// What a binary says about the CPython in it, for [`decide`].
+struct BinaryFacts<'a> {
+    /// From the `cpython-3XY` cache tag.
+    minor: Option<u32>,
+    /// From the file name (`python3.11`, `libpython3.11.so`).
+    named_minor: Option<u32>,
+    has_eval: bool,
+    debug_build: bool,
+    /// `Py_Version` (3.11+).
+    py_version: Option<u64>,
+    /// The file's bytes at `_PyRuntime` (its `_Py_DebugOffsets`, 3.13+).
+    debug_offsets: Option<&'a [u8]>,
+}
+
+/// The version to name, and the layout or why there is none.
+fn decide(f: &BinaryFacts<'_>) -> (String, Result<Offsets, String>) {
+    let mut version = f.minor.map_or_else(|| "3.?".to_string(), |m| format!("3.{m}"));
+    if let Some(hex) = f.py_version {
+        version = version_of_hex(hex);
+    }
+    let Some(minor) = f.minor else { return (version, Err("no cpython-3XY cache tag in the binary".into())) };
+    let refuse = |why: String| Err(why);
+    let offsets = if !f.has_eval {
+        refuse("no _PyEval_EvalFrameDefault symbol".into())
+    } else if let Some(n) = f.named_minor.filter(|&n| n != minor) {
+        refuse(format!("its name says 3.{n}, its cache tag 3.{minor}"))
+    } else if f.debug_build {
+        refuse("a debug build (object headers differ)".into())
+    } else if !(8..=14).contains(&minor) {
+        refuse("a version we do not support (3.8 to 3.14 are)".into())
+    } else if minor < 13 {
+        offsets::table(minor).ok_or_else(|| "a version without a layout table".to_string())
+    } else {
+        match f.debug_offsets.and_then(DebugOffsets::parse) {
+            None => refuse("no _Py_DebugOffsets at _PyRuntime".into()),
+            Some(d) => {
+                version = version_of_hex(d.version_hex);
+                match (d.free_threaded, d.offsets) {
+                    (true, _) => refuse("a free-threaded build (its objects' layout differs)".into()),
+                    (false, None) => refuse("a _Py_DebugOffsets layout we do not know (3.13 and 3.14 are)".into()),
+                    (false, Some(o)) if o.minor != minor => refuse(format!("_Py_DebugOffsets says 3.{}", o.minor)),
+                    (false, Some(o)) => Ok(o),
+                }
+            }
+        }
+    };
+    (version, offsets)
 }
 
 /// "3.11.2", "3.13.0rc1" from PY_VERSION_HEX.
@@ -342,5 +373,89 @@ mod tests {
         assert_eq!(name_minor("/usr/bin/python3"), None);
         assert_eq!(version_of_hex(0x030b02f0), "3.11.2");
         assert_eq!(version_of_hex(0x030d00c1), "3.13.0rc1");
+    }
+
+    fn debug_block(version_hex: u64, free_threaded: bool) -> Vec<u8> {
+        let mut b = offsets::DEBUG_COOKIE.to_vec();
+        b.extend(version_hex.to_ne_bytes());
+        b.extend(u64::from(free_threaded).to_ne_bytes());
+        // Every field word: its own position times 8, so that each parsed offset says
+        // which word it came from; the frame fields small enough to fit a frame block.
+        for i in 2..200u64 {
+            b.extend((if (28..=35).contains(&i) { 8 * (i - 26) } else { 8 * i }).to_ne_bytes());
+        }
+        b
+    }
+
+    fn facts(minor: Option<u32>) -> BinaryFacts<'static> {
+        BinaryFacts { minor, named_minor: minor, has_eval: true, debug_build: false, py_version: None, debug_offsets: None }
+    }
+
+    #[test]
+    fn decides_versions_and_refuses_what_it_cannot_read() {
+        let (v, o) = decide(&facts(Some(11)));
+        assert_eq!(v, "3.11");
+        assert_eq!(o.map(|o| o.minor), Ok(11));
+        let (v, o) = decide(&BinaryFacts { py_version: Some(0x030b07f0), ..facts(Some(11)) });
+        assert_eq!((v.as_str(), o.is_ok()), ("3.11.7", true));
+        let refused = |f: BinaryFacts<'_>| decide(&f).1.err().unwrap_or_default();
+        assert!(refused(facts(Some(7))).contains("version we do not support"));
+        assert!(refused(facts(Some(99))).contains("version we do not support"));
+        assert!(refused(facts(None)).contains("cache tag"));
+        assert!(refused(BinaryFacts { debug_build: true, ..facts(Some(12)) }).contains("debug build"));
+        assert!(refused(BinaryFacts { named_minor: Some(12), ..facts(Some(11)) }).contains("name says 3.12"));
+        assert!(refused(BinaryFacts { has_eval: false, ..facts(Some(11)) }).contains("_PyEval_EvalFrameDefault"));
+        assert!(refused(facts(Some(13))).contains("no _Py_DebugOffsets"));
+        let ft = debug_block(0x030d00f0, true);
+        let (v, o) = decide(&BinaryFacts { debug_offsets: Some(&ft), ..facts(Some(13)) });
+        assert_eq!(v, "3.13.0");
+        assert!(o.err().unwrap_or_default().contains("free-threaded"));
+        let ok = debug_block(0x030e00f0, false);
+        let (v, o) = decide(&BinaryFacts { debug_offsets: Some(&ok), ..facts(Some(14)) });
+        assert_eq!(v, "3.14.0");
+        let o = o.expect("3.14's layout");
+        // 3.14 positions: thread_state.next is word 23 (byte 192), code_object.filename word
+        // 39 (byte 320), unicode_object.state word 77 (byte 624); f_executable is tagged.
+        assert_eq!((o.tstate_next, o.code_filename, o.unicode_state), (8 * 23, 8 * 39, 8 * 77));
+        assert_eq!(o.code_tag_bits, 3);
+        let mismatch = debug_block(0x030e00f0, false);
+        assert!(refused(BinaryFacts { debug_offsets: Some(&mismatch), ..facts(Some(13)) }).contains("says 3.14"));
+    }
+
+    fn interp(o: Offsets) -> Interpreter {
+        Interpreter { version: "3.x".into(), runtime: Avma(0), eval: Avma(0)..Avma(1), code_type: None, offsets: Arc::new(o) }
+    }
+
+    #[test]
+    fn decodes_shims_entries_and_instructions() {
+        use merge::{NO_INSTR, PY_ENTRY};
+        let entry = |byte: u8, field: u64| (u64::from(byte) << 56) | field;
+        // 3.12: a leaf, its caller (the entry frame of its eval call), a shim (owner 3).
+        let i312 = interp(offsets::table(12).expect("3.12"));
+        let adaptive = 192;
+        let raw = [
+            RawPyFrame { code: 0x1000, instr: entry(0, 0x1000 + adaptive + 10) },
+            RawPyFrame { code: 0x2000, instr: entry(0, 0x2000 + adaptive - 2) },
+            RawPyFrame { code: 0x9000, instr: entry(3, 0) },
+            RawPyFrame { code: 0x3000, instr: entry(0, 0x3000 + adaptive) },
+        ];
+        let mut out = Vec::new();
+        i312.decode(raw.into_iter(), &mut out);
+        assert_eq!(out.len(), 3, "the shim is not a Python frame");
+        assert_eq!((out[0].instr, out[0].flags), (5, 0));
+        assert_eq!((out[1].instr, out[1].flags), (NO_INSTR, PY_ENTRY), "before its first instruction; entry");
+        assert_eq!((out[2].code, out[2].instr), (0x3000, 0));
+        // 3.11: is_entry says it; 3.9: every frame is an entry, f_lasti an int (-1: none yet).
+        let i311 = interp(offsets::table(11).expect("3.11"));
+        i311.decode([RawPyFrame { code: 0x10, instr: entry(1, 0x10 + 184 + 4) }].into_iter(), &mut out);
+        assert_eq!((out[0].instr, out[0].flags), (2, PY_ENTRY));
+        let i39 = interp(offsets::table(9).expect("3.9"));
+        i39.decode([RawPyFrame { code: 0x10, instr: 0xffff_ffff }, RawPyFrame { code: 0x20, instr: 42 }].into_iter(), &mut out);
+        assert_eq!((out[0].instr, out[0].flags, out[1].instr), (NO_INSTR, PY_ENTRY, 42));
+        // 3.14: the code pointer's tag bits go.
+        let ok = debug_block(0x030e00f0, false);
+        let o314 = decide(&BinaryFacts { debug_offsets: Some(&ok), ..facts(Some(14)) }).1.expect("3.14");
+        interp(o314).decode([RawPyFrame { code: 0x4001, instr: 0 }].into_iter(), &mut out);
+        assert_eq!(out[0].code, 0x4000);
     }
 }

@@ -81,10 +81,12 @@ pub struct Drain {
     trampolines: Trampolines,
     python: Vec<PyFrame>,
     pieces: Vec<Piece>,
+    /// Whether CPython processes get their Python frames read.
+    python_frames: bool,
 }
 
 impl Drain {
-    pub fn new(counters: Arc<Counters>) -> Self {
+    pub fn new(counters: Arc<Counters>, python_frames: bool) -> Self {
         Drain {
             registry: Registry::new(counters.clone()),
             unwinder: StackUnwinder::new(),
@@ -102,6 +104,7 @@ impl Drain {
             trampolines: Trampolines::default(),
             python: Vec::new(),
             pieces: Vec::new(),
+            python_frames,
         }
     }
 
@@ -160,7 +163,11 @@ impl Drain {
         let Some(process) = self.registry.get(h.pid) else {
             return self.process_gone();
         };
-        let python = python_of(&mut self.pythons, &mut self.detector, &mut self.requests, process).cloned();
+        let python = if self.python_frames {
+            python_of(&mut self.pythons, &mut self.detector, &mut self.requests, process).cloned()
+        } else {
+            None
+        };
         let cut = h.flags & abi::F_USTACK_CUT != 0;
         // The one depth cap: kernel frames, user frames and a marker fit in it.
         let max_user = MAX_STACK_DEPTH.saturating_sub(self.frames.len() + 1);
@@ -252,6 +259,8 @@ impl Drain {
     fn publish_gauges(&self) {
         self.counters.set(Counter::Processes, self.registry.len() as u64);
         self.counters.set(Counter::FilesCached, self.registry.files.len() as u64);
+        self.counters.set(Counter::PythonCodeObjects, self.codes.len() as u64);
+        self.counters.set(Counter::PythonCodeBytes, self.codes.bytes() as u64);
     }
 
     fn close_period(&mut self, reset: bool) -> Aggregate {
@@ -382,8 +391,8 @@ fn request_for(m: &Mapping, addr: Avma, pid: u32, perf_maps: &mut PerfMapFiles) 
 /// the timer does), ingest them, answer commands. After `Stop` (or when the handle is gone)
 /// the sampler is dropped at once (detaching the program), and snapshots of what was
 /// collected are served until the handle goes away.
-pub fn drain_loop(mut sampler: Sampler, rx: Receiver<Command>, sym: Sender<SymJob>, counters: Arc<Counters>) {
-    let mut drain = Drain::new(counters.clone());
+pub fn drain_loop(mut sampler: Sampler, rx: Receiver<Command>, sym: Sender<SymJob>, counters: Arc<Counters>, python: bool) {
+    let mut drain = Drain::new(counters.clone(), python);
     let ingest_all = |sampler: &mut Sampler, drain: &mut Drain| {
         sampler.drain(|bytes| drain.ingest(bytes));
         for request in drain.requests.drain(..) {

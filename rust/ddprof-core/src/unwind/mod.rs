@@ -104,7 +104,7 @@ impl StackUnwinder {
             let next = match rule {
                 Some(rule) => arch::apply_known_rule(&rule, &mut unwind_regs, &mut read_stack)
                     .map(Some)
-                    .map_err(|a| framehop::Error::CouldNotReadStack(a)),
+                    .map_err(framehop::Error::CouldNotReadStack),
                 None => unwinder.unwind_frame(frame, &mut unwind_regs, &mut self.cache, &mut read_stack),
             };
             match next {
