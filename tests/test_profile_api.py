@@ -368,7 +368,7 @@ class FakeNative:
         outer = self
 
         class FakeProfiler:
-            def __init__(self, frequency=99, pids=None, stack_bytes=16384, symbolize="host"):
+            def __init__(self, frequency=99, pids=None, stack_bytes=16384, symbolize="host", python=True):
                 self.args = dict(frequency=frequency, pids=pids, stack_bytes=stack_bytes,
                                  symbolize=symbolize)
                 self.calls = []
