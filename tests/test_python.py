@@ -131,8 +131,12 @@ def check_chain(mode: str, samples: list, qualnames: bool, file: str) -> tuple[i
     want = chain(mode, qualnames)
     ok, total, leaf_lines, bad = 0, 0, Counter(), []
     for count, frames in samples:
-        total += count
         py = [f for f in frames if f[0] == "python"]
+        if mode == "asyncio" and py and py[0][2] != file and not any(f[1] == "burn" for f in py):
+            # The event loop's own time (epoll, freeing a finished frame): a right stack
+            # that by design does not hold the coroutine's chain.
+            continue
+        total += count
         got = [(name, line) for _, name, _, line in py[:len(want)]]
         if len(got) == len(want) and got[0][0] == "burn" and got[1:] == want[1:] \
                 and all(f[2] == file for f in py[:len(want)]):
