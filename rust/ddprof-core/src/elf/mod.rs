@@ -24,6 +24,7 @@ use crate::counters::{Counter, Counters};
 
 pub mod debug_files;
 pub mod debug_writer;
+pub mod gopclntab;
 pub mod ids;
 pub mod inspect;
 mod vdso;
