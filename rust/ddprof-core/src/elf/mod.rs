@@ -7,9 +7,11 @@
 //! the file open and mapped, with its ids (`ids`), its PT_LOAD segments (to convert between
 //! addresses in the process and in the file, see `crate::addr`), its unwind sections as
 //! ranges of the map, what symbols it holds ([`SymbolSource`]), and its separate debug file
-//! (`debug_files`), found on first need. Also: [`FileCache`] (files by identity, bounded),
-//! [`inspect`] (what a binary offers for symbol upload), [`debug_writer`] (the debug-only ELF).
-//! Non-goals: symbol lookup (`symbolize`), CFI evaluation (framehop, in `unwind`).
+//! (`debug_files`), found on first need, and the bounds of its functions from its symbol
+//! table ([`ElfFile::function_containing`], for the unwinder's prologue analysis of code
+//! without CFI). Also: [`FileCache`] (files by identity, bounded), [`inspect`] (what a binary
+//! offers for symbol upload), [`debug_writer`] (the debug-only ELF).
+//! Non-goals: symbol names (`symbolize`), CFI evaluation (framehop, in `unwind`).
 use std::collections::HashMap;
 use std::fs::File;
 use std::ops::{Deref, Range};
@@ -124,6 +126,16 @@ impl Symbols {
     }
 }
 
+/// A function as the symbol table bounds it: `[start, start + size)` in SVMAs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FunctionBounds {
+    pub start: Svma,
+    pub size: u64,
+    /// A part the compiler split off a function (`foo.cold`): entered by a jump from the
+    /// function's body, not by a call, so its start is not a function entry.
+    pub split_part: bool,
+}
+
 pub struct ElfFile {
     pub key: FileKey,
     /// Kept open so that the file stays readable (for symbolization at snapshot time, and
@@ -150,6 +162,8 @@ pub struct ElfFile {
     /// For a debug file: how it was found for its binary.
     pub found_via: Option<Via>,
     debug_file: OnceLock<Option<Arc<ElfFile>>>,
+    /// Function bounds sorted by start, built on first need (most files never need them).
+    functions: OnceLock<Vec<FunctionBounds>>,
 }
 
 impl std::fmt::Debug for ElfFile {
@@ -260,6 +274,7 @@ impl ElfFile {
             unwind,
             found_via: None,
             debug_file: OnceLock::new(),
+            functions: OnceLock::new(),
             map: map.clone(),
         })
     }
@@ -278,6 +293,26 @@ impl ElfFile {
     /// `offset` (see [`bias_for`]).
     pub fn bias_for(&self, start: Avma, offset: FileOffset) -> Bias {
         bias_for(&self.segments, start, offset)
+    }
+
+    /// `len` bytes of the file at `at`, when one segment holds them all in the file.
+    pub fn svma_bytes(&self, at: Svma, len: u64) -> Option<&[u8]> {
+        let seg = self.segments.iter().find(|s| at >= s.svma && (at.0 - s.svma.0).checked_add(len).is_some_and(|e| e <= s.file_size))?;
+        let start = usize::try_from(seg.file_offset.0.checked_add(at.0 - seg.svma.0)?).ok()?;
+        self.map.get(start..start.checked_add(usize::try_from(len).ok()?)?)
+    }
+
+    /// The function of this file's own symbol table (`.symtab`, else `.dynsym`) that
+    /// holds `svma`. The table is read once, on the first call. A stripped file has no
+    /// answer here: ask its [`ElfFile::debug_file`] too.
+    pub fn function_containing(&self, svma: Svma) -> Option<FunctionBounds> {
+        let funcs = self.functions.get_or_init(|| match object::File::parse(&**self.map) {
+            Ok(obj) => function_bounds(&obj),
+            Err(_) => Vec::new(),
+        });
+        let i = funcs.partition_point(|f| f.start <= svma).checked_sub(1)?;
+        let f = funcs[i];
+        (svma.0 - f.start.0 < f.size).then_some(f)
     }
 
     /// The SVMA of a file offset, through the segment that holds it.
@@ -384,6 +419,56 @@ fn symbols_of(obj: &object::File<'_>) -> Symbols {
         .and_then(|s| s.data().ok())
         .and_then(|d| DebugLink::parse(d, !obj.is_little_endian()));
     Symbols { source: Some(source), symtab_entries, debug_sections_size, debuglink, has_gopclntab }
+}
+
+/// Function bounds from `.symtab` (or `.dynsym` when there is no `.symtab`), sorted by start.
+fn function_bounds(obj: &object::File<'_>) -> Vec<FunctionBounds> {
+    use object::{ObjectSymbol, SymbolKind};
+    struct Sym {
+        start: u64,
+        size: u64,
+        split: bool,
+        section_end: u64,
+    }
+    let collect = |syms: &mut dyn Iterator<Item = object::Symbol<'_, '_>>| -> Vec<Sym> {
+        syms.filter(|s| s.kind() == SymbolKind::Text && s.is_definition() && s.address() != 0)
+            .map(|s| Sym {
+                start: s.address(),
+                size: s.size(),
+                split: s.name().is_ok_and(|n| n.ends_with(".cold") || n.contains(".cold.")),
+                section_end: s
+                    .section_index()
+                    .and_then(|i| obj.section_by_index(i).ok())
+                    .map_or(0, |sec| sec.address().saturating_add(sec.size())),
+            })
+            .collect()
+    };
+    let mut syms = collect(&mut obj.symbols());
+    if syms.is_empty() {
+        syms = collect(&mut obj.dynamic_symbols());
+    }
+    // Aliases share a start: keep the largest size, and call the start a split part only
+    // when every name there says so.
+    syms.sort_unstable_by_key(|s| (s.start, std::cmp::Reverse(s.size)));
+    let mut out: Vec<(FunctionBounds, u64)> = Vec::with_capacity(syms.len());
+    for s in syms {
+        match out.last_mut() {
+            Some((last, _)) if last.start.0 == s.start => last.split_part &= s.split,
+            _ => out.push((FunctionBounds { start: Svma(s.start), size: s.size, split_part: s.split }, s.section_end)),
+        }
+    }
+    // Hand-written assembly often has no `.size`: such a function ends where the next one
+    // starts, or where its section ends.
+    let starts: Vec<u64> = out.iter().map(|(f, _)| f.start.0).skip(1).chain([u64::MAX]).collect();
+    out.iter()
+        .zip(starts)
+        .map(|(&(mut f, section_end), next)| {
+            if f.size == 0 {
+                f.size = next.min(section_end).saturating_sub(f.start.0);
+            }
+            f
+        })
+        .collect()
 }
 
 fn symtab_entries<H: object::read::elf::FileHeader>(

@@ -21,6 +21,7 @@ use crate::process::{Process, Registry};
 
 pub mod fp_chain;
 pub mod go;
+pub mod heuristic;
 pub mod modules;
 
 pub use fp_chain::{chain_capacity, extend_with_fp_chain};
