@@ -15,14 +15,32 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
-/* The one architecture-specific part: where the user ip, sp and frame pointer are in the
- * registers of a perf event, and whether those registers are user mode's. build.rs defines
+/* The one architecture-specific part: whether the registers of a perf event are user
+ * mode's, and how they go into the record (DWARF order, sampler.h). build.rs defines
  * __TARGET_ARCH_x86 or __TARGET_ARCH_arm64, the same choice as rust/ddprof-core/src/arch.rs. */
 #if defined(__TARGET_ARCH_x86)
 #define REGS_USER_MODE(r) (((r)->cs & 3) == 3)
-#define REGS_IP(r) ((r)->rip)
 #define REGS_SP(r) ((r)->rsp)
-#define REGS_FP(r) ((r)->rbp)
+static __always_inline void copy_regs(__u64 *out, const struct pt_regs *r)
+{
+	out[0] = r->rax;
+	out[1] = r->rdx;
+	out[2] = r->rcx;
+	out[3] = r->rbx;
+	out[4] = r->rsi;
+	out[5] = r->rdi;
+	out[6] = r->rbp;
+	out[7] = r->rsp;
+	out[8] = r->r8;
+	out[9] = r->r9;
+	out[10] = r->r10;
+	out[11] = r->r11;
+	out[12] = r->r12;
+	out[13] = r->r13;
+	out[14] = r->r14;
+	out[15] = r->r15;
+	out[16] = r->rip;
+}
 /* pthread_self() of the current thread: the TCB, where fs points (glibc and musl). Read
  * through CO-RE: the kernel's own offset of thread.fsbase, found in its BTF at load. */
 struct thread_struct {
@@ -36,9 +54,12 @@ struct task_struct {
 #elif defined(__TARGET_ARCH_arm64)
 /* struct user_pt_regs { regs[31], sp, pc, pstate }: EL0t when pstate's mode bits are 0. */
 #define REGS_USER_MODE(r) (((r)->pstate & 0xf) == 0)
-#define REGS_IP(r) ((r)->pc)
 #define REGS_SP(r) ((r)->sp)
-#define REGS_FP(r) ((r)->regs[29])
+/* user_pt_regs is regs[31], sp, pc: already DWARF order. */
+static __always_inline void copy_regs(__u64 *out, const struct user_pt_regs *r)
+{
+	__builtin_memcpy(out, r, DDPROF_USER_REGS * 8);
+}
 /* pthread_self() is below TPIDR_EL0 by a libc-specific amount: not known here, so Python
  * 3.8-3.10 (whose thread states name their thread by pthread_self) get no Python frames. */
 #define HAVE_THREAD_POINTER 0
@@ -133,6 +154,16 @@ struct {
 	__type(value, struct py_tstate);
 } py_tstates SEC(".maps");
 
+/* The mappings generation of each sampled process (sample_header.map_gen): moved by exec()
+ * and by munmap() of executable code, so that user space re-reads /proc/PID/maps exactly
+ * when a sample says its copy is stale. Only pids in seen_pids get an entry. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, __u32);
+} map_gens SEC(".maps");
+
 static __always_inline void count(__u32 id)
 {
 	__u64 *v = bpf_map_lookup_elem(&counters, &id);
@@ -170,6 +201,26 @@ static __always_inline __u32 copy_user_stack(__u8 *dst, __u64 sp, __u32 len, __u
 		done += chunk;
 	}
 	return done;
+}
+
+/* copy_user_stack into this CPU's record, after the header; the number of bytes copied,
+ * bit 31 set when the copy was clamped. A global function: verified once, called twice. */
+__attribute__((noinline)) __u32 copy_stack_global(__u64 from, __u32 len)
+{
+	__u32 cpu = bpf_get_smp_processor_id();
+	struct scratch *s = bpf_map_lookup_elem(&scratch_bufs, &cpu);
+	if (!s)
+		return 0;
+	__u32 clamped = 0;
+	__u32 n = copy_user_stack(s->data + HDR_BYTES, from, len, &clamped);
+	return n | (clamped << 31);
+}
+
+static __always_inline __u32 copy_stack(__u64 from, __u32 len, __u32 *clamped)
+{
+	__u32 r = copy_stack_global(from, len);
+	*clamped = r >> 31;
+	return r & 0x7fffffff;
 }
 
 /* bpf_get_stack into `dst`: the number of addresses taken, or 0 and `failed` counted. */
@@ -339,14 +390,14 @@ int ddprof_sample(struct bpf_perf_event_data *ctx)
 	h->tid = tid;
 	h->cpu = cpu;
 	h->flags = 0;
-	h->user_ip = 0;
-	h->user_sp = 0;
-	h->user_bp = 0;
 	h->kstack_len = 0;
 	h->ustack_len = 0;
 	h->ufp_len = 0;
 	h->py_len = 0;
 	h->py_status = DDPROF_PY_NONE;
+	h->ustack_below_sp = 0;
+	__u32 *gen = bpf_map_lookup_elem(&map_gens, &pid);
+	h->map_gen = gen ? *gen : 0;
 	bpf_get_current_comm(h->comm, sizeof(h->comm));
 
 	/* User registers: from the interrupt when it hit user mode, else the task's saved ones. */
@@ -364,11 +415,18 @@ int ddprof_sample(struct bpf_perf_event_data *ctx)
 	__u32 ulen = 0;
 	if (REGS_USER_MODE(&regs) && REGS_SP(&regs) != 0) {
 		h->flags |= DDPROF_F_USER_REGS;
-		h->user_ip = REGS_IP(&regs);
-		h->user_sp = REGS_SP(&regs);
-		h->user_bp = REGS_FP(&regs);
+		copy_regs(h->regs, &regs);
 		__u32 clamped = 0;
-		ulen = copy_user_stack(s->data + HDR_BYTES, REGS_SP(&regs), ustack_size, &clamped);
+		/* The red zone first; where it is not mapped (a stack used to its lowest page),
+		 * from sp. */
+		__u64 sp = REGS_SP(&regs);
+		ulen = copy_stack(sp - DDPROF_RED_ZONE, ustack_size, &clamped);
+		if (ulen > DDPROF_RED_ZONE) {
+			h->ustack_below_sp = DDPROF_RED_ZONE;
+		} else {
+			clamped = 0;
+			ulen = copy_stack(sp, ustack_size, &clamped);
+		}
 		if (clamped)
 			count(DDPROF_CNT_USTACK_CLAMPED);
 		if (ulen >= ustack_size)
@@ -376,6 +434,7 @@ int ddprof_sample(struct bpf_perf_event_data *ctx)
 		if (ulen == 0)
 			count(DDPROF_CNT_USTACK_FAILED);
 	} else {
+		__builtin_memset(h->regs, 0, sizeof(h->regs));
 		count(DDPROF_CNT_REGS_FAILED);
 	}
 	ulen &= DDPROF_MAX_USTACK_BYTES * 2 - 1;
@@ -430,5 +489,81 @@ int ddprof_sample(struct bpf_perf_event_data *ctx)
 			      : BPF_RB_NO_WAKEUP;
 	if (bpf_ringbuf_output(&samples, s->data, total, flags) != 0)
 		count(DDPROF_CNT_RB_DROPPED);
+	return 0;
+}
+
+static __always_inline void bump_map_gen(__u32 pid)
+{
+	__u32 *gen = bpf_map_lookup_elem(&map_gens, &pid);
+	if (gen) {
+		__sync_fetch_and_add(gen, 1);
+		return;
+	}
+	__u32 one = 1;
+	bpf_map_update_elem(&map_gens, &pid, &one, BPF_NOEXIST);
+}
+
+/* exec() replaced the process's program: its mappings are new from the next sample on. */
+SEC("raw_tp/sched_process_exec")
+int ddprof_exec(void *ctx)
+{
+	__u32 pid = bpf_get_current_pid_tgid() >> 32;
+	if (!bpf_map_lookup_elem(&seen_pids, &pid))
+		return 0;
+	count(DDPROF_CNT_EXECS);
+	bump_map_gen(pid);
+	return 0;
+}
+
+/* Only what the unmap test reads of a VMA (CO-RE: the kernel's own layout). */
+struct vm_area_struct {
+	unsigned long vm_start;
+	unsigned long vm_end;
+	unsigned long vm_flags;
+} __attribute__((preserve_access_index));
+#define VM_EXEC 0x4
+/* VMAs of one munmap() looked at: a library's are four or five. */
+#define UNMAP_VMAS 8
+
+struct unmap_scan {
+	__u64 next;
+	__u64 end;
+	__u32 exec;
+};
+
+static long unmap_vma(struct task_struct *task, struct vm_area_struct *vma, void *data)
+{
+	struct unmap_scan *scan = data;
+	if (vma->vm_start < scan->end && (vma->vm_flags & VM_EXEC))
+		scan->exec = 1;
+	scan->next = vma->vm_end;
+	return 0;
+}
+
+struct sys_enter_munmap_args {
+	__u64 common;
+	long id;
+	unsigned long args[6];
+};
+
+/* munmap() of executable code (dlclose): a library loaded later at the same addresses must
+ * not keep the first one's names. Data unmaps (large frees) leave the generation alone. */
+SEC("tracepoint/syscalls/sys_enter_munmap")
+int ddprof_munmap(struct sys_enter_munmap_args *ctx)
+{
+	__u32 pid = bpf_get_current_pid_tgid() >> 32;
+	if (!bpf_map_lookup_elem(&seen_pids, &pid))
+		return 0;
+	struct unmap_scan scan = { .next = ctx->args[0], .end = ctx->args[0] + ctx->args[1], .exec = 0 };
+	struct task_struct *task = bpf_get_current_task_btf();
+	for (int i = 0; i < UNMAP_VMAS && scan.next < scan.end && !scan.exec; i++) {
+		__u64 at = scan.next;
+		if (bpf_find_vma(task, at, unmap_vma, &scan, 0) != 0 || scan.next <= at)
+			break;
+	}
+	if (scan.exec) {
+		count(DDPROF_CNT_CODE_UNMAPS);
+		bump_map_gen(pid);
+	}
 	return 0;
 }

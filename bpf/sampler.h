@@ -1,8 +1,10 @@
 /* The contract between the BPF sampler and the Rust core.
  *
  * One record per sample goes through the ring buffer, exact-size:
- *   struct sample_header
- *   | user stack bytes from user_sp (ustack_len bytes, then zero padding to a multiple of 8)
+ *   struct sample_header (with every user register)
+ *   | user stack bytes from sp - ustack_below_sp (ustack_len bytes, then zero padding to a
+ *     multiple of 8): the red zone below sp too, where leaf functions and OpenSSL's CFA
+ *     expressions (`*(rsp - 8) + 8`) keep data
  *   | kernel stack (kstack_len u64 addresses, leaf first)
  *   | user frame-pointer chain (ufp_len u64 addresses: ip, then return addresses), only for
  *     pids in the `fp_chain_pids` map (Go programs: their stacks switch between goroutine and
@@ -19,7 +21,7 @@
 #ifndef DDPROF_SAMPLER_H
 #define DDPROF_SAMPLER_H
 
-#define DDPROF_ABI_VERSION 3
+#define DDPROF_ABI_VERSION 4
 
 /* Kernel stack depth taken with bpf_get_stack (PERF_MAX_STACK_DEPTH is 127). */
 #define DDPROF_MAX_KSTACK_DEPTH 127
@@ -35,6 +37,25 @@
 /* Thread states of a process looked through to find the current thread's. */
 #define DDPROF_MAX_PY_THREADS 256
 
+/* The user registers of a sample, in DWARF register order, so that the unwinder reads a CFI
+ * rule's register by its number: x86_64 0-16 = rax rdx rcx rbx rsi rdi rbp rsp r8-r15 rip;
+ * arm64 0-30 = x0-x30, 31 = sp, 32 = pc. Every general-purpose register, because hand-written
+ * assembly (OpenSSL's) keeps its CFA in scratch registers, glibc's __vfork its return
+ * address in rdi, and aarch64 leaf functions theirs in x30. */
+#if defined(__TARGET_ARCH_x86) || defined(__x86_64__)
+#define DDPROF_USER_REGS 17
+#define DDPROF_REG_IP 16
+#define DDPROF_REG_SP 7
+#define DDPROF_REG_FP 6
+#define DDPROF_RED_ZONE 128        /* psABI 3.2.2: 128 bytes below rsp are the function's */
+#else
+#define DDPROF_USER_REGS 33
+#define DDPROF_REG_IP 32
+#define DDPROF_REG_SP 31
+#define DDPROF_REG_FP 29
+#define DDPROF_RED_ZONE 0          /* AAPCS64 has none */
+#endif
+
 /* Per-CPU counters, indices into the `counters` PERCPU_ARRAY map. */
 enum ddprof_counter {
 	DDPROF_CNT_SAMPLES = 0,       /* perf events that reached the program */
@@ -47,11 +68,13 @@ enum ddprof_counter {
 	DDPROF_CNT_NEW_PIDS = 7,      /* first sample of a pid: the reader is woken at once */
 	DDPROF_CNT_UFP_FAILED = 8,    /* the user frame-pointer chain was asked for and not taken */
 	DDPROF_CNT_PY_SCANS = 9,      /* walks of an interpreter's thread list for a thread state */
-	DDPROF_CNT_MAX = 10,
+	DDPROF_CNT_EXECS = 10,        /* exec() by a sampled process: its mappings generation moved */
+	DDPROF_CNT_CODE_UNMAPS = 11,  /* munmap() of executable code by a sampled process: the same */
+	DDPROF_CNT_MAX = 12,
 };
 
 /* Bits of sample_header.flags. */
-#define DDPROF_F_USER_REGS 0x1    /* user registers (ip/sp/bp) are valid */
+#define DDPROF_F_USER_REGS 0x1    /* user registers are valid */
 #define DDPROF_F_KERNEL_MODE 0x2  /* the sample interrupted kernel mode */
 #define DDPROF_F_USTACK_CUT 0x4   /* the snapshot stopped at the size limit, not the stack's end */
 
@@ -61,17 +84,20 @@ struct sample_header {
 	unsigned int tid;
 	unsigned int cpu;
 	unsigned int flags;
-	unsigned long long user_ip;
-	unsigned long long user_sp;
-	unsigned long long user_bp;
 	unsigned int kstack_len;       /* number of u64 kernel addresses that follow */
 	unsigned int ustack_len;       /* number of user stack bytes after the header */
-	char comm[DDPROF_COMM_LEN];    /* thread name */
 	unsigned int ufp_len;          /* number of u64 user frame-pointer chain entries that follow */
+	/* The process's mappings generation when sampled: exec() and munmap() of code move it
+	 * (the `map_gens` map), so user space knows when its copy of /proc/PID/maps is stale
+	 * before it unwinds, in the order the samples were taken. */
+	unsigned int map_gen;
+	char comm[DDPROF_COMM_LEN];    /* thread name */
 	unsigned short py_len;         /* number of struct py_frame that follow */
 	unsigned short py_status;      /* enum ddprof_py_status */
+	unsigned int ustack_below_sp;  /* the snapshot starts this many bytes below sp */
+	unsigned long long regs[DDPROF_USER_REGS]; /* user registers, DWARF order (above) */
 };
-/* sizeof(struct sample_header) == 80 */
+/* sizeof(struct sample_header) == 64 + 8 * DDPROF_USER_REGS (200 on x86_64, 328 on arm64) */
 
 /* How the walk of a sample's Python frames ended. */
 enum ddprof_py_status {

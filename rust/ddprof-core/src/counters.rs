@@ -85,16 +85,25 @@ registry! {
     BpfNewPids = "bpf_new_pids", Count, Some(DDPROF_CNT_NEW_PIDS), "first samples of a pid, which wake the reader at once";
     BpfFpChainFailed = "bpf_fp_chain_failed", Error, Some(DDPROF_CNT_UFP_FAILED), "frame-pointer chains asked for and not taken";
     BpfPyScans = "bpf_python_thread_scans", Count, Some(DDPROF_CNT_PY_SCANS), "walks of an interpreter's thread list to find a thread state";
+    BpfExecs = "bpf_execs", Count, Some(DDPROF_CNT_EXECS), "exec() calls by sampled processes (their mappings are read again)";
+    BpfCodeUnmaps = "bpf_code_unmaps", Count, Some(DDPROF_CNT_CODE_UNMAPS), "munmap() of executable code by sampled processes (the same)";
     // The drain thread.
     Samples = "samples", Count, None, "samples received and counted";
     BadRecords = "bad_records", Error, None, "records whose lengths disagree with their size (dropped)";
     NoStack = "no_stack", Error, None, "samples of a process with neither user registers nor a kernel stack";
     ProcessGone = "process_gone", Error, None, "samples of processes that exited before their mappings were read";
-    UnwindComplete = "unwind_complete", Success, None, "user stack walks that reached the stack's root";
-    UnwindTruncated = "unwind_truncated", UnwindFailure, None, "walks cut by the stack snapshot size (--stack-bytes)";
-    UnwindBadStackRead = "unwind_bad_stack_read", UnwindFailure, None, "walks that needed stack memory the snapshot does not hold";
-    UnwindStuck = "unwind_stuck", UnwindFailure, None, "walks that stopped making progress (no unwind rule, or a bad one)";
-    UnwindTooDeep = "unwind_too_deep", UnwindFailure, None, "stacks cut at the depth cap (the leaf end kept)";
+    UnwindComplete = "unwind_complete", Success, None, "user stack walks that reached a thread or process entry point";
+    UnwindTruncated = "unwind_truncated", UnwindFailure, None, "walks cut by the stack snapshot size (--stack-bytes): marked [truncated]";
+    UnwindBadStackRead = "unwind_bad_stack_read", UnwindFailure, None, "walks that needed stack memory the snapshot does not hold (another stack: sigaltstack, a runtime's stack switch)";
+    UnwindStuck = "unwind_stuck", UnwindFailure, None, "walks that stopped making progress or went backwards";
+    UnwindTooDeep = "unwind_too_deep", Count, None, "stacks deeper than the depth cap: both ends kept, the middle behind one [elided frames] marker";
+    UnwindNoUnwindInfo = "unwind_no_unwind_info", UnwindFailure, None, "walks that reached code with neither CFI nor a frame the heuristics could trust";
+    UnwindUnknownAddress = "unwind_unknown_address", UnwindFailure, None, "walks that reached an address in no mapping (a bad return address, or code gone)";
+    UnwindLostRegister = "unwind_lost_register", UnwindFailure, None, "walks whose CFI needed a register the callee did not preserve";
+    UnwindBadCfi = "unwind_bad_cfi", UnwindFailure, None, "walks stopped by CFI that could not be parsed or evaluated";
+    UnwindNoEntryPoint = "unwind_no_entry_point", UnwindFailure, None, "walks that ended (null return address, end-of-stack CFI) outside a known entry point";
+    UnwindMapsChanged = "unwind_maps_changed", UnwindFailure, None, "samples taken before an exec or code unmap whose mappings were already re-read";
+    UnwindHeuristic = "unwind_heuristic", Count, None, "frames unwound by prologue analysis (code without CFI)";
     FpChainUsed = "fp_chain_used", Count, None, "walks finished by the kernel's frame-pointer chain (Go system stacks)";
     FpChainFailed = "fp_chain_failed", Count, None, "walks the frame-pointer chain could not continue (counted in unwind_* too)";
     // Python frames (CPython processes only).

@@ -4,9 +4,11 @@
 //! Input: frames already resolved to a mapping (by the drain), each with what it takes to
 //! symbolize it later (a `SymRequest`). Output: a [`Snapshot`] of interned tables, which is
 //! all that Python ever sees; the symbolizer fills in the lines of its frames when the
-//! period closes. Every stack is at most [`MAX_STACK_DEPTH`] frames, the leaf end kept and
-//! one `[truncated]` marker last when cut: the one cap, in one place (the backend limits a
-//! sample to 600 locations, datadog-contracts.md). Non-goals: I/O, symbolization.
+//! period closes. Every stack is at most [`MAX_STACK_DEPTH`] frames: a deeper one keeps both
+//! ends (the leaf end, where the time is spent, and the root end, which says what the thread
+//! is) and one `[elided frames]` marker in place of the middle: the one cap, in one place
+//! (the backend limits a sample to 600 locations, datadog-contracts.md). Non-goals: I/O,
+//! symbolization.
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -22,7 +24,12 @@ pub use snapshot::{FrameKind, Snapshot, SnapshotFrame, SnapshotMapping, Snapshot
 
 /// The deepest stack a profile holds, markers included.
 pub const MAX_STACK_DEPTH: usize = 600;
-pub const TRUNCATED: &str = "[truncated]";
+pub use crate::unwind::TRUNCATED;
+/// Stands for the middle of a stack deeper than [`MAX_STACK_DEPTH`].
+pub const ELIDED: &str = "[elided frames]";
+/// Frames kept at the root end of such a stack (the rest, less the marker, at the leaf end):
+/// enough for the entry point, the main loop and a request handler's frames.
+pub const ROOT_FRAMES_KEPT: usize = 100;
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub enum FrameKey {
@@ -62,7 +69,9 @@ pub struct Aggregate {
     /// Set when the period is closed, so that the next one starts exactly there.
     end_ns: Option<u64>,
     mappings: Vec<SnapshotMapping>,
-    mapping_ids: HashMap<(u32, Avma), u32>,
+    /// By (pid, start, the file's device and inode): a program exec'd in the same pid, or a
+    /// library loaded where another was, is a mapping of its own.
+    mapping_ids: HashMap<(u32, Avma, u64, u64), u32>,
     kernel_mapping: Option<u32>,
     /// `[python X.Y.Z]` mappings by version.
     python_mappings: HashMap<String, u32>,
@@ -115,14 +124,16 @@ impl Aggregate {
         }
     }
 
-    /// The id of a process mapping (by pid and start), interning it with `make` on first use.
-    pub fn mapping(&mut self, pid: u32, start: Avma, make: impl FnOnce() -> SnapshotMapping) -> u32 {
-        if let Some(&id) = self.mapping_ids.get(&(pid, start)) {
+    /// The id of a process mapping (by pid, start and file: `(dev, inode)`, zeros for none),
+    /// interning it with `make` on first use.
+    pub fn mapping(&mut self, pid: u32, start: Avma, file: (u64, u64), make: impl FnOnce() -> SnapshotMapping) -> u32 {
+        let key = (pid, start, file.0, file.1);
+        if let Some(&id) = self.mapping_ids.get(&key) {
             return id;
         }
         let id = self.mappings.len() as u32;
         self.mappings.push(make());
-        self.mapping_ids.insert((pid, start), id);
+        self.mapping_ids.insert(key, id);
         id
     }
 
@@ -200,15 +211,16 @@ impl Aggregate {
         self.frame(FrameKey::Marker(name), |_| (None, FrameKind::Marker, SymRequest::Fixed(symbolize::marker(name))))
     }
 
-    /// Counts one sample. `frames` leaf first; cut to [`MAX_STACK_DEPTH`] with a
-    /// `[truncated]` marker when deeper (the caller bounds its walks so that this is rare).
-    /// `comm` is the thread's name as the kernel gave it (NUL-padded); `info` what the
-    /// process said about itself, when it could be read.
+    /// Counts one sample. `frames` leaf first; deeper than [`MAX_STACK_DEPTH`], its middle
+    /// is elided (see the module doc). `comm` is the thread's name as the kernel gave it
+    /// (NUL-padded); `info` what the process said about itself, when it could be read.
     pub fn add(&mut self, pid: u32, tid: u32, cpu: u32, frames: &mut Vec<u32>, comm: &[u8; 16], info: Option<&Arc<ProcessInfo>>) {
         if frames.len() > MAX_STACK_DEPTH {
-            let marker = self.marker(TRUNCATED);
-            frames.truncate(MAX_STACK_DEPTH - 1);
-            frames.push(marker);
+            let marker = self.marker(ELIDED);
+            let leaf_kept = MAX_STACK_DEPTH - ROOT_FRAMES_KEPT - 1;
+            let root_from = frames.len() - ROOT_FRAMES_KEPT;
+            frames[leaf_kept] = marker;
+            frames.drain(leaf_kept + 1..root_from);
         }
         if let Some(i) = info {
             match self.process_info.get(&pid) {
@@ -313,25 +325,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_cap_one_marker() {
+    fn one_cap_both_ends_kept() {
         let mut agg = Aggregate::new();
-        let leaf = agg.frame(FrameKey::Unmapped { addr: Avma(0x10) }, |_| (None, FrameKind::Marker, SymRequest::Fixed(symbolize::marker("[unknown]"))));
+        let fixed = |n: &'static str| SymRequest::Fixed(symbolize::marker(n));
+        let leaf = agg.frame(FrameKey::Unmapped { addr: Avma(0x10) }, |_| (None, FrameKind::Marker, fixed("leaf")));
+        let mid = agg.frame(FrameKey::Unmapped { addr: Avma(0x20) }, |_| (None, FrameKind::Marker, fixed("mid")));
+        let root = agg.frame(FrameKey::Unmapped { addr: Avma(0x30) }, |_| (None, FrameKind::Marker, fixed("root")));
         let comm = *b"t\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0";
-        // Deeper than the cap: leaf end kept, one marker last.
-        let mut deep = vec![leaf; MAX_STACK_DEPTH + 50];
+        // Deeper than the cap: leaf end and root end kept, one marker between.
+        let mut deep = vec![leaf; 1];
+        deep.extend(std::iter::repeat_n(mid, MAX_STACK_DEPTH + 50));
+        deep.push(root);
         agg.add(1, 1, 0, &mut deep, &comm, None);
         // Exactly the cap: untouched.
-        let mut at_cap = vec![leaf; MAX_STACK_DEPTH];
+        let mut at_cap = vec![mid; MAX_STACK_DEPTH];
         agg.add(1, 1, 0, &mut at_cap, &comm, None);
         let snap = agg.into_snapshot(99, |reqs| reqs.iter().map(|_| symbolize::marker("x")).collect(), Stats::default);
         assert_eq!(snap.stacks.len(), 2);
         let cut = &snap.stacks[0];
         assert_eq!(cut.len(), MAX_STACK_DEPTH);
-        let marker = cut[MAX_STACK_DEPTH - 1] as usize;
-        assert_eq!(snap.frames[marker].kind, FrameKind::Marker);
-        assert!(cut[..MAX_STACK_DEPTH - 1].iter().all(|&f| f == leaf));
+        assert_eq!((cut[0], cut[MAX_STACK_DEPTH - 1]), (leaf, root));
+        let markers: Vec<usize> = (0..cut.len()).filter(|&i| snap.frames[cut[i] as usize].kind == FrameKind::Marker && ![leaf, mid, root].contains(&cut[i])).collect();
+        assert_eq!(markers, [MAX_STACK_DEPTH - ROOT_FRAMES_KEPT - 1]);
         assert_eq!(snap.stacks[1].len(), MAX_STACK_DEPTH);
-        assert!(!snap.stacks[1].contains(&(marker as u32)));
         assert_eq!(snap.samples.iter().map(|s| s.count).sum::<u64>(), 2);
     }
 

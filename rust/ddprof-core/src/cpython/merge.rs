@@ -32,6 +32,9 @@ pub enum Piece {
     Native(usize),
     /// `python[i]`.
     Python(usize),
+    /// Python frames the sampler did not read (its walk was cut, the leaf end kept): they
+    /// belong here, between the last Python frame read and the native frames below it.
+    Gap,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,9 +49,11 @@ pub enum Merged {
     EvalLeft,
 }
 
-/// Merges into `out` (cleared first).
-pub fn merge(native_len: usize, is_eval: impl Fn(usize) -> bool, python: &[PyFrame], out: &mut Vec<Piece>) -> Merged {
+/// Merges into `out` (cleared first). `cut`: the Python walk stopped before the thread's
+/// first frame (a [`Piece::Gap`] follows the last frame read).
+pub fn merge(native_len: usize, is_eval: impl Fn(usize) -> bool, python: &[PyFrame], cut: bool, out: &mut Vec<Piece>) -> Merged {
     out.clear();
+    let mut gap_pending = cut && !python.is_empty();
     let mut p = 0;
     let mut eval_left = false;
     for n in 0..native_len {
@@ -69,9 +74,16 @@ pub fn merge(native_len: usize, is_eval: impl Fn(usize) -> bool, python: &[PyFra
                 break;
             }
         }
+        if p == python.len() && gap_pending {
+            out.push(Piece::Gap);
+            gap_pending = false;
+        }
     }
     if p < python.len() {
         out.extend((p..python.len()).map(Piece::Python));
+        if gap_pending {
+            out.push(Piece::Gap);
+        }
         return Merged::PythonLeft;
     }
     if eval_left {
@@ -96,7 +108,7 @@ mod tests {
         // python: key (entry of the inner call), build_report, <module> (entry)
         let python = py(&[true, false, true]);
         let mut out = Vec::new();
-        assert_eq!(merge(eval.len(), |i| eval[i], &python, &mut out), Merged::Exact);
+        assert_eq!(merge(eval.len(), |i| eval[i], &python, false, &mut out), Merged::Exact);
         use Piece::*;
         assert_eq!(out, [Native(0), Python(0), Native(2), Python(1), Python(2), Native(4), Native(5)]);
     }
@@ -106,7 +118,7 @@ mod tests {
         let eval = [true, true, false];
         let python = py(&[true, true]);
         let mut out = Vec::new();
-        assert_eq!(merge(3, |i| eval[i], &python, &mut out), Merged::Exact);
+        assert_eq!(merge(3, |i| eval[i], &python, false, &mut out), Merged::Exact);
         assert_eq!(out, [Piece::Python(0), Piece::Python(1), Piece::Native(2)]);
     }
 
@@ -114,13 +126,30 @@ mod tests {
     fn leftovers_on_either_side() {
         let mut out = Vec::new();
         // The native walk stopped after one eval frame; two runs were read.
-        assert_eq!(merge(1, |_| true, &py(&[true, false, true]), &mut out), Merged::PythonLeft);
+        assert_eq!(merge(1, |_| true, &py(&[true, false, true]), false, &mut out), Merged::PythonLeft);
         assert_eq!(out, [Piece::Python(0), Piece::Python(1), Piece::Python(2)]);
         // Two eval frames, one run: the outer eval frame stays native.
-        assert_eq!(merge(2, |_| true, &py(&[true]), &mut out), Merged::EvalLeft);
+        assert_eq!(merge(2, |_| true, &py(&[true]), false, &mut out), Merged::EvalLeft);
         assert_eq!(out, [Piece::Python(0), Piece::Native(1)]);
         // Not Python at all.
-        assert_eq!(merge(2, |_| false, &[], &mut out), Merged::Exact);
+        assert_eq!(merge(2, |_| false, &[], false, &mut out), Merged::Exact);
         assert_eq!(out, [Piece::Native(0), Piece::Native(1)]);
+    }
+
+    #[test]
+    fn a_cut_walk_leaves_a_gap_where_its_frames_were() {
+        use Piece::*;
+        let mut out = Vec::new();
+        // 3.11+: one eval call runs the whole recursion; the walk read its leaf end only.
+        // native: EVAL (the recursion's), EVAL (<module>'s caller side), Py_RunMain.
+        let eval = [true, true, false];
+        assert_eq!(merge(3, |i| eval[i], &py(&[false, false]), true, &mut out), Merged::EvalLeft);
+        assert_eq!(out, [Python(0), Python(1), Gap, Native(1), Native(2)]);
+        // 3.8-3.10: one eval frame per Python frame.
+        assert_eq!(merge(3, |i| eval[i], &py(&[true]), true, &mut out), Merged::EvalLeft);
+        assert_eq!(out, [Python(0), Gap, Native(1), Native(2)]);
+        // Not cut: no gap.
+        assert_eq!(merge(3, |i| eval[i], &py(&[true]), false, &mut out), Merged::EvalLeft);
+        assert_eq!(out, [Python(0), Native(1), Native(2)]);
     }
 }

@@ -164,7 +164,10 @@ impl Interpreter {
 /// carries (`sys.implementation.cache_tag`).
 fn cache_tag_minor(data: &[u8]) -> Option<u32> {
     const TAG: &[u8] = b"cpython-3";
-    let starts = data.windows(TAG.len()).enumerate().filter(|(i, w)| *w == TAG && (*i == 0 || data[i - 1] == 0));
+    // The tag is a string of its own: not preceded by text (Debian's libpython puts it right
+    // after a table's 0xff bytes, not after a NUL).
+    let own_start = |i: usize| i == 0 || !(data[i - 1].is_ascii_graphic() || data[i - 1] == b' ');
+    let starts = data.windows(TAG.len()).enumerate().filter(|(i, w)| *w == TAG && own_start(*i));
     let mut minors = starts.filter_map(|(i, _)| {
         let rest = data.get(i + TAG.len()..)?;
         let rest = &rest[..rest.len().min(4)];
@@ -368,6 +371,7 @@ mod tests {
         assert_eq!(cache_tag_minor(b"x\0cpython-39\0cpython-310\0"), None, "two tags disagree");
         assert_eq!(cache_tag_minor(b"xcpython-39\0"), None, "not a whole string");
         assert_eq!(cache_tag_minor(b"cpython-39\0"), Some(9), "at the start of the data");
+        assert_eq!(cache_tag_minor(b"\xff\xff\xffcpython-311\0memo"), Some(11), "after a table (Debian's libpython)");
         assert_eq!(name_minor("/usr/bin/python3.11"), Some(11));
         assert_eq!(name_minor("/opt/lib/libpython3.9.so.1.0"), Some(9));
         assert_eq!(name_minor("/usr/bin/python3"), None);

@@ -4,9 +4,11 @@
 //! (address range, file offset, the open [`ElfFile`] and the bias between addresses in the
 //! process and in the file), its [`ProcessInfo`] (for tagging) and a generation that changes
 //! whenever its mappings were read again (stages that derive state from the mappings, such
-//! as the unwinder's module table, key it by generation). `/proc/PID/maps` is read on first
-//! sight, re-read (rate-limited) when an address falls outside the known mappings, and the
-//! process is forgotten when it exits or execs. Non-goals: unwinding, symbols, aggregation.
+//! as the Python detector, key it by generation). `/proc/PID/maps` is read on first sight,
+//! re-read at once when a sample says the process exec'd or unmapped code since (its BPF
+//! mappings generation, [`Registry::sync`]), re-read (rate-limited) when an address falls
+//! outside the known mappings, and the process is forgotten when it exits. Non-goals:
+//! unwinding, symbols, aggregation.
 use std::collections::HashMap;
 use std::fs::File;
 use std::sync::Arc;
@@ -61,6 +63,9 @@ pub struct Process {
     pub mappings: Vec<Mapping>,
     /// Changes each time the mappings are read; unique across the registry's processes.
     pub generation: u64,
+    /// The sampler's mappings generation of the pid when the maps were read (see
+    /// `sample_header.map_gen`).
+    pub map_gen: u32,
     /// Go code maps this process: its samples should carry the frame-pointer chain (Go keeps
     /// frame pointers, and its stacks switch between goroutine and system stacks).
     pub runs_go: bool,
@@ -122,17 +127,42 @@ impl Registry {
         self.procs.get(&pid)
     }
 
-    /// The process, loading it on first sight. `None` when it is gone or unreadable.
-    pub fn process(&mut self, pid: u32) -> Option<&Process> {
+    /// The process, loading it on first sight (for a sample taken at mappings generation
+    /// `map_gen`). `None` when it is gone or unreadable.
+    pub fn process(&mut self, pid: u32, map_gen: u32) -> Option<&Process> {
         if !self.procs.contains_key(&pid) {
             if self.procs.len() >= MAX_PROCESSES {
                 self.sweep(true);
             }
-            let p = self.load(pid)?;
+            let p = self.load(pid, map_gen)?;
             self.counters.incr(Counter::ProcessesSeen);
             self.procs.insert(pid, p);
         }
         self.procs.get(&pid)
+    }
+
+    /// Brings the process to the mappings generation of a sample taken at `map_gen`: a
+    /// newer one (an exec, a code unmap since the maps were read) re-reads them now, before
+    /// the sample is unwound. Returns false for a sample older than the maps held: its
+    /// mappings are gone and its addresses cannot be trusted.
+    pub fn sync(&mut self, pid: u32, map_gen: u32) -> bool {
+        let Some(p) = self.procs.get_mut(&pid) else { return true };
+        match map_gen.wrapping_sub(p.map_gen) as i32 {
+            0 => true,
+            d if d < 0 => false,
+            _ => {
+                self.counters.incr(Counter::MapsRefreshes);
+                match self.load(pid, map_gen) {
+                    Some(np) => {
+                        self.procs.insert(pid, np);
+                    }
+                    None => {
+                        self.procs.remove(&pid);
+                    }
+                }
+                true
+            }
+        }
     }
 
     /// Re-reads the maps of `pid` when `addr` is outside them, at most every
@@ -143,7 +173,8 @@ impl Registry {
             return false;
         }
         self.counters.incr(Counter::MapsRefreshes);
-        match self.load(pid) {
+        let map_gen = p.map_gen;
+        match self.load(pid, map_gen) {
             Some(np) => {
                 self.procs.insert(pid, np);
                 true
@@ -176,7 +207,7 @@ impl Registry {
         true
     }
 
-    fn load(&mut self, pid: u32) -> Option<Process> {
+    fn load(&mut self, pid: u32, map_gen: u32) -> Option<Process> {
         let text = match std::fs::read_to_string(format!("/proc/{pid}/maps")) {
             Ok(t) => t,
             // Gone already: the caller counts that (process_gone); anything else is an error.
@@ -216,7 +247,7 @@ impl Registry {
         let runs_go = mappings.iter().any(|m| m.file.as_ref().is_some_and(|f| f.symbols.has_gopclntab));
         let generation = self.next_generation;
         self.next_generation += 1;
-        Some(Process { pid, info, mappings, generation, runs_go, exe_inode: exe_inode(pid), refreshed: Instant::now() })
+        Some(Process { pid, info, mappings, generation, map_gen, runs_go, exe_inode: exe_inode(pid), refreshed: Instant::now() })
     }
 }
 
@@ -244,7 +275,7 @@ mod tests {
         let counters: Arc<Counters> = Arc::default();
         let mut r = Registry::new(counters.clone());
         let here = Avma(loads_this_process_with_its_own_code as *const () as u64);
-        let p = r.process(me).expect("this process");
+        let p = r.process(me, 0).expect("this process");
         let g = p.generation;
         let m = p.mapping(here).expect("our own code is mapped");
         assert_eq!(m.kind, MapKind::File);
@@ -261,5 +292,10 @@ mod tests {
         assert!(!r.refresh_for(me, Avma(8)));
         assert_eq!(counters.get(Counter::MapsRefreshes), 1);
         assert_eq!(counters.get(Counter::ProcessesSeen), 1);
+        // A sample from after an exec re-reads at once; one from before is refused.
+        assert!(r.sync(me, 1));
+        assert_ne!(r.get(me).map(|p| p.generation), Some(g2));
+        assert!(r.sync(me, 1) && !r.sync(me, 0));
+        assert_eq!(counters.get(Counter::MapsRefreshes), 2);
     }
 }

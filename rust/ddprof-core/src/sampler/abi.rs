@@ -5,7 +5,7 @@
 //! The counter indices are not mirrored by hand: `build.rs` generates them from the header
 //! (see `crate::counters`).
 use crate::addr::Avma;
-use crate::arch::UserRegs;
+use crate::arch::{UserRegs, USER_REGS};
 
 /// Must match DDPROF_MAX_KSTACK_DEPTH.
 pub const MAX_KSTACK_DEPTH: usize = 127;
@@ -30,18 +30,21 @@ pub struct SampleHeader {
     pub tid: u32,
     pub cpu: u32,
     pub flags: u32,
-    pub user_ip: u64,
-    pub user_sp: u64,
-    pub user_bp: u64,
     pub kstack_len: u32,
     pub ustack_len: u32,
-    pub comm: [u8; 16],
     pub ufp_len: u32,
+    /// The process's mappings generation when sampled (exec and code unmaps move it).
+    pub map_gen: u32,
+    pub comm: [u8; 16],
     pub py_len: u16,
     pub py_status: u16,
+    /// The snapshot starts this many bytes below sp (the red zone).
+    pub ustack_below_sp: u32,
+    /// DWARF order (`arch`).
+    pub regs: [u64; USER_REGS],
 }
 
-const _: () = assert!(std::mem::size_of::<SampleHeader>() == 80);
+const _: () = assert!(std::mem::size_of::<SampleHeader>() == 64 + 8 * USER_REGS);
 
 /// enum ddprof_py_status: how the walk of a sample's Python frames ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,7 +122,7 @@ const HDR: usize = std::mem::size_of::<SampleHeader>();
 /// One sample as it came out of the ring buffer.
 pub struct Record<'a> {
     pub header: SampleHeader,
-    /// User stack bytes starting at `header.user_sp`.
+    /// User stack bytes starting at sp minus `header.ustack_below_sp`.
     pub ustack: &'a [u8],
     kstack: &'a [u8],
     ufp: &'a [u8],
@@ -148,6 +151,7 @@ impl<'a> Record<'a> {
             || header.kstack_len as usize > MAX_KSTACK_DEPTH
             || header.ufp_len as usize > MAX_UFP_DEPTH
             || header.py_len as usize > MAX_PY_FRAMES
+            || header.ustack_below_sp as usize > ulen
             || py_off + plen > bytes.len()
         {
             return None;
@@ -165,7 +169,7 @@ impl<'a> Record<'a> {
     /// The user registers at the sample, when the header says they are valid.
     pub fn user_regs(&self) -> Option<UserRegs> {
         let h = &self.header;
-        (h.flags & F_USER_REGS != 0).then_some(UserRegs { ip: Avma(h.user_ip), sp: h.user_sp, fp: h.user_bp })
+        (h.flags & F_USER_REGS != 0).then_some(UserRegs { regs: h.regs })
     }
 
     /// The user frame-pointer chain (ip, then return addresses), when the sampler took one.
@@ -225,14 +229,21 @@ mod tests {
         assert_eq!(header_define("DDPROF_MAX_PY_FRAMES"), MAX_PY_FRAMES as u64);
         assert_eq!(header_define("DDPROF_PY_FRAME_BLOCK"), PY_FRAME_BLOCK as u64);
         assert_eq!(PY_FRAME_BLOCK, crate::cpython::FRAME_BLOCK_BYTES);
+        // The header's first block is x86_64's (the parser here does not evaluate #if).
+        if cfg!(target_arch = "x86_64") {
+            assert_eq!(header_define("DDPROF_USER_REGS"), USER_REGS as u64);
+            assert_eq!(header_define("DDPROF_REG_IP"), u64::from(crate::arch::REG_IP));
+            assert_eq!(header_define("DDPROF_REG_SP"), u64::from(crate::arch::REG_SP));
+            assert_eq!(header_define("DDPROF_REG_FP"), u64::from(crate::arch::REG_FP));
+        }
     }
 
     #[test]
     fn records_are_parsed_defensively() {
         let mut bytes = vec![0u8; HDR + 16 + 8];
         // ustack_len 12 (padded to 16), one kernel address.
-        bytes[48..52].copy_from_slice(&1u32.to_ne_bytes());
-        bytes[52..56].copy_from_slice(&12u32.to_ne_bytes());
+        bytes[24..28].copy_from_slice(&1u32.to_ne_bytes());
+        bytes[28..32].copy_from_slice(&12u32.to_ne_bytes());
         bytes[HDR + 16..].copy_from_slice(&0xffff_ffff_8100_0000u64.to_ne_bytes());
         let r = Record::parse(&bytes).expect("a valid record");
         assert_eq!(r.ustack.len(), 12);

@@ -11,6 +11,7 @@ use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::perf_event::{
     PerfEvent, PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent,
 };
+use aya::programs::{RawTracePoint, TracePoint};
 use aya::{Ebpf, EbpfError, EbpfLoader};
 
 use super::abi;
@@ -86,6 +87,33 @@ fn raise_memlock_rlimit() {
     }
 }
 
+/// The programs that move a process's mappings generation (exec, code unmaps; see
+/// `map_gens` in sampler.bpf.c). Without them samples are still right, only later after
+/// an exec or a library swap (the registry then notices by addresses outside its maps, and
+/// the exe's inode): a warning, not a failure.
+fn attach_mapping_watchers(bpf: &mut Ebpf) {
+    let exec = (|| -> std::result::Result<(), String> {
+        let prog: &mut RawTracePoint =
+            bpf.program_mut("ddprof_exec").ok_or("missing")?.try_into().map_err(|e| format!("{e}"))?;
+        prog.load().map_err(|e| format!("{e}"))?;
+        prog.attach("sched_process_exec").map_err(|e| format!("{e}"))?;
+        Ok(())
+    })();
+    if let Err(e) = exec {
+        log::warn!("exec() is not watched (raw tracepoint sched_process_exec: {e}): after an exec, samples may be named from the old program for a moment");
+    }
+    let unmap = (|| -> std::result::Result<(), String> {
+        let prog: &mut TracePoint =
+            bpf.program_mut("ddprof_munmap").ok_or("missing")?.try_into().map_err(|e| format!("{e}"))?;
+        prog.load().map_err(|e| format!("{e}"))?;
+        prog.attach("syscalls", "sys_enter_munmap").map_err(|e| format!("{e}"))?;
+        Ok(())
+    })();
+    if let Err(e) = unmap {
+        log::warn!("munmap() is not watched (tracepoint syscalls/sys_enter_munmap: {e}; is tracefs mounted?): a library unloaded and another loaded at its address may keep the first one's names for a moment");
+    }
+}
+
 impl Sampler {
     pub fn start(cfg: &SamplerConfig) -> Result<Sampler> {
         if cfg.frequency == 0 || cfg.frequency > 10_000 {
@@ -137,6 +165,8 @@ impl Sampler {
             )
             .map_err(|e| program_error(&format!("attaching to the cpu-clock event of CPU {cpu}"), e))?;
         }
+
+        attach_mapping_watchers(&mut bpf);
 
         let ring = RingBuf::try_from(
             bpf.take_map("samples").ok_or_else(|| Error::Other("map samples missing".into()))?,

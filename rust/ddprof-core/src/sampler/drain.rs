@@ -17,7 +17,7 @@ use std::time::Duration;
 use super::abi::{self, PyStatus, Record};
 use super::bpf::Sampler;
 use crate::addr::Avma;
-use crate::aggregate::{Aggregate, FrameKey, FrameKind, Snapshot, SnapshotMapping, MAX_STACK_DEPTH, TRUNCATED};
+use crate::aggregate::{Aggregate, FrameKey, FrameKind, Snapshot, SnapshotMapping, ELIDED};
 use crate::counters::{Counter, Counters};
 use crate::cpython::code::CodeCache;
 use crate::cpython::merge::{merge, Merged, Piece, PyFrame, NO_INSTR};
@@ -27,10 +27,13 @@ use crate::cpython::{Detected, Detector, Interpreter};
 use crate::process::{MapKind, Mapping, Process, Registry};
 use crate::symbolize::perfmap::PerfMapFiles;
 use crate::symbolize::{self, SymRequest};
-use crate::unwind::{chain_capacity, extend_with_fp_chain, Outcome, StackUnwinder};
+use crate::unwind::go::{join_cgo, JoinEnd, Joined, WalkFrame};
+use crate::unwind::{Outcome, StackSnapshot, StackUnwinder, GAP, MAX_WALK_FRAMES};
 
 pub const EXITED: &str = "[process exited]";
 pub const UNKNOWN: &str = "[unknown]";
+/// A sample taken before an exec or code unmap whose mappings were re-read already.
+pub const MAPS_CHANGED: &str = "[unwind failed: mappings changed]";
 /// A Python frame whose code object could not be read.
 pub const PYTHON_UNREADABLE: &str = "[python: unreadable code object]";
 
@@ -155,41 +158,49 @@ impl Drain {
     fn user_frames(&mut self, rec: &Record<'_>) {
         let h = rec.header;
         let Some(regs) = rec.user_regs() else { return };
-        if self.registry.process(h.pid).is_none() {
+        if self.registry.process(h.pid, h.map_gen).is_none() {
             return self.process_gone();
         }
+        if !self.registry.sync(h.pid, h.map_gen) {
+            self.counters.incr(Counter::UnwindMapsChanged);
+            let id = self.aggregate.marker(MAPS_CHANGED);
+            self.frames.push(id);
+            return;
+        }
         // An ip outside the known mappings means new code was mapped (dlopen, exec): reload.
-        self.registry.refresh_for(h.pid, regs.ip);
+        self.registry.refresh_for(h.pid, regs.ip());
         let Some(process) = self.registry.get(h.pid) else {
             return self.process_gone();
         };
-        let python = if self.python_frames {
-            python_of(&mut self.pythons, &mut self.detector, &mut self.requests, process).cloned()
-        } else {
-            None
-        };
+        // Detected either way: CPython's perf trampolines are unwound with Python frames off.
+        let detected = python_of(&mut self.pythons, &mut self.detector, &mut self.requests, self.python_frames, process).cloned();
+        let python = if self.python_frames { detected.clone() } else { None };
         let cut = h.flags & abi::F_USTACK_CUT != 0;
-        // The one depth cap: kernel frames, user frames and a marker fit in it.
-        let max_user = MAX_STACK_DEPTH.saturating_sub(self.frames.len() + 1);
         let mut addrs = std::mem::take(&mut self.addrs);
         // CPython 3.12+ may enter its eval loop through perf trampolines (-X perf).
-        let trampoline_pid = match &python {
+        let trampoline_pid = match &detected {
             Some(Detected::Python(i)) if i.offsets.minor >= 12 => Some(h.pid),
             _ => None,
         };
         let trampolines = &mut self.trampolines;
         let mut known = |addr: Avma, _first: bool| trampoline_pid.and_then(|pid| trampolines.rule(pid, addr));
-        let mut outcome = self.unwinder.unwind(process, regs, rec.ustack, cut, max_user, &mut known, &mut addrs);
-        if outcome != Outcome::Complete && rec.has_fp_chain() {
+        let stack = StackSnapshot { bytes: rec.ustack, base: regs.sp().wrapping_sub(u64::from(h.ustack_below_sp)), cut };
+        let mut outcome = self.unwinder.unwind(process, regs, &stack, &mut known, &mut addrs);
+        let guessed = self.unwinder.take_guessed_frames();
+        if guessed > 0 {
+            self.counters.add(Counter::UnwindHeuristic, guessed);
+        }
+        let mut gap_at = None;
+        if process.runs_go && (outcome != Outcome::Complete || self.unwinder.crossed_switch()) {
             self.chain.clear();
             self.chain.extend(rec.fp_chain());
-            let capacity = chain_capacity(abi::MAX_UFP_DEPTH);
-            match extend_with_fp_chain(&mut addrs, &self.chain, capacity, max_user) {
+            match join_go_stacks(&mut self.unwinder, &self.chain, process, &mut addrs, &mut gap_at) {
                 Some(o) => {
                     outcome = o;
                     self.counters.incr(Counter::FpChainUsed);
                 }
-                None => self.counters.incr(Counter::FpChainFailed),
+                None if rec.has_fp_chain() => self.counters.incr(Counter::FpChainFailed),
+                None => {}
             }
         }
         self.counters.incr(outcome.counter());
@@ -216,16 +227,13 @@ impl Drain {
         };
         match &interp {
             Some(interp) if !self.python.is_empty() => {
-                let merged = merge(addrs.len(), |i| interp.is_eval(addrs[i]), &self.python, &mut self.pieces);
-                if merged != Merged::Exact && outcome == Outcome::Complete {
+                let cut = rec.py_status == PyStatus::Cut;
+                let merged = merge(addrs.len(), |i| interp.is_eval(addrs[i]), &self.python, cut, &mut self.pieces);
+                if merged != Merged::Exact && outcome == Outcome::Complete && !cut {
                     self.counters.incr(Counter::PythonMergeMismatch);
                 }
                 let pieces = std::mem::take(&mut self.pieces);
                 for piece in &pieces {
-                    if self.frames.len() + 1 >= MAX_STACK_DEPTH {
-                        outcome = Outcome::TooDeep;
-                        break;
-                    }
                     let id = match *piece {
                         // A perf trampoline says again what the Python frames say.
                         Piece::Native(i) if self.trampolines.is_trampoline(h.pid, addrs[i]) => continue,
@@ -233,23 +241,25 @@ impl Drain {
                         Piece::Python(i) => {
                             python_frame(&mut self.aggregate, &mut self.codes, &self.counters, process, interp, self.python[i])
                         }
+                        Piece::Gap => self.aggregate.marker(ELIDED),
                     };
                     self.frames.push(id);
                 }
                 self.pieces = pieces;
-                if rec.py_status == PyStatus::Cut && outcome == Outcome::Complete {
-                    outcome = Outcome::Truncated;
-                }
             }
             _ => {
-                for &addr in &addrs {
+                for (i, &addr) in addrs.iter().enumerate() {
+                    if gap_at == Some(i) {
+                        let id = self.aggregate.marker(GAP);
+                        self.frames.push(id);
+                    }
                     let id = native_frame(&mut self.aggregate, &mut self.perf_maps, process, addr);
                     self.frames.push(id);
                 }
             }
         }
-        if outcome != Outcome::Complete {
-            let id = self.aggregate.marker(TRUNCATED);
+        if let Some(marker) = outcome.marker() {
+            let id = self.aggregate.marker(marker);
             self.frames.push(id);
         }
         self.addrs = addrs;
@@ -272,6 +282,38 @@ impl Drain {
     }
 }
 
+/// Joins a Go walk that stopped at a stack switch with what the sample holds of the other
+/// stack (the kernel's frame-pointer chain, `self.chain`): see `unwind::go::join_cgo`.
+/// Rewrites `addrs` (and where frames could not be recovered, `gap_at`) and returns the
+/// joined stack's outcome; `None` when the walk crossed no switch.
+fn join_go_stacks(
+unwinder: &mut StackUnwinder,
+chain: &[u64],
+process: &Process,
+addrs: &mut Vec<Avma>,
+gap_at: &mut Option<usize>,
+) -> Option<Outcome> {
+    let walk: Vec<WalkFrame> =
+        addrs.iter().zip(unwinder.cfas()).map(|(a, &cfa)| WalkFrame { addr: a.0, cfa }).collect();
+    let unwinder = std::cell::RefCell::new(unwinder);
+    let classify = |a: u64| unwinder.borrow_mut().go_code(process, Avma(a));
+    let mut joined = Vec::new();
+    let end = join_cgo(&walk, chain, None, &classify, &mut joined)?;
+    addrs.clear();
+    for j in joined {
+        match j {
+            Joined::Frame(a) => addrs.push(Avma(a)),
+            Joined::Gap(_) => *gap_at = Some(addrs.len()),
+        }
+    }
+    addrs.truncate(MAX_WALK_FRAMES);
+    Some(match end {
+        JoinEnd::Complete => Outcome::Complete,
+        JoinEnd::Cut(_) => Outcome::StackSwitch,
+        JoinEnd::ChainEnded => Outcome::NoEntryPoint,
+    })
+}
+
 /// What `process` (this generation of it) is as a CPython, detected on first sight: a new
 /// interpreter is registered with the sampler, a process that exec'd into something else
 /// is unregistered.
@@ -279,6 +321,7 @@ fn python_of<'a>(
     pythons: &'a mut HashMap<u32, (u64, Detected)>,
     detector: &mut Detector,
     requests: &mut Vec<BpfRequest>,
+    register: bool,
     process: &Process,
 ) -> Option<&'a Detected> {
     let known = pythons.get(&process.pid).is_some_and(|(g, _)| *g == process.generation);
@@ -286,11 +329,12 @@ fn python_of<'a>(
         let was_python = matches!(pythons.get(&process.pid), Some((_, Detected::Python(_))));
         let detected = detector.detect(process);
         match &detected {
-            Detected::Python(interp) => {
+            Detected::Python(interp) if register => {
                 log::debug!("pid {}: CPython {} (runtime at {:?})", process.pid, interp.version, interp.runtime);
                 requests.push(BpfRequest::Python(process.pid, Some(abi::PyProc::from(&interp.config()))));
             }
-            _ if was_python => requests.push(BpfRequest::Python(process.pid, None)),
+            Detected::Python(_) => {}
+            _ if was_python && register => requests.push(BpfRequest::Python(process.pid, None)),
             _ => {}
         }
         pythons.insert(process.pid, (process.generation, detected));
@@ -316,7 +360,8 @@ fn native_frame(aggregate: &mut Aggregate, perf_maps: &mut PerfMapFiles, process
     let pid = process.pid;
     match process.mapping(addr) {
         Some(m) => {
-            let mapping = aggregate.mapping(pid, m.range.start, || snapshot_mapping(m));
+            let file = m.file.as_ref().map_or((0, 0), |f| (f.key.dev, f.key.inode));
+            let mapping = aggregate.mapping(pid, m.range.start, file, || snapshot_mapping(m));
             aggregate.frame(FrameKey::User { mapping, addr }, |_| {
                 let (kind, request) = request_for(m, addr, pid, perf_maps);
                 (Some(mapping), kind, request)

@@ -87,7 +87,7 @@
 //!   like asmcgocall and switches to g0, keeping rbp (its ABI wrapper's frame record on the
 //!   goroutine stack), which the called function's prologue saves: the kernel's chain crosses
 //!   back to the goroutine by itself; the join goes on after systemstack's return address in
-//!   the chain (what `fp_chain.rs` does).
+//!   the chain.
 //! - **runtime.mcall** (the scheduler: park, gosched, goexit0): switches to g0 for good; the
 //!   goroutine that called it is parked, not a caller: the stack is complete there (Go's own
 //!   profiler and OpenTelemetry's show the same).

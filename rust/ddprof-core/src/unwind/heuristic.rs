@@ -784,3 +784,35 @@ mod tests {
         assert_eq!(X86Function::analyze(&[], START).and_then(|f| f.rule_at(START, true)), None);
     }
 }
+
+/// Whether the instruction that ends right before `ra` is a call: `before` is the code just
+/// below `ra` (up to 15 bytes, the longest x86 instruction; fewer at a section's start).
+/// What an unwinder that guessed a frame checks of the return address it found: a value on
+/// the stack that is not a return address fails it in all but a few cases.
+pub fn follows_call(before: &[u8], ra: u64) -> bool {
+    // Calls are 2 (`call *%rax`) to 7 (`call *disp32(%rip)` with a prefix) bytes, more with
+    // prefixes; try each start from which one instruction ends exactly at `ra`.
+    (2..=before.len().min(15)).any(|len| {
+        let code = &before[before.len() - len..];
+        let mut d = Decoder::with_ip(64, code, ra - len as u64, DecoderOptions::NONE);
+        let i = d.decode();
+        !i.is_invalid() && i.len() == len && matches!(i.mnemonic(), Mnemonic::Call)
+    })
+}
+
+#[cfg(test)]
+mod call_tests {
+    use super::follows_call;
+
+    #[test]
+    fn calls_and_not_calls() {
+        // e8 rel32: call; ff d0: call *%rax; 41 ff d3: call *%r11; ff 15 disp32: call *(%rip).
+        assert!(follows_call(&[0x90, 0xe8, 1, 2, 3, 4], 0x1006));
+        assert!(follows_call(&[0x90, 0x90, 0xff, 0xd0], 0x1004));
+        assert!(follows_call(&[0x41, 0xff, 0xd3], 0x1003));
+        assert!(follows_call(&[0xff, 0x15, 0, 0, 0, 0], 0x1006));
+        // mov %rsp,%rbp; nop: no call ends here.
+        assert!(!follows_call(&[0x48, 0x89, 0xe5, 0x90], 0x1004));
+        assert!(!follows_call(&[], 0x1000));
+    }
+}

@@ -1,0 +1,116 @@
+//! Known thread and process entry points: the functions a stack may end at and be complete.
+//!
+//! A walk is complete when the CFI says the frame is the outermost (its return address
+//! column is undefined: glibc's `_start` and `clone3`), or when it stops at one of these
+//! functions, whose own CFI (or lack of it) may not say so: musl's `start` and
+//! `libc_start_main_stage2` have no CFI at all, Go's `runtime.goexit` has a fake caller.
+//! Anywhere else, a walk that ends is marked, never passed off as complete.
+//!
+//! Input: an ELF file's symbol tables. Output: the SVMA ranges of its entry points, found
+//! once per file. Non-goals: symbolization (the symbolizer names frames later, from the
+//! best symbols available).
+use std::ops::Range;
+
+use object::{Object, ObjectSymbol, SymbolKind};
+
+/// The names, from the C libraries (glibc, musl), the dynamic loader and Go's runtime.
+pub const ENTRY_POINTS: &[&str] = &[
+    "_start",
+    "__libc_start_main",
+    "__libc_start_main_impl",
+    "__libc_start_call_main",
+    "start_thread",
+    "clone",
+    "clone3",
+    "__clone",
+    "__clone3",
+    "__GI___clone",
+    "__GI___clone3",
+    "_dl_start",
+    "_dl_start_user",
+    // musl (see MUSL_ONLY)
+    "_start_c",
+    "start",
+    "start_c",
+    "libc_start_main_stage2",
+    // Go
+    "runtime.goexit",
+    "runtime.goexit.abi0",
+    "runtime.mstart",
+    "runtime.mstart.abi0",
+    "runtime.mstart0",
+    "runtime.rt0_go",
+    "runtime.rt0_go.abi0",
+    "_rt0_amd64_linux",
+    "_rt0_arm64_linux",
+];
+
+/// Names too common to trust outside musl: entry points only in a file that also defines
+/// musl's `libc_start_main_stage2`.
+const MUSL_ONLY: &[&str] = &["start", "start_c"];
+
+/// Whether `name` (a symbol or function name) is a known entry point.
+pub fn is_entry_name(name: &str) -> bool {
+    ENTRY_POINTS.contains(&name)
+}
+
+/// The entry points of one file, as SVMA ranges sorted by start.
+#[derive(Default)]
+pub struct EntryPoints(Vec<Range<u64>>);
+
+impl EntryPoints {
+    /// From the file's `.symtab` and `.dynsym`; empty when it has neither (or they do not
+    /// parse).
+    pub fn of(bytes: &[u8]) -> EntryPoints {
+        let Ok(obj) = object::File::parse(bytes) else { return EntryPoints::default() };
+        let named = |n: &str| obj.symbols().chain(obj.dynamic_symbols()).any(|s| s.name() == Ok(n));
+        let musl = named("libc_start_main_stage2");
+        let mut out: Vec<Range<u64>> = obj
+            .symbols()
+            .chain(obj.dynamic_symbols())
+            // Hand-written entry points (musl's `_start`) are labels without a type.
+            .filter(|s| matches!(s.kind(), SymbolKind::Text | SymbolKind::Unknown) && s.address() != 0)
+            .filter(|s| s.name().is_ok_and(|n| is_entry_name(n) && (musl || !MUSL_ONLY.contains(&n))))
+            // A symbol without a size (hand-written assembly): its first instruction.
+            .map(|s| s.address()..s.address().saturating_add(s.size().max(1)))
+            .collect();
+        out.sort_unstable_by_key(|r| r.start);
+        out.dedup();
+        EntryPoints(out)
+    }
+
+    /// Whether `svma` is inside an entry point. Sizeless symbols (hand-written `_start`s)
+    /// cover up to the next symbol of the list at most: close enough for a function that
+    /// is the root of every stack it is in.
+    pub fn contains(&self, svma: u64) -> bool {
+        let i = self.0.partition_point(|r| r.start <= svma);
+        i > 0 && {
+            let r = &self.0[i - 1];
+            svma < r.end || (r.end == r.start + 1 && svma < r.start + 64)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_ranges() {
+        assert!(is_entry_name("_start"));
+        assert!(is_entry_name("runtime.goexit.abi0"));
+        assert!(!is_entry_name("main"));
+        let e = EntryPoints(vec![0x100..0x140, 0x200..0x201]);
+        assert!(e.contains(0x100) && e.contains(0x13f) && !e.contains(0x140));
+        assert!(e.contains(0x220), "a sizeless entry covers its first instructions");
+        assert!(!e.contains(0xff) && !e.contains(0x300));
+    }
+
+    #[test]
+    fn found_in_a_real_binary() {
+        let exe = std::env::current_exe().expect("test binary");
+        let bytes = std::fs::read(exe).expect("read");
+        let e = EntryPoints::of(&bytes);
+        assert!(!e.0.is_empty(), "a Rust test binary links crt1's _start");
+    }
+}
