@@ -495,3 +495,29 @@ def test_profile_of_a_workload(workloads, tmp_path):
     assert app.build_id and app.binary is not None and app.binary.path == app.path
     profile.write(tmp_path / "chain.pprof")
     assert sum(st.count for st in stacks(read_pprof(tmp_path / "chain.pprof"))) == profile.total
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(stack_bytes=8), "stack_bytes 8 must be a multiple of 8 from 1024 to 65536"),
+    (dict(stack_bytes=1028), "stack_bytes 1028"),
+    (dict(stack_bytes=65544), "stack_bytes 65544"),
+    (dict(frequency=0), "frequency 0 is outside 1..10000"),
+    (dict(frequency=-1), "frequency -1 is outside 1..10000"),
+    (dict(frequency=2.5), "frequency must be an integer"),
+    (dict(pids=[-5]), "pid -5 is not a process id"),
+    (dict(pids=[2 ** 31 - 1]), f"no process with pid {2 ** 31 - 1}"),
+    (dict(symbolize="remote"), "symbolize 'remote' is not one of"),
+])
+def test_bad_arguments_are_value_errors_before_anything_starts(kwargs, words):
+    # The same checks and words as the CLI's flags; no extension is needed to get them.
+    with pytest.raises(ValueError, match=words.replace(".", r"\.").replace("(", r"\(")):
+        ddprofiler.Profiler(**kwargs)
+
+
+def test_repr_and_dir_show_what_users_set_and_use():
+    p = ddprofiler.Profiler(pids=[os.getpid()], frequency=49, python=False)
+    assert repr(p) == (f"Profiler(pids=[{os.getpid()}], frequency=49, stack_bytes=16384, "
+                       "symbolize='host', python=False) [new]")
+    names = dir(ddprofiler)
+    assert {"Profiler", "record", "Profile", "read_pprof", "stacks", "Stack"} <= set(names)
+    assert not {"import_module", "load_native", "Any", "TYPE_CHECKING"} & set(names)

@@ -70,3 +70,8 @@ def __getattr__(name: str) -> Any:
     if name in _PPROF_EXPORTS:
         return getattr(import_module("ddprofiler.pprof"), name)
     raise AttributeError(f"module 'ddprofiler' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # The public names, the lazy ones included; not the helpers imported above.
+    return sorted(__all__)

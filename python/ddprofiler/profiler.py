@@ -14,6 +14,7 @@ thread. Non-goals: tagging, splitting and exporting (``ddprofiler.runner``).
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -47,12 +48,33 @@ def load_native() -> ModuleType:
         ) from e
 
 
+def _check_arguments(pids: Optional[tuple[int, ...]], frequency: int, stack_bytes: int, symbolize: str) -> None:
+    """The same checks as the CLI's flags, with the same words (ValueError)."""
+    def integer(name: str, v: object) -> int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"{name} must be an integer, not {v!r}")
+        return v
+
+    if not 1 <= integer("frequency", frequency) <= 10_000:
+        raise ValueError(f"frequency {frequency} is outside 1..10000 (samples per second per CPU)")
+    if not 1024 <= integer("stack_bytes", stack_bytes) <= 65536 or stack_bytes % 8:
+        raise ValueError(f"stack_bytes {stack_bytes} must be a multiple of 8 from 1024 to 65536")
+    if symbolize not in ("host", "backend", "both"):
+        raise ValueError(f"symbolize {symbolize!r} is not one of 'host', 'backend', 'both'")
+    for pid in pids or ():
+        if integer("a pid", pid) <= 0:
+            raise ValueError(f"pid {pid} is not a process id (a positive integer)")
+        if not os.path.exists(f"/proc/{pid}"):
+            raise ValueError(f"no process with pid {pid}")
+
+
 class Profiler:
     """A CPU profiler of every online CPU: BPF sampling, unwinding, symbolization.
 
-    ``pids``: sample only these processes (None or empty: all). ``frequency``: samples per
-    second on each CPU. ``stack_bytes``: bytes of user stack copied per sample (a multiple
-    of 8, 1024 to 65536). ``symbolize``: see the module docstring.
+    ``pids``: sample only these processes (None or empty: all; each must exist).
+    ``frequency``: samples per second on each CPU, 1 to 10000. ``stack_bytes``: bytes of
+    user stack copied per sample (a multiple of 8, 1024 to 65536). ``symbolize``: see the
+    module docstring. A bad argument raises ``ValueError`` here, before anything starts.
 
     Use as a context manager (``with Profiler() as p:`` starts, leaving the block closes),
     or call ``start()`` and ``close()``. A profiler starts once: after ``close()``, make a
@@ -72,6 +94,7 @@ class Profiler:
         python: bool = True,
     ) -> None:
         self.pids: Optional[tuple[int, ...]] = tuple(pids) if pids else None
+        _check_arguments(self.pids, frequency, stack_bytes, symbolize)
         self.python = python
         self.frequency = frequency
         self.stack_bytes = stack_bytes
@@ -85,7 +108,7 @@ class Profiler:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "started" if self._native else "new"
         return (f"Profiler(pids={list(self.pids) if self.pids else None}, frequency={self.frequency}, "
-                f"stack_bytes={self.stack_bytes}, symbolize={self.symbolize!r}) [{state}]")
+                f"stack_bytes={self.stack_bytes}, symbolize={self.symbolize!r}, python={self.python}) [{state}]")
 
     def start(self) -> Profiler:
         """Load and attach the sampler; samples are counted from now on. Returns self."""
