@@ -399,7 +399,7 @@ def test_missing_both_with_locked_down_paranoid():
     message = privileges.problem(cap_eff=0, cap_last_cap=40, perf_event_paranoid=4, euid=1000)
     assert message.startswith("missing CAP_BPF and CAP_PERFMON")
     assert "kernel.perf_event_paranoid=4" in message
-    assert "sudo setcap cap_bpf,cap_perfmon,cap_sys_resource+ep $(readlink -f $(which python3))" in message
+    assert "sudo setcap cap_bpf,cap_perfmon,cap_sys_ptrace,cap_sys_resource+ep $(readlink -f $(which python3))" in message
     assert "\n" not in message
 
 

@@ -16,7 +16,7 @@ CAP_SYS_ADMIN = 21
 CAP_PERFMON = 38
 CAP_BPF = 39
 
-SETCAP_COMMAND = "sudo setcap cap_bpf,cap_perfmon,cap_sys_resource+ep $(readlink -f $(which python3))"
+SETCAP_COMMAND = "sudo setcap cap_bpf,cap_perfmon,cap_sys_ptrace,cap_sys_resource+ep $(readlink -f $(which python3))"
 
 
 def effective_capabilities(status_text: Optional[str] = None) -> int:

@@ -100,6 +100,9 @@ pub struct Registry {
     counters: Arc<Counters>,
     next_generation: u64,
     last_sweep: Instant,
+    /// The missing CAP_SYS_PTRACE was logged.
+    told_ptrace: bool,
+    last_load_denied: bool,
 }
 
 impl Registry {
@@ -112,6 +115,8 @@ impl Registry {
             counters,
             next_generation: 1,
             last_sweep: Instant::now(),
+            told_ptrace: false,
+            last_load_denied: false,
         }
     }
 
@@ -207,13 +212,30 @@ impl Registry {
         true
     }
 
+    /// The last process that failed to load did so because its maps may not be read (a
+    /// missing CAP_SYS_PTRACE), not because it is gone.
+    pub fn last_load_denied(&self) -> bool {
+        self.last_load_denied
+    }
+
     fn load(&mut self, pid: u32, map_gen: u32) -> Option<Process> {
+        self.last_load_denied = false;
         let text = match std::fs::read_to_string(format!("/proc/{pid}/maps")) {
             Ok(t) => t,
             // Gone already: the caller counts that (process_gone); anything else is an error.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) => return None,
             Err(e) => {
-                log::debug!("/proc/{pid}/maps: {e}");
+                self.last_load_denied = e.kind() == std::io::ErrorKind::PermissionDenied;
+                if self.last_load_denied && !self.told_ptrace {
+                    // Without it every sample of other users' processes is a lone address.
+                    self.told_ptrace = true;
+                    log::warn!(
+                        "cannot read /proc/{pid}/maps ({e}): the stacks of processes of other users need CAP_SYS_PTRACE \
+                         (or root); their samples are counted in maps_errors and marked"
+                    );
+                } else {
+                    log::debug!("/proc/{pid}/maps: {e}");
+                }
                 self.counters.incr(Counter::MapsErrors);
                 return None;
             }

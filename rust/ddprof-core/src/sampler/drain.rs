@@ -32,6 +32,8 @@ use crate::unwind::{Outcome, StackSnapshot, StackUnwinder, GAP, MAX_WALK_FRAMES}
 
 pub const EXITED: &str = "[process exited]";
 pub const UNKNOWN: &str = "[unknown]";
+/// A process whose mappings may not be read (CAP_SYS_PTRACE missing).
+pub const MAPS_DENIED: &str = "[unwind failed: no access to the process's mappings]";
 /// A sample taken before an exec or code unmap whose mappings were re-read already.
 pub const MAPS_CHANGED: &str = "[unwind failed: mappings changed]";
 /// A Python frame whose code object could not be read.
@@ -159,6 +161,11 @@ impl Drain {
         let h = rec.header;
         let Some(regs) = rec.user_regs() else { return };
         if self.registry.process(h.pid, h.map_gen).is_none() {
+            if self.registry.last_load_denied() {
+                let id = self.aggregate.marker(MAPS_DENIED);
+                self.frames.push(id);
+                return;
+            }
             return self.process_gone();
         }
         if !self.registry.sync(h.pid, h.map_gen) {
