@@ -56,8 +56,9 @@ ENTRY_POINTS = {
     "start_thread", "clone", "clone3", "__clone", "__clone3", "_dl_start", "_dl_start_user",
     # musl
     "start", "libc_start_main_stage2", "_start_c",
-    # Go
-    "runtime.goexit", "runtime.mstart", "runtime.rt0_go",
+    # Go; runtime.mcall roots the scheduler's stack (the goroutine that called it is parked,
+    # not a caller: Go's own profiler ends such stacks there too)
+    "runtime.goexit", "runtime.mstart", "runtime.rt0_go", "runtime.mcall",
 }
 # What may sit below main in a glibc program (2.34+), root-most last.
 GLIBC_START = {"__libc_start_call_main", "__libc_start_main_impl", "__libc_start_main", "_start"}

@@ -41,6 +41,9 @@ pub const ENTRY_POINTS: &[&str] = &[
     "runtime.mstart0",
     "runtime.rt0_go",
     "runtime.rt0_go.abi0",
+    // The scheduler's stack: the goroutine that called mcall is parked, not a caller.
+    "runtime.mcall",
+    "runtime.mcall.abi0",
     "_rt0_amd64_linux",
     "_rt0_arm64_linux",
 ];
