@@ -5,7 +5,7 @@
 # Agent when one answers on localhost:8126, else into ./profiles (one pprof per service
 # every 60 s) until Ctrl-C.
 PYTHON ?= python3
-APT_PACKAGES = clang-19 llvm-19 libbpf-dev linux-libc-dev bpftool linux-perf binutils gcc g++ make python3 python3-venv util-linux openssl golang-1.19-go musl-tools nodejs
+APT_PACKAGES = clang-19 llvm-19 libbpf-dev linux-libc-dev bpftool linux-perf binutils gcc g++ make python3 python3-venv util-linux openssl golang-1.19-go musl-tools nodejs gdb libpython3.11-dev
 
 .PHONY: all deps install lint test test-rust test-wheel test-fuzz test-python run record wheel clean
 
