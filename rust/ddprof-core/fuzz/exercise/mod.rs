@@ -37,9 +37,42 @@ pub fn elf(data: &[u8]) -> usize {
         f.segments.iter().map(|s| FileOffset(s.file_offset.0.saturating_add(s.file_size / 2))).take(4).collect();
     let f = Arc::new(f);
     let _ = BinaryInfo::of(&f).build_ids();
+    unwind_tables(&f);
     let reqs: Vec<SymRequest> = offsets.iter().map(|&offset| SymRequest::File { file: f.clone(), offset, on_disk: true }).collect();
     let counters: Arc<Counters> = Arc::default();
     Symbolizer::new(SymbolizeMode::Host, counters).resolve(&reqs).iter().filter(|l| !l.is_empty()).count()
+}
+
+/// The unwinder's per-file work on a hostile file: CFI rows (and their evaluation on a
+/// zeroed stack), prologue analysis, Go frames, entry points, at a spread of addresses.
+fn unwind_tables(f: &Arc<ElfFile>) {
+    use ddprof_core::arch::UserRegs;
+    use ddprof_core::unwind::{cfi, entry, eval, go, heuristic, regs::Regs};
+    let table = cfi::FileCfi::new(f);
+    let text = f.unwind.text.as_ref().map_or(0..0x1000, |s| s.svma.clone());
+    let step = ((text.end.saturating_sub(text.start)) / 64).max(1);
+    let mut ctx = gimli::UnwindContext::new();
+    let regs = Regs::sampled(&UserRegs::default());
+    let stack = [0u8; 256];
+    let mut read = |a: u64| -> Option<u64> {
+        let i = usize::try_from(a).ok()?;
+        stack.get(i..i + 8).map(|b| u64::from_ne_bytes(b.try_into().unwrap_or_default()))
+    };
+    let entries = entry::EntryPoints::of(f.bytes());
+    let go = go::GoFrames::from_file(f).ok().flatten();
+    let mut at = text.start;
+    for _ in 0..64 {
+        if let Ok(cfi::Lookup::Row(row)) = table.lookup(at, &mut ctx) {
+            let _ = eval::step(&row, &regs, &mut read);
+        }
+        let _ = heuristic::rule_in_file(f, Svma(at), at.is_multiple_of(2));
+        let _ = entries.contains(at);
+        if let Some(g) = &go {
+            let _ = g.frame(at);
+            let _ = g.code(at);
+        }
+        at = at.saturating_add(step);
+    }
 }
 
 fn reopened(file: &File) -> File {
