@@ -105,6 +105,26 @@ def test_jit_code_named_by_its_perf_map(tmp_path):
     assert frac >= 0.95, format_stacks(in_jit)
 
 
+def test_code_remapped_into_anonymous_memory_is_the_files(tmp_path):
+    """Huge-page tuned servers copy their .text into anonymous memory at the same addresses:
+    the frames are still the binary's, named from its symbols, and unwound by its CFI."""
+    src = os.path.join(os.path.dirname(__file__), "workloads", "remap.c")
+    exe = tmp_path / "remap"
+    subprocess.run(["gcc", "-O2", "-g", "-fomit-frame-pointer", "-o", str(exe), src], check=True)
+    with Workload([exe, RUN]) as w:
+        maps = open(f"/proc/{w.pid}/maps").read()
+        assert not re.search(rf"r-xp .* {re.escape(str(exe))}$", maps, re.M), "the text was not remapped:\n" + maps
+        res, mine = _profile(tmp_path, w.pid)
+    chain = ["remap_leaf", "remap_outer", "main"]
+    in_leaf = [s for s in mine if s.frames and s.frames[0] == "remap_leaf"]
+    assert total(in_leaf) >= 0.7 * total(mine), format_stacks(mine)
+    frac = weighted_fraction(in_leaf, lambda s: find_seq(s.frames, chain) >= 0 and s.frames[-1] == "_start")
+    assert frac >= 0.95, format_stacks(in_leaf)
+    st = res.profile.string_table
+    paths = {st[m.filename] for m in res.profile.mapping}
+    assert str(exe) in paths, paths
+
+
 def test_short_lived_processes_keep_their_stacks(tmp_path, workloads):
     """Processes that live ~40 ms, less than the drain interval: the first sample of a pid
     wakes the reader at once, so their mappings are read before they exit."""

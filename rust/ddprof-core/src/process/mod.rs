@@ -240,8 +240,15 @@ impl Registry {
                 return None;
             }
         };
+        let lines = parse_maps(&text);
         let mut mappings = Vec::new();
-        for l in parse_maps(&text) {
+        for (i, l) in lines.iter().enumerate().filter(|(_, l)| l.exec) {
+            if l.inode == 0 && l.path.is_empty() {
+                if let Some(m) = self.remapped_code(pid, &lines, i) {
+                    mappings.push(m);
+                    continue;
+                }
+            }
             let kind = if l.path == "[vdso]" {
                 MapKind::Vdso
             } else if l.inode == 0 || l.path.is_empty() || l.path.starts_with('[') || is_jitdump(&l.path) {
@@ -250,11 +257,7 @@ impl Registry {
                 MapKind::File
             };
             let file = match kind {
-                MapKind::File => {
-                    let key = FileKey { dev: l.dev, inode: l.inode };
-                    let (range, path) = (l.range, l.path.as_str());
-                    self.files.get_or_open(key, || Origin::in_process(pid, path), || open_mapped_file(pid, range, path))
-                }
+                MapKind::File => self.open_file(pid, l),
                 MapKind::Vdso => self.vdso.get_or_insert_with(|| load_vdso().map(Arc::new)).clone(),
                 MapKind::Anon => None,
             };
@@ -262,7 +265,7 @@ impl Registry {
                 Some(f) => f.bias_for(l.range.start, l.range.offset),
                 None => Bias(l.range.start.0.wrapping_sub(l.range.offset.0)),
             };
-            mappings.push(Mapping { range: l.range, path: l.path, kind, file, bias });
+            mappings.push(Mapping { range: l.range, path: l.path.clone(), kind, file, bias });
         }
         mappings.sort_by_key(|m| m.range.start);
         let info = Arc::new(ProcessInfo::read(pid, &read_comm(pid)));
@@ -270,6 +273,46 @@ impl Registry {
         let generation = self.next_generation;
         self.next_generation += 1;
         Some(Process { pid, info, mappings, generation, map_gen, runs_go, exe_inode: exe_inode(pid), refreshed: Instant::now() })
+    }
+}
+
+impl Registry {
+    fn open_file(&mut self, pid: u32, l: &maps::MapsLine) -> Option<Arc<ElfFile>> {
+        let key = FileKey { dev: l.dev, inode: l.inode };
+        let (range, path) = (l.range, l.path.as_str());
+        self.files.get_or_open(key, || Origin::in_process(pid, path), || open_mapped_file(pid, range, path))
+    }
+
+    /// `lines[i]`, anonymous executable memory, as the file whose code it holds: servers
+    /// tuned for huge pages (and BOLT-ed ones) copy their `.text` into anonymous memory at
+    /// the same addresses and remap it there, so the code is the file's but the mapping has
+    /// no name (perf and bcc attribute it the same way). It is the file's when a mapping of
+    /// that file is its neighbor and one of the file's segments, placed by that neighbor's
+    /// bias, spans it.
+    fn remapped_code(&mut self, pid: u32, lines: &[maps::MapsLine], i: usize) -> Option<Mapping> {
+        let anon = &lines[i];
+        let neighbors = [i.checked_sub(1), Some(i + 1)];
+        for j in neighbors.into_iter().flatten() {
+            let Some(n) = lines.get(j) else { continue };
+            let adjacent = n.range.end == anon.range.start || n.range.start == anon.range.end;
+            if !adjacent || n.inode == 0 || n.path.is_empty() || n.path.starts_with('[') {
+                continue;
+            }
+            let file = self.open_file(pid, n)?;
+            let bias = file.bias_for(n.range.start, n.range.offset);
+            let start = bias.svma(anon.range.start);
+            let end = bias.svma(anon.range.end);
+            const PAGE: u64 = 4096;
+            let seg = file.segments.iter().find(|s| {
+                let seg_end = s.svma.0.saturating_add(s.file_size).saturating_add(PAGE - 1) & !(PAGE - 1);
+                (s.svma.0 & !(PAGE - 1)) <= start.0 && end.0 <= seg_end
+            })?;
+            let offset = FileOffset(seg.file_offset.0.wrapping_add(start.0.wrapping_sub(seg.svma.0)));
+            let range = MappedRange { start: anon.range.start, end: anon.range.end, offset };
+            log::debug!("pid {pid}: anonymous code at {:?} is {}'s (remapped)", anon.range.start, n.path);
+            return Some(Mapping { range, path: n.path.clone(), kind: MapKind::File, file: Some(file), bias });
+        }
+        None
     }
 }
 
