@@ -78,11 +78,14 @@ volatile const __u64 wakeup_bytes = 1 << 20; /* wake the reader when this much i
 #define PY_BYTES (DDPROF_MAX_PY_FRAMES * 16)
 /* The Python frames start at most here (after the header), and every slot stays inside. */
 #define PY_OFF_MAX (DDPROF_MAX_USTACK_BYTES + KSTACK_BYTES + UFP_BYTES)
+/* The Go window starts at most here, after the Python frames. */
+#define GO_OFF_MAX (PY_OFF_MAX + PY_BYTES)
 #define HDR_BYTES sizeof(struct sample_header)
 /* Room for the header, the largest snapshot plus one page of slack for the verifier's bound
- * on the page-by-page copy, the kernel stack, the user frame-pointer chain and the Python
- * frames. */
-#define SCRATCH_BYTES (HDR_BYTES + DDPROF_MAX_USTACK_BYTES + PAGE_SIZE + KSTACK_BYTES + UFP_BYTES + PY_BYTES)
+ * on the page-by-page copy, the kernel stack, the user frame-pointer chain, the Python
+ * frames and the Go window. */
+#define SCRATCH_BYTES (HDR_BYTES + DDPROF_MAX_USTACK_BYTES + PAGE_SIZE + KSTACK_BYTES + UFP_BYTES + PY_BYTES + \
+		       DDPROF_GO_WINDOW_BYTES)
 
 struct scratch {
 	__u8 data[SCRATCH_BYTES];
@@ -153,6 +156,15 @@ struct {
 	__type(key, __u32);
 	__type(value, struct py_tstate);
 } py_tstates SEC(".maps");
+
+/* Go programs whose samples take the Go window (set by user space when it knows the
+ * binary's runtime: sampler.h's struct go_proc). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct go_proc);
+} go_procs SEC(".maps");
 
 /* The mappings generation of each sampled process (sample_header.map_gen): moved by exec()
  * and by munmap() of executable code, so that user space re-reads /proc/PID/maps exactly
@@ -362,6 +374,95 @@ static __always_inline __u32 read_python(struct sample_header *h, __u32 at)
 	return r & 0xffff;
 }
 
+static __always_inline int read_user_u64(__u64 *dst, __u64 addr)
+{
+	return bpf_probe_read_user(dst, sizeof(*dst), (void *)addr);
+}
+
+/* The Go window (sampler.h): the sampled thread's other stack, written at `at` after the
+ * header of this CPU's record, with the header's go_* fields; returns its length.
+ *
+ * g is the thread's current goroutine as the runtime keeps it in TLS (the runtime switches
+ * it with the stack: g0 on the system stack, m.curg on the goroutine's). On g0 with a
+ * goroutine set (Go calling C, systemstack, morestack: each saved the goroutine's state in
+ * curg.sched first), the goroutine's stack from curg.sched.sp. On the goroutine's stack of a
+ * cgo binary, g0's stack from m.g0.sched.sp, which runtime.cgocallback sets to its own
+ * frame on g0 for the length of a callback (outside one it is the top of g0: a few hundred
+ * bytes, as the copy stops at the stack's top, g.stack.hi). The signal stack (gsignal), a
+ * thread with no g (C threads) or memory that does not read: no window. Nothing read here
+ * is trusted: user space walks the window and joins it only where its frames fit.
+ * A global function (see py_find_tstate). */
+__attribute__((noinline)) __u32 go_window(__u32 pid, __u32 at)
+{
+#if HAVE_THREAD_POINTER
+	struct go_proc *cfg = bpf_map_lookup_elem(&go_procs, &pid);
+	__u32 cpu = bpf_get_smp_processor_id();
+	struct scratch *s = bpf_map_lookup_elem(&scratch_bufs, &cpu);
+	if (!cfg || !s)
+		return 0;
+	struct sample_header *h = (struct sample_header *)s->data;
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
+	__u64 tp = THREAD_POINTER(task);
+	__u64 g = 0, m = 0, g0 = 0, curg = 0, sp = 0, pc = 0, bp = 0, hi = 0, g0_sp = 0, stack_g;
+	__u32 kind;
+	if (!tp || read_user_u64(&g, tp + cfg->tls_g) || !g || read_user_u64(&m, g + cfg->g_m) || !m ||
+	    read_user_u64(&g0, m + cfg->m_g0))
+		return 0;
+	/* Most samples of a pure Go program are on goroutines: nothing more to read. */
+	if ((g != g0 && !cfg->cgo) || read_user_u64(&curg, m + cfg->m_curg))
+		return 0;
+	if (g == g0 && curg && curg != g0) {
+		__u64 sched = curg + cfg->g_sched;
+		if (read_user_u64(&sp, sched) || read_user_u64(&pc, sched + cfg->gobuf_pc) ||
+		    read_user_u64(&bp, sched + cfg->gobuf_bp) || read_user_u64(&g0_sp, g0 + cfg->g_sched))
+			return 0;
+		stack_g = curg;
+		kind = DDPROF_GO_WINDOW_CURG;
+	} else if (g == curg && g0 && cfg->cgo) {
+		if (read_user_u64(&sp, g0 + cfg->g_sched))
+			return 0;
+		g0_sp = sp;
+		stack_g = g0;
+		kind = DDPROF_GO_WINDOW_G0;
+	} else {
+		return 0;
+	}
+	if (!sp)
+		return 0;
+	__u32 len = DDPROF_GO_WINDOW_BYTES, cut = 1;
+	if (read_user_u64(&hi, stack_g + cfg->g_stack_hi) == 0 && hi > sp && hi - sp <= DDPROF_GO_WINDOW_BYTES) {
+		len = hi - sp;
+		cut = 0;
+	}
+	if (at > GO_OFF_MAX)
+		at = GO_OFF_MAX;
+	__u8 *dst = s->data + HDR_BYTES + at;
+	if (len > DDPROF_GO_WINDOW_BYTES)
+		len = DDPROF_GO_WINDOW_BYTES;
+	if (bpf_probe_read_user(dst, len, (void *)sp) != 0) {
+		/* A page that does not read: what comes before it. */
+		__u32 part = PAGE_SIZE - (sp & (PAGE_SIZE - 1));
+		if (part > len)
+			part = len;
+		if (part > DDPROF_GO_WINDOW_BYTES || bpf_probe_read_user(dst, part, (void *)sp) != 0)
+			return 0;
+		len = part;
+		cut = 1;
+	}
+	h->go_sp = sp;
+	h->go_pc = pc;
+	h->go_bp = bp;
+	h->go_g0_sp = g0_sp;
+	h->go_window = kind;
+	if (cut)
+		h->flags |= DDPROF_F_GO_WINDOW_CUT;
+	return len;
+#else
+	/* arm64: g lives in a register (x28) in Go code and at a libc-specific TLS slot: not yet. */
+	return 0;
+#endif
+}
+
 SEC("perf_event")
 int ddprof_sample(struct bpf_perf_event_data *ctx)
 {
@@ -396,6 +497,12 @@ int ddprof_sample(struct bpf_perf_event_data *ctx)
 	h->py_len = 0;
 	h->py_status = DDPROF_PY_NONE;
 	h->ustack_below_sp = 0;
+	h->go_sp = 0;
+	h->go_pc = 0;
+	h->go_bp = 0;
+	h->go_g0_sp = 0;
+	h->go_window_len = 0;
+	h->go_window = DDPROF_GO_WINDOW_NONE;
 	__u32 *gen = bpf_map_lookup_elem(&map_gens, &pid);
 	h->map_gen = gen ? *gen : 0;
 	bpf_get_current_comm(h->comm, sizeof(h->comm));
@@ -474,7 +581,21 @@ int ddprof_sample(struct bpf_perf_event_data *ctx)
 		plen = DDPROF_MAX_PY_FRAMES;
 	h->py_len = plen;
 
-	__u64 total = HDR_BYTES + py_off + (__u64)plen * 16;
+	/* The Go window, for Go programs, last. */
+	__u32 go_off = py_off + plen * 16;
+	if (go_off > GO_OFF_MAX)
+		go_off = GO_OFF_MAX;
+	__u32 glen = 0;
+	if ((h->flags & DDPROF_F_USER_REGS) && bpf_map_lookup_elem(&go_procs, &pid))
+		glen = go_window(pid, go_off);
+	/* clang knows the bound from go_window's body and would drop the check the verifier,
+	 * which checks a global function apart, needs. */
+	barrier_var(glen);
+	if (glen > DDPROF_GO_WINDOW_BYTES)
+		glen = DDPROF_GO_WINDOW_BYTES;
+	h->go_window_len = glen;
+
+	__u64 total = HDR_BYTES + go_off + glen;
 	if (total > SCRATCH_BYTES)
 		total = SCRATCH_BYTES;
 	int wake = 0;

@@ -13,6 +13,15 @@
  *     map (CPython processes: their Python stack is the interpreter's frame chain, read at
  *     the sample, since 3.11 Python calls do not grow the C stack); py_status says how the
  *     walk ended
+ *   | the Go window (go_window_len bytes from go_sp), only for pids in the `go_procs` map (Go
+ *     programs on x86_64): a copy of the thread's *other* stack, the one the snapshot from sp
+ *     is not on. A Go thread runs goroutines on their own stacks and runtime and C code on
+ *     its system stack (g0); where one calls the other the frames continue on the other
+ *     stack. The sampler follows g (from TLS), g.m, m.g0 and m.curg: on g0 while a
+ *     goroutine is off its stack (Go calling C, runtime.systemstack, morestack), the
+ *     goroutine's stack from its saved curg.sched.sp, with its saved pc and bp; on a
+ *     goroutine's stack in a cgo binary, g0's from m.g0.sched.sp (in a C -> Go callback,
+ *     cgocallback's g0 frame: crosscall2 and the C frames above it). go_window says which.
  * The user stack comes first so that its copy lands at a fixed offset of the scratch buffer,
  * which keeps the verifier's bounds simple.
  * Rust mirrors these types with #[repr(C)] structs and asserts their sizes at compile time;
@@ -21,7 +30,7 @@
 #ifndef DDPROF_SAMPLER_H
 #define DDPROF_SAMPLER_H
 
-#define DDPROF_ABI_VERSION 4
+#define DDPROF_ABI_VERSION 5
 
 /* Kernel stack depth taken with bpf_get_stack (PERF_MAX_STACK_DEPTH is 127). */
 #define DDPROF_MAX_KSTACK_DEPTH 127
@@ -36,6 +45,10 @@
 #define DDPROF_PY_FRAME_BLOCK 128
 /* Thread states of a process looked through to find the current thread's. */
 #define DDPROF_MAX_PY_THREADS 256
+/* Bytes of a Go thread's other stack copied (the Go window), at most: its frames near the
+ * switch (a callback's C frames, a goroutine's frames up to its cgo call) are what the
+ * unwinder needs; a window cut by this size is flagged DDPROF_F_GO_WINDOW_CUT. */
+#define DDPROF_GO_WINDOW_BYTES 4096
 
 /* The user registers of a sample, in DWARF register order, so that the unwinder reads a CFI
  * rule's register by its number: x86_64 0-16 = rax rdx rcx rbx rsi rdi rbp rsp r8-r15 rip;
@@ -77,6 +90,7 @@ enum ddprof_counter {
 #define DDPROF_F_USER_REGS 0x1    /* user registers are valid */
 #define DDPROF_F_KERNEL_MODE 0x2  /* the sample interrupted kernel mode */
 #define DDPROF_F_USTACK_CUT 0x4   /* the snapshot stopped at the size limit, not the stack's end */
+#define DDPROF_F_GO_WINDOW_CUT 0x8 /* the Go window stopped at its size limit below its stack's top */
 
 struct sample_header {
 	unsigned long long ktime_ns;   /* bpf_ktime_get_ns: CLOCK_MONOTONIC */
@@ -96,8 +110,26 @@ struct sample_header {
 	unsigned short py_status;      /* enum ddprof_py_status */
 	unsigned int ustack_below_sp;  /* the snapshot starts this many bytes below sp */
 	unsigned long long regs[DDPROF_USER_REGS]; /* user registers, DWARF order (above) */
+	/* The Go window (after the Python frames): go_window_len bytes from go_sp. go_sp is the
+	 * saved sp of its stack (curg.sched.sp, or m.g0.sched.sp); go_pc and go_bp the
+	 * goroutine's saved pc and bp (CURG only, else 0); go_g0_sp is m.g0.sched.sp (both
+	 * kinds): where a switch to g0 put sp, so that user space tells the switch that saved
+	 * curg.sched from a call made on g0 already (asmcgocall's no-switch path). */
+	unsigned long long go_sp;
+	unsigned long long go_pc;
+	unsigned long long go_bp;
+	unsigned long long go_g0_sp;
+	unsigned int go_window_len;
+	unsigned int go_window;        /* enum ddprof_go_window */
 };
-/* sizeof(struct sample_header) == 64 + 8 * DDPROF_USER_REGS (200 on x86_64, 328 on arm64) */
+/* sizeof(struct sample_header) == 104 + 8 * DDPROF_USER_REGS (240 on x86_64, 368 on arm64) */
+
+/* Which stack the Go window holds. */
+enum ddprof_go_window {
+	DDPROF_GO_WINDOW_NONE = 0, /* none: not a Go pid, not a Go thread (or its gsignal), unreadable */
+	DDPROF_GO_WINDOW_G0 = 1,   /* sampled on a goroutine's stack of a cgo binary: g0's stack */
+	DDPROF_GO_WINDOW_CURG = 2, /* sampled on g0 while m.curg is set: the goroutine's stack */
+};
 
 /* How the walk of a sample's Python frames ended. */
 enum ddprof_py_status {
@@ -137,6 +169,22 @@ struct py_proc {
 	unsigned char _pad[7];
 };
 /* sizeof(struct py_proc) == 40 */
+
+/* What the Go window needs of a process's runtime (value of the `go_procs` map, set by user
+ * space from the binary: g's TLS slot from its code, the offsets from its Go version). */
+struct go_proc {
+	long long tls_g;                 /* g's address minus the thread pointer (fs base) */
+	unsigned short g_stack_hi;       /* g.stack.hi: the window stops there */
+	unsigned short g_m;              /* g.m */
+	unsigned short g_sched;          /* g.sched, a gobuf whose sp is at +0 */
+	unsigned short gobuf_pc;         /* in the gobuf */
+	unsigned short gobuf_bp;
+	unsigned short m_g0;             /* m.g0 */
+	unsigned short m_curg;           /* m.curg */
+	unsigned char cgo;               /* the binary calls C: goroutine samples take g0's window */
+	unsigned char _pad;
+};
+/* sizeof(struct go_proc) == 24 */
 
 /* Thread state of a thread (value of the `py_tstates` map): 0 when the thread had none
  * when looked for at checked_ns (looked for again a second later). */

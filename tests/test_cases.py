@@ -524,11 +524,61 @@ CGO_BELOW_CALLBACK = ["crosscall2", "goWork", "c_driver", "runtime.asmcgocall", 
                       "runtime.goexit"]
 
 
+# Go 1.19 (Debian's golang-1.19), whose runtime differs where the sampler reads it (gobuf
+# still has its `ret` word, so gobuf.bp and m.curg are 8 bytes further; asmcgocall and
+# systemstack_switch keep no frame): the cgo tests run with it too when it is installed.
+GO_OLD = Path("/usr/lib/go-1.19/bin/go")
+TOOLCHAINS = ["go", "go1.19"]
+
+
+def toolchain(which: str) -> str:
+    """The go command of a TOOLCHAINS entry; Go 1.19 is optional (skipped when absent)."""
+    if which == "go":
+        return need("go", "golang-go")
+    if not os.access(GO_OLD, os.X_OK):
+        pytest.skip(f"{GO_OLD} is not installed (apt-get install golang-1.19-go)")
+    return str(GO_OLD)
+
+
+@pytest.fixture(scope="session")
+def built_go(tmp_path_factory) -> Callable[[str, str], Path]:
+    """(source dir or inline program, toolchain) -> its build dir, each built once."""
+    done: dict = {}
+
+    def build(what: str, which: str) -> Path:
+        if (what, which) not in done:
+            go = toolchain(which)
+            need("gcc", "gcc")
+            out = tmp_path_factory.mktemp(f"{what}-{which}")
+            if what == "cgo-rbp":
+                (out / "go.mod").write_text("module cgorbp\n\ngo 1.19\n")
+                (out / "main.go").write_text(CGO_RBP_MAIN)
+                sh([go, "build", "-o", "cgorbp", "."], out, env=go_env())
+            else:
+                shutil.copytree(CASES / what, out, dirs_exist_ok=True)
+                sh([go, "build", "-o", "cgocb", "."], out, env=go_env())
+            done[(what, which)] = out
+        return done[(what, which)]
+
+    return build
+
+
 @pytest.mark.parametrize("mode", ["c", "callback"])
 def test_cgo_stack_switch(built, tmp_path, mode):
     """Go -> C (c_work on the system stack) and Go -> C -> Go (goWork called back from C):
-    the stacks join across the switches down to runtime.goexit."""
-    d = built("cgo-stack-switch")
+    the stacks join across the switches down to runtime.goexit. In a callback the C frames
+    between crosscall2 and runtime.asmcgocall are on the system stack, which the sampler
+    copies for Go programs (the Go window) from where runtime.cgocallback left it."""
+    check_cgo_stack_switch(built("cgo-stack-switch"), tmp_path, mode)
+
+
+@pytest.mark.parametrize("mode", ["c", "callback"])
+def test_cgo_stack_switch_older_go(built_go, tmp_path, mode):
+    """The same, built by Go 1.19 (another runtime layout, read at other offsets)."""
+    check_cgo_stack_switch(built_go("cgo-stack-switch", "go1.19"), tmp_path, mode)
+
+
+def check_cgo_stack_switch(d: Path, tmp_path: Path, mode: str) -> None:
     source = (d / "main.go").read_text()
     for call in ("func runDriver() { C.c_driver(50) }", "func runCOnly() { C.c_only(50) }",
                  "goWork(200000)", "c_work(200000)", "runCOnly()", "runDriver()"):
@@ -558,6 +608,63 @@ def test_cgo_stack_switch(built, tmp_path, mode):
                  "cgocb callback: samples in main.goWork",
                  "main.goWork <- _cgoexp_<hash>_goWork <- runtime.cgocallbackg1 <- "
                  "runtime.cgocallbackg <- runtime.cgocallback <- " + " <- ".join(CGO_BELOW_CALLBACK))
+
+
+# Go -> C where the C code keeps data in rbp, as code compiled without frame pointers does
+# when it runs out of registers: c_rbp holds its loop bound and counter in rbx and rbp across
+# an indirect call. The kernel's frame-pointer chain from c_work starts at that data, so only
+# the goroutine's saved state (curg.sched), read by the sampler with a window of the
+# goroutine's stack, leads from runtime.asmcgocall back to main.
+CGO_RBP_MAIN = """package main
+
+/*
+#include <stdint.h>
+static volatile double c_sink;
+static void __attribute__((noinline)) c_work(int64_t n) {
+    double x = 0; for (int64_t i = 0; i < n; i++) x += i * 0.25; c_sink += x;
+}
+static void (*volatile c_leaf)(int64_t) = c_work;
+static void __attribute__((noinline)) c_rbp(int64_t rounds) {
+    for (int64_t i = 0; i < rounds; i++) c_leaf(200000);
+}
+*/
+import "C"
+
+import (
+	"os"
+	"strconv"
+	"time"
+)
+
+//go:noinline
+func runCRbp() { C.c_rbp(50) }
+
+func main() {
+	secs, _ := strconv.ParseFloat(os.Args[1], 64)
+	t0 := time.Now()
+	for time.Since(t0).Seconds() < secs {
+		runCRbp()
+	}
+}
+"""
+CGO_RBP = ["c_work", "c_rbp", "runtime.asmcgocall", "runtime.cgocall", "main._Cfunc_c_rbp",
+           "main.runCRbp", "main.main", "runtime.main", "runtime.goexit"]
+
+
+@pytest.mark.parametrize("which", TOOLCHAINS)
+def test_cgo_c_code_using_rbp(built_go, tmp_path, which):
+    """Go -> C whose C code uses rbp for data: the stack still joins down to runtime.goexit
+    (before the Go window it ended `runtime.asmcgocall <- [unwind failed: stack switch]`)."""
+    d = built_go("cgo-rbp", which)
+    body = subprocess.run(["objdump", "-d", "--no-show-raw-insn", "--disassemble=c_rbp",
+                           str(d / "cgorbp")], capture_output=True, text=True).stdout
+    assert re.search(r"\bmov\s+%\w+,%rbp\b", body), (
+        f"c_rbp does not keep data in rbp with this compiler; the test needs it to:\n{body}")
+    with running(["./cgorbp", RUN], d) as p:
+        res, kernel, mine = record_pid(tmp_path, p.pid)
+    assert_right(mine, lambda s: user_frames(s, kernel)[:1] == ["c_work"],
+                 lambda s: user_frames(s, kernel) == CGO_RBP,
+                 f"cgorbp ({which}): samples in c_work", " <- ".join(CGO_RBP))
 
 
 _TRACE_VALUE = re.compile(r"^\s*([0-9.]+)(ns|us|µs|ms|s|m|h)?\s+(\S.*)$")

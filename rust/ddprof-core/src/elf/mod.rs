@@ -10,7 +10,8 @@
 //! (`debug_files`), found on first need, and the bounds of its functions from its symbol
 //! table ([`ElfFile::function_containing`], for the unwinder's prologue analysis of code
 //! without CFI). Also: [`FileCache`] (files by identity, bounded), [`inspect`] (what a binary
-//! offers for symbol upload), [`debug_writer`] (the debug-only ELF).
+//! offers for symbol upload), [`debug_writer`] (the debug-only ELF), [`gobuildinfo`] (a Go
+//! binary's Go version).
 //! Non-goals: symbol names (`symbolize`), CFI evaluation (framehop, in `unwind`).
 use std::collections::HashMap;
 use std::fs::File;
@@ -26,6 +27,7 @@ use crate::counters::{Counter, Counters};
 
 pub mod debug_files;
 pub mod debug_writer;
+pub mod gobuildinfo;
 pub mod gopclntab;
 pub mod ids;
 pub mod inspect;

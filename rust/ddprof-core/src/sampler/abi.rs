@@ -17,10 +17,13 @@ pub const MAX_USTACK_BYTES: u32 = 64 * 1024;
 pub const MAX_PY_FRAMES: usize = 160;
 /// Must match DDPROF_PY_FRAME_BLOCK.
 pub const PY_FRAME_BLOCK: usize = 128;
+/// Must match DDPROF_GO_WINDOW_BYTES.
+pub const GO_WINDOW_BYTES: usize = 4096;
 
 pub const F_USER_REGS: u32 = 0x1;
 pub const F_KERNEL_MODE: u32 = 0x2;
 pub const F_USTACK_CUT: u32 = 0x4;
+pub const F_GO_WINDOW_CUT: u32 = 0x8;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -42,9 +45,57 @@ pub struct SampleHeader {
     pub ustack_below_sp: u32,
     /// DWARF order (`arch`).
     pub regs: [u64; USER_REGS],
+    /// The Go window's saved sp (where it starts), and the goroutine's saved pc and bp.
+    pub go_sp: u64,
+    pub go_pc: u64,
+    pub go_bp: u64,
+    /// m.g0.sched.sp: where a switch to the system stack puts sp.
+    pub go_g0_sp: u64,
+    pub go_window_len: u32,
+    /// enum ddprof_go_window.
+    pub go_window: u32,
 }
 
-const _: () = assert!(std::mem::size_of::<SampleHeader>() == 64 + 8 * USER_REGS);
+const _: () = assert!(std::mem::size_of::<SampleHeader>() == 104 + 8 * USER_REGS);
+
+/// enum ddprof_go_window: which stack of a Go thread the Go window holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GoWindowKind {
+    /// Sampled on a goroutine's stack (cgo binaries): g0's stack from `m.g0.sched.sp`.
+    G0,
+    /// Sampled on g0 while the thread's goroutine is off its stack: the goroutine's stack
+    /// from its saved `sched.sp`, with its saved pc and bp.
+    Curg,
+}
+
+impl GoWindowKind {
+    /// None for DDPROF_GO_WINDOW_NONE; Err for a value the header does not define.
+    fn from_raw(v: u32) -> Result<Option<GoWindowKind>, ()> {
+        match v {
+            0 => Ok(None),
+            1 => Ok(Some(GoWindowKind::G0)),
+            2 => Ok(Some(GoWindowKind::Curg)),
+            _ => Err(()),
+        }
+    }
+}
+
+/// The Go window of a sample: a copy of the sampled thread's other stack.
+#[derive(Clone, Copy, Debug)]
+pub struct GoWindow<'a> {
+    pub kind: GoWindowKind,
+    /// The bytes, from `sp` up.
+    pub bytes: &'a [u8],
+    /// The stack's saved sp, the address of `bytes[0]`.
+    pub sp: u64,
+    /// The goroutine's saved pc and bp ([`GoWindowKind::Curg`]; 0 otherwise).
+    pub pc: u64,
+    pub bp: u64,
+    /// `m.g0.sched.sp`: the sp a switch to the system stack starts from.
+    pub g0_sp: u64,
+    /// The copy stopped at its size limit (or an unreadable page), below the stack's top.
+    pub cut: bool,
+}
 
 /// enum ddprof_py_status: how the walk of a sample's Python frames ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,6 +167,44 @@ impl From<&crate::cpython::PyProcConfig> for PyProc {
     }
 }
 
+/// struct go_proc: the `go_procs` map's value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoProc {
+    pub tls_g: i64,
+    pub g_stack_hi: u16,
+    pub g_m: u16,
+    pub g_sched: u16,
+    pub gobuf_pc: u16,
+    pub gobuf_bp: u16,
+    pub m_g0: u16,
+    pub m_curg: u16,
+    pub cgo: u8,
+    pub _pad: u8,
+}
+
+const _: () = assert!(std::mem::size_of::<GoProc>() == 24);
+// SAFETY: plain old data, no padding (the size assertion above), any bit pattern is valid.
+unsafe impl aya::Pod for GoProc {}
+
+impl From<&crate::unwind::go_runtime::GoRuntime> for GoProc {
+    fn from(r: &crate::unwind::go_runtime::GoRuntime) -> Self {
+        let o = &r.offsets;
+        GoProc {
+            tls_g: r.tls_g,
+            g_stack_hi: o.g_stack_hi,
+            g_m: o.g_m,
+            g_sched: o.g_sched,
+            gobuf_pc: o.gobuf_pc,
+            gobuf_bp: o.gobuf_bp,
+            m_g0: o.m_g0,
+            m_curg: o.m_curg,
+            cgo: u8::from(r.cgo),
+            _pad: 0,
+        }
+    }
+}
+
 const PY_FRAME_BYTES: usize = 16;
 const HDR: usize = std::mem::size_of::<SampleHeader>();
 
@@ -128,6 +217,7 @@ pub struct Record<'a> {
     ufp: &'a [u8],
     py: &'a [u8],
     pub py_status: PyStatus,
+    pub go_window: Option<GoWindow<'a>>,
 }
 
 impl<'a> Record<'a> {
@@ -147,22 +237,38 @@ impl<'a> Record<'a> {
         let flen = header.ufp_len as usize * 8;
         let py_off = ufp_off + flen;
         let plen = header.py_len as usize * PY_FRAME_BYTES;
+        let go_off = py_off + plen;
+        let glen = header.go_window_len as usize;
         if ulen > MAX_USTACK_BYTES as usize
             || header.kstack_len as usize > MAX_KSTACK_DEPTH
             || header.ufp_len as usize > MAX_UFP_DEPTH
             || header.py_len as usize > MAX_PY_FRAMES
             || header.ustack_below_sp as usize > ulen
-            || py_off + plen > bytes.len()
+            || glen > GO_WINDOW_BYTES
+            || go_off + glen > bytes.len()
         {
             return None;
         }
+        let go_window = match GoWindowKind::from_raw(header.go_window).ok()? {
+            Some(kind) if glen > 0 => Some(GoWindow {
+                kind,
+                bytes: &bytes[go_off..go_off + glen],
+                sp: header.go_sp,
+                pc: header.go_pc,
+                bp: header.go_bp,
+                g0_sp: header.go_g0_sp,
+                cut: header.flags & F_GO_WINDOW_CUT != 0,
+            }),
+            _ => None,
+        };
         Some(Record {
             header,
             ustack: &bytes[HDR..HDR + ulen],
             kstack: &bytes[kstack_off..ufp_off],
             ufp: &bytes[ufp_off..py_off],
-            py: &bytes[py_off..py_off + plen],
+            py: &bytes[py_off..go_off],
             py_status: PyStatus::from_raw(header.py_status)?,
+            go_window,
         })
     }
 
@@ -228,6 +334,8 @@ mod tests {
         assert_eq!(header_define("DDPROF_F_USTACK_CUT"), u64::from(F_USTACK_CUT));
         assert_eq!(header_define("DDPROF_MAX_PY_FRAMES"), MAX_PY_FRAMES as u64);
         assert_eq!(header_define("DDPROF_PY_FRAME_BLOCK"), PY_FRAME_BLOCK as u64);
+        assert_eq!(header_define("DDPROF_GO_WINDOW_BYTES"), GO_WINDOW_BYTES as u64);
+        assert_eq!(header_define("DDPROF_F_GO_WINDOW_CUT"), u64::from(F_GO_WINDOW_CUT));
         assert_eq!(PY_FRAME_BLOCK, crate::cpython::FRAME_BLOCK_BYTES);
         // The header's first block is x86_64's (the parser here does not evaluate #if).
         if cfg!(target_arch = "x86_64") {
@@ -251,5 +359,40 @@ mod tests {
         assert!(r.user_regs().is_none());
         assert!(Record::parse(&bytes[..HDR + 16]).is_none(), "a kernel stack past the end");
         assert!(Record::parse(&bytes[..HDR - 1]).is_none());
+    }
+
+    #[test]
+    fn the_go_window_follows_the_python_frames() {
+        use std::mem::offset_of;
+        let put32 = |b: &mut [u8], at: usize, v: u32| b[at..at + 4].copy_from_slice(&v.to_ne_bytes());
+        let put64 = |b: &mut [u8], at: usize, v: u64| b[at..at + 8].copy_from_slice(&v.to_ne_bytes());
+        // 8 stack bytes, one Python frame, a 24-byte curg window.
+        let mut bytes = vec![0u8; HDR + 8 + 16 + 24];
+        put32(&mut bytes, offset_of!(SampleHeader, ustack_len), 8);
+        bytes[offset_of!(SampleHeader, py_len)] = 1;
+        put32(&mut bytes, offset_of!(SampleHeader, flags), F_GO_WINDOW_CUT);
+        put64(&mut bytes, offset_of!(SampleHeader, go_sp), 0xc000_1000);
+        put64(&mut bytes, offset_of!(SampleHeader, go_pc), 0x47_ed08);
+        put64(&mut bytes, offset_of!(SampleHeader, go_bp), 0xc000_1040);
+        put64(&mut bytes, offset_of!(SampleHeader, go_g0_sp), 0x7ffe_0000);
+        put32(&mut bytes, offset_of!(SampleHeader, go_window_len), 24);
+        put32(&mut bytes, offset_of!(SampleHeader, go_window), 2);
+        put64(&mut bytes, HDR + 8 + 16, 0x47_9475);
+        let r = Record::parse(&bytes).expect("a valid record");
+        assert_eq!(r.python_frames().count(), 1);
+        let w = r.go_window.expect("a window");
+        assert_eq!((w.kind, w.sp, w.pc, w.bp, w.g0_sp), (GoWindowKind::Curg, 0xc000_1000, 0x47_ed08, 0xc000_1040, 0x7ffe_0000));
+        assert_eq!((w.cut, w.bytes.len()), (true, 24));
+        assert_eq!(w.bytes[..8], 0x47_9475u64.to_ne_bytes());
+        // A window past the record's end, longer than the sampler copies, of an unknown kind.
+        assert!(Record::parse(&bytes[..bytes.len() - 1]).is_none());
+        put32(&mut bytes, offset_of!(SampleHeader, go_window), 3);
+        assert!(Record::parse(&bytes).is_none());
+        put32(&mut bytes, offset_of!(SampleHeader, go_window), 1);
+        put32(&mut bytes, offset_of!(SampleHeader, go_window_len), GO_WINDOW_BYTES as u32 + 8);
+        assert!(Record::parse(&bytes).is_none());
+        // No window: none parsed, whatever the kind says.
+        put32(&mut bytes, offset_of!(SampleHeader, go_window_len), 0);
+        assert!(Record::parse(&bytes).expect("valid").go_window.is_none());
     }
 }

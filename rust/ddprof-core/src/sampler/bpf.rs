@@ -36,6 +36,7 @@ pub struct Sampler {
     counters: PerCpuArray<MapData, u64>,
     fp_chain_pids: BpfHashMap<MapData, u32, u8>,
     py_procs: BpfHashMap<MapData, u32, abi::PyProc>,
+    go_procs: BpfHashMap<MapData, u32, abi::GoProc>,
     _bpf: Ebpf,
     pub cpus: Vec<u32>,
 }
@@ -184,6 +185,10 @@ impl Sampler {
             bpf.take_map("py_procs").ok_or_else(|| Error::Other("map py_procs missing".into()))?,
         )
         .map_err(|e| Error::Other(format!("py_procs: {e}")))?;
+        let go_procs = BpfHashMap::try_from(
+            bpf.take_map("go_procs").ok_or_else(|| Error::Other("map go_procs missing".into()))?,
+        )
+        .map_err(|e| Error::Other(format!("go_procs: {e}")))?;
         log::info!(
             "sampling {} CPUs at {} Hz, {} B user stack snapshots{}",
             cpus.len(),
@@ -191,7 +196,7 @@ impl Sampler {
             cfg.stack_bytes,
             if cfg.pids.is_empty() { String::new() } else { format!(", pids {:?}", cfg.pids) }
         );
-        Ok(Sampler { ring, counters, fp_chain_pids, py_procs, _bpf: bpf, cpus })
+        Ok(Sampler { ring, counters, fp_chain_pids, py_procs, go_procs, _bpf: bpf, cpus })
     }
 
     /// Waits up to `timeout_ms` for the ring buffer to have data (or the timer to expire).
@@ -228,6 +233,18 @@ impl Sampler {
         };
         if let Err(e) = res {
             log::debug!("py_procs {pid}: {e}");
+        }
+    }
+
+    /// From now on, samples of `pid` carry the Go window (see sampler.h), read as `cfg`
+    /// says (`None`: no longer, after an exec). The map is an LRU, as above.
+    pub fn want_go(&mut self, pid: u32, cfg: Option<&abi::GoProc>) {
+        let res = match cfg {
+            Some(c) => self.go_procs.insert(pid, *c, 0),
+            None => self.go_procs.remove(&pid),
+        };
+        if let Err(e) = res {
+            log::debug!("go_procs {pid}: {e}");
         }
     }
 

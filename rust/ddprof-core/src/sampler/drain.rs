@@ -1,11 +1,12 @@
 //! The drain thread: records out of the ring buffer, each turned into a counted stack.
 //!
 //! Per record: parse (`abi`), the process's mappings (`process`), walk the user stack
-//! (`unwind`), resolve each address to a mapping and what it will take to symbolize it
-//! (`symbolize::SymRequest`), count it in the period's aggregate (`aggregate`). On a
-//! snapshot command the period is closed and handed to the symbolizer thread: this thread
-//! never symbolizes (a first parse of a large binary's DWARF can take seconds, and the ring
-//! buffer would overflow meanwhile).
+//! (`unwind`; for Go programs also the other stack's window, joined across the runtime's
+//! stack switches, `join_go_stacks`), resolve each address to a mapping and what it will
+//! take to symbolize it (`symbolize::SymRequest`), count it in the period's aggregate
+//! (`aggregate`). On a snapshot command the period is closed and handed to the symbolizer
+//! thread: this thread never symbolizes (a first parse of a large binary's DWARF can take
+//! seconds, and the ring buffer would overflow meanwhile).
 //!
 //! Per-sample failures are data: each becomes a counter (`counters`) and, where the stack
 //! was cut, a `[truncated]` marker frame; never an error.
@@ -14,7 +15,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::abi::{self, PyStatus, Record};
+use super::abi::{self, GoWindow, GoWindowKind, PyStatus, Record};
 use super::bpf::Sampler;
 use crate::addr::Avma;
 use crate::aggregate::{Aggregate, FrameKey, FrameKind, Snapshot, SnapshotMapping, ELIDED};
@@ -27,7 +28,9 @@ use crate::cpython::{Detected, Detector, Interpreter};
 use crate::process::{MapKind, Mapping, Process, Registry};
 use crate::symbolize::perfmap::PerfMapFiles;
 use crate::symbolize::{self, SymRequest};
-use crate::unwind::go::{join_cgo, JoinEnd, Joined, WalkFrame};
+use crate::elf::FileKey;
+use crate::unwind::go::{join_cgo, Code, JoinEnd, Joined, StackSwitch, WalkFrame};
+use crate::unwind::go_runtime::{self, GoRuntime};
 use crate::unwind::{Outcome, StackSnapshot, StackUnwinder, GAP, MAX_WALK_FRAMES};
 
 pub const EXITED: &str = "[process exited]";
@@ -43,6 +46,8 @@ pub const PYTHON_UNREADABLE: &str = "[python: unreadable code object]";
 const DRAIN_INTERVAL_MS: i32 = 50;
 /// Pids asked for the frame-pointer chain, remembered so that each is asked once.
 const MAX_FP_CHAIN_ASKED: usize = 16_384;
+/// Go binaries whose runtime was looked at, remembered (cleared when full).
+const MAX_GO_FILES: usize = 1024;
 
 /// What the drain thread asks of the BPF side (it owns no map).
 pub enum BpfRequest {
@@ -50,6 +55,8 @@ pub enum BpfRequest {
     FpChain(u32),
     /// Samples of this pid carry its interpreter's Python frames (`None`: no longer).
     Python(u32, Option<abi::PyProc>),
+    /// Samples of this pid carry the Go window, read as described (`None`: no longer).
+    Go(u32, Option<abi::GoProc>),
 }
 
 /// What the profiler handle asks the drain thread.
@@ -88,6 +95,10 @@ pub struct Drain {
     pieces: Vec<Piece>,
     /// Whether CPython processes get their Python frames read.
     python_frames: bool,
+    /// Go: each process (generation) looked at, and whether the sampler takes its Go window;
+    /// the runtime of each Go binary (None: refused, logged once).
+    gos: HashMap<u32, (u64, bool)>,
+    go_runtimes: HashMap<FileKey, Option<GoRuntime>>,
 }
 
 impl Drain {
@@ -110,6 +121,8 @@ impl Drain {
             python: Vec::new(),
             pieces: Vec::new(),
             python_frames,
+            gos: HashMap::new(),
+            go_runtimes: HashMap::new(),
         }
     }
 
@@ -145,6 +158,7 @@ impl Drain {
             self.codes.retain(|pid| registry.get(pid).is_some());
             self.trampolines.retain(|pid| registry.get(pid).is_some());
             self.pythons.retain(|pid, _| registry.get(*pid).is_some());
+            self.gos.retain(|pid, _| registry.get(*pid).is_some());
         }
     }
 
@@ -182,6 +196,9 @@ impl Drain {
         // Detected either way: CPython's perf trampolines are unwound with Python frames off.
         let detected = python_of(&mut self.pythons, &mut self.detector, &mut self.requests, self.python_frames, process).cloned();
         let python = if self.python_frames { detected.clone() } else { None };
+        if process.runs_go || self.gos.contains_key(&h.pid) {
+            go_of(&mut self.gos, &mut self.go_runtimes, &mut self.unwinder, &mut self.requests, process);
+        }
         let cut = h.flags & abi::F_USTACK_CUT != 0;
         let mut addrs = std::mem::take(&mut self.addrs);
         // CPython 3.12+ may enter its eval loop through perf trampolines (-X perf).
@@ -193,15 +210,11 @@ impl Drain {
         let mut known = |addr: Avma, _first: bool| trampoline_pid.and_then(|pid| trampolines.rule(pid, addr));
         let stack = StackSnapshot { bytes: rec.ustack, base: regs.sp().wrapping_sub(u64::from(h.ustack_below_sp)), cut };
         let mut outcome = self.unwinder.unwind(process, regs, &stack, &mut known, &mut addrs);
-        let guessed = self.unwinder.take_guessed_frames();
-        if guessed > 0 {
-            self.counters.add(Counter::UnwindHeuristic, guessed);
-        }
         let mut gap_at = None;
         if process.runs_go && (outcome != Outcome::Complete || self.unwinder.crossed_switch()) {
             self.chain.clear();
             self.chain.extend(rec.fp_chain());
-            match join_go_stacks(&mut self.unwinder, &self.chain, process, &mut addrs, &mut gap_at) {
+            match join_go_stacks(&mut self.unwinder, &self.chain, rec.go_window.as_ref(), process, &mut addrs, &mut gap_at) {
                 Some(o) => {
                     outcome = o;
                     self.counters.incr(Counter::FpChainUsed);
@@ -209,6 +222,10 @@ impl Drain {
                 None if rec.has_fp_chain() => self.counters.incr(Counter::FpChainFailed),
                 None => {}
             }
+        }
+        let guessed = self.unwinder.take_guessed_frames();
+        if guessed > 0 {
+            self.counters.add(Counter::UnwindHeuristic, guessed);
         }
         self.counters.incr(outcome.counter());
         if !rec.has_fp_chain() && process.runs_go && !self.fp_chain_asked.contains(&h.pid) {
@@ -289,23 +306,41 @@ impl Drain {
     }
 }
 
-/// Joins a Go walk that stopped at a stack switch with what the sample holds of the other
-/// stack (the kernel's frame-pointer chain, `self.chain`): see `unwind::go::join_cgo`.
-/// Rewrites `addrs` (and where frames could not be recovered, `gap_at`) and returns the
-/// joined stack's outcome; `None` when the walk crossed no switch.
+/// Joins a Go walk that stopped at a stack switch (or crossed a cgo callback) with what the
+/// sample holds of the other stack: the Go window, walked here ([`window_walk`]), else the
+/// kernel's frame-pointer chain (`chain`); see `unwind::go::join_cgo`. Rewrites `addrs`
+/// (and where frames could not be recovered, `gap_at`) and returns the joined stack's
+/// outcome; `None` when the walk crossed no switch.
 fn join_go_stacks(
-unwinder: &mut StackUnwinder,
-chain: &[u64],
-process: &Process,
-addrs: &mut Vec<Avma>,
-gap_at: &mut Option<usize>,
+    unwinder: &mut StackUnwinder,
+    chain: &[u64],
+    window: Option<&GoWindow<'_>>,
+    process: &Process,
+    addrs: &mut Vec<Avma>,
+    gap_at: &mut Option<usize>,
 ) -> Option<Outcome> {
     let walk: Vec<WalkFrame> =
         addrs.iter().zip(unwinder.cfas()).map(|(a, &cfa)| WalkFrame { addr: a.0, cfa }).collect();
+    let other = window.and_then(|w| window_walk(unwinder, process, &walk, w).map(|(frames, o)| (w.kind, frames, o)));
     let unwinder = std::cell::RefCell::new(unwinder);
     let classify = |a: u64| unwinder.borrow_mut().go_code(process, Avma(a));
     let mut joined = Vec::new();
-    let end = join_cgo(&walk, chain, None, &classify, &mut joined)?;
+    let end = join_cgo(&walk, chain, other.as_ref().map(|(_, f, _)| f.as_slice()), &classify, &mut joined)?;
+    // A goroutine deeper than the window, called into C code that left rbp alone: the
+    // chain reaches the root where the window stops.
+    let (end, window_cut) = match &other {
+        Some((kind, _, o)) if end != JoinEnd::Complete && !chain.is_empty() => {
+            let mut by_chain = Vec::new();
+            if join_cgo(&walk, chain, None, &classify, &mut by_chain) == Some(JoinEnd::Complete) {
+                joined = by_chain;
+                (JoinEnd::Complete, false)
+            } else {
+                (end, *kind == GoWindowKind::Curg && *o == Outcome::Truncated)
+            }
+        }
+        Some((kind, _, o)) => (end, *kind == GoWindowKind::Curg && *o == Outcome::Truncated),
+        None => (end, false),
+    };
     addrs.clear();
     for j in joined {
         match j {
@@ -317,8 +352,112 @@ gap_at: &mut Option<usize>,
     Some(match end {
         JoinEnd::Complete => Outcome::Complete,
         JoinEnd::Cut(_) => Outcome::StackSwitch,
+        // The goroutine's frames ran out at the end of its window: the stack goes on.
+        JoinEnd::ChainEnded if window_cut => Outcome::Truncated,
         JoinEnd::ChainEnded => Outcome::NoEntryPoint,
     })
+}
+
+/// The walk of the Go window (`sampler.h`), from where the other stack's frames start, and
+/// how it ended; None when the window is not the stack this walk needs.
+///
+/// - g0's window ([`GoWindowKind::G0`], the sample is in a cgo callback): runtime.cgocallback
+///   keeps a frame on each stack, the same size, running the same instruction (its call of
+///   cgocallbackg); m.g0.sched.sp is its g0 frame. So the walk starts at the pc of
+///   cgocallback's frame in the first walk, at that sp: its return address leads to
+///   crosscall2, then the C frames (CFI), up to runtime.asmcgocall, where it stops.
+/// - the goroutine's window ([`GoWindowKind::Curg`], the sample is on g0): from its saved
+///   state, `g.sched.{pc,sp,bp}` (pc in runtime.systemstack_switch, whose frame has the shape
+///   of the one the switch left, or the function morestack was called from). Only when the
+///   switch the walk stopped at is the one that left the goroutine: it moved sp to
+///   `m.g0.sched.sp` (asmcgocall aligns it and reserves 16 bytes, 64 before Go 1.21), so
+///   the function it called has its CFA there. runtime.asmcgocall called on g0 already (the
+///   runtime's own C calls: its no-switch path) is deeper in g0's stack, and its callers are
+///   g0 frames, which the chain gives.
+fn window_walk(
+    unwinder: &mut StackUnwinder,
+    process: &Process,
+    walk: &[WalkFrame],
+    w: &GoWindow<'_>,
+) -> Option<(Vec<WalkFrame>, Outcome)> {
+    /// How far below `m.g0.sched.sp` a switch to g0 may put its callee's CFA.
+    const SWITCH_SLACK: u64 = 128;
+    let (ip, fp) = match w.kind {
+        GoWindowKind::G0 => {
+            let callback = Code::Switch(StackSwitch::CgoCallback);
+            (walk.iter().find(|f| unwinder.go_code(process, Avma(f.addr)) == callback)?.addr, None)
+        }
+        GoWindowKind::Curg => {
+            // The walk ends at the switch; the frame before it is the function it called.
+            let callee = walk.len().checked_sub(2).map(|i| walk[i].cfa)?;
+            if !(w.g0_sp.saturating_sub(SWITCH_SLACK)..=w.g0_sp).contains(&callee) {
+                return None;
+            }
+            (w.pc, Some(w.bp))
+        }
+    };
+    let stack = StackSnapshot { bytes: w.bytes, base: w.sp, cut: w.cut };
+    let mut out = Vec::new();
+    let outcome = unwinder.unwind_from(process, ip, w.sp, fp, &stack, &mut out);
+    let frames = out.iter().zip(unwinder.cfas()).map(|(a, &cfa)| WalkFrame { addr: a.0, cfa }).collect();
+    Some((frames, outcome))
+}
+
+/// Registers a Go process's runtime with the sampler on first sight of this generation of
+/// it (its Go window), and unregisters a process that exec'd into something else.
+fn go_of(
+    gos: &mut HashMap<u32, (u64, bool)>,
+    runtimes: &mut HashMap<FileKey, Option<GoRuntime>>,
+    unwinder: &mut StackUnwinder,
+    requests: &mut Vec<BpfRequest>,
+    process: &Process,
+) {
+    if gos.get(&process.pid).is_some_and(|(g, _)| *g == process.generation) {
+        return;
+    }
+    let was_on = gos.get(&process.pid).is_some_and(|(_, on)| *on);
+    let runtime = go_runtime_of(runtimes, unwinder, process);
+    match &runtime {
+        Some(r) => {
+            log::debug!("pid {}: Go window on ({:?}, g at fs{:+}, cgo {})", process.pid, r.version, r.tls_g, r.cgo);
+            requests.push(BpfRequest::Go(process.pid, Some(abi::GoProc::from(r))));
+        }
+        None if was_on => requests.push(BpfRequest::Go(process.pid, None)),
+        None => {}
+    }
+    gos.insert(process.pid, (process.generation, runtime.is_some()));
+}
+
+/// The runtime of the first Go file `process` maps whose runtime the window can read
+/// (`go_runtime::detect`), each file looked at once; a refused file is logged once.
+fn go_runtime_of(
+    runtimes: &mut HashMap<FileKey, Option<GoRuntime>>,
+    unwinder: &mut StackUnwinder,
+    process: &Process,
+) -> Option<GoRuntime> {
+    let files = process.mappings.iter().filter_map(|m| m.file.as_ref()).filter(|f| f.symbols.has_gopclntab);
+    for file in files {
+        if !runtimes.contains_key(&file.key) {
+            if runtimes.len() >= MAX_GO_FILES {
+                runtimes.clear();
+            }
+            let found = match unwinder.go_frames(file) {
+                Some(frames) => go_runtime::detect(file, &frames),
+                None => Err("no usable .gopclntab".into()),
+            };
+            let found = found
+                .map_err(|e| {
+                    let level = if cfg!(target_arch = "x86_64") { log::Level::Info } else { log::Level::Debug };
+                    log::log!(level, "{}: no Go window (the other stack of cgo calls and callbacks is not copied): {e}", file.origin.path);
+                })
+                .ok();
+            runtimes.insert(file.key, found);
+        }
+        if let Some(Some(r)) = runtimes.get(&file.key) {
+            return Some(*r);
+        }
+    }
+    None
 }
 
 /// What `process` (this generation of it) is as a CPython, detected on first sight: a new
@@ -451,6 +590,7 @@ pub fn drain_loop(mut sampler: Sampler, rx: Receiver<Command>, sym: Sender<SymJo
             match request {
                 BpfRequest::FpChain(pid) => sampler.want_fp_chain(pid),
                 BpfRequest::Python(pid, cfg) => sampler.want_python(pid, cfg.as_ref()),
+                BpfRequest::Go(pid, cfg) => sampler.want_go(pid, cfg.as_ref()),
             }
         }
         sampler.copy_counters(&counters);

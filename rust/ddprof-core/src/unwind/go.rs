@@ -67,12 +67,16 @@
 //!   and on through Go frames (Go keeps frame pointers) to runtime.goexit. The join appends
 //!   those (by code: the chain's first Go entry after any C ones; C frames that keep frame
 //!   pointers put asmcgocall's own return address in the chain, and the join goes on after
-//!   it). When the C code used rbp for data (the case's `c_driver` does), the chain is junk
-//!   and the stack ends at asmcgocall, cut ([`JoinEnd::Cut`]).
+//!   it). When the C code used rbp for data (the case's `c_driver` does), the chain is junk:
+//!   the Go window (below) holds the goroutine's stack from `g.sched.sp`, walked from
+//!   `g.sched.pc`; without it (the first samples of a process, before the sampler knows
+//!   its runtime) the stack ends at asmcgocall, cut ([`JoinEnd::Cut`]).
 //! - **runtime.cgocallback** (C -> Go, called by `crosscall2`, which cgo's C wrappers of
 //!   exported functions call). On g0 it keeps `m.g0.sched.sp` on its frame and sets it to its
 //!   own sp; then it moves to the goroutine's stack at `g.sched.sp`, "pushes" `g.sched.pc`
-//!   (systemstack_switch+8, left there by asmcgocall) as its return address, opens a frame of
+//!   (systemstack_switch+8, left there by asmcgocall; before Go 1.21 systemstack_switch's
+//!   entry, which the walk looks up as it is, as Go's traceback does, not minus one: that
+//!   would be runtime.mcall, the function before it) as its return address, opens a frame of
 //!   the same size and calls cgocallbackg. So on the goroutine stack cgocallback returns to
 //!   systemstack_switch, whose frame has asmcgocall's shape (saved rbp, return address into
 //!   runtime.cgocall): a pcsp walk of the goroutine stack goes from the callback through
@@ -81,8 +85,13 @@
 //!   the exported function's C wrapper, its C caller, asmcgocall): they are on g0, from
 //!   `m.g0.sched.sp` up. The kernel's chain holds one of them: cgocallbackg saved
 //!   cgocallback's frame pointer, which points to its g0 frame, whose return address is in
-//!   crosscall2; past that it follows the C code's rbp. The join keeps crosscall2, then marks
-//!   [`Gap::CallbackCFrames`], then goes on with the walk after systemstack_switch.
+//!   crosscall2; past that it follows the C code's rbp. The Go window holds g0's stack from
+//!   `m.g0.sched.sp`: cgocallback's g0 frame, which runs the same instruction as its
+//!   goroutine-stack frame (the call of cgocallbackg) and has the same size, so the walk
+//!   starts there at that pc, then crosscall2 (pcsp), the C frames (CFI) and asmcgocall;
+//!   the join puts crosscall2 .. asmcgocall between cgocallback and the walk after
+//!   systemstack_switch. Without a window that reaches asmcgocall, the join keeps the
+//!   chain's crosscall2, then marks [`Gap::CallbackCFrames`].
 //! - **runtime.systemstack** (runtime work on g0: GC, stack growth, ...): saves `g.sched`
 //!   like asmcgocall and switches to g0, keeping rbp (its ABI wrapper's frame record on the
 //!   goroutine stack), which the called function's prologue saves: the kernel's chain crosses
@@ -92,8 +101,9 @@
 //!   goroutine that called it is parked, not a caller: the stack is complete there (Go's own
 //!   profiler and OpenTelemetry's show the same).
 //! - **runtime.morestack**: saves f's state in `g.sched`, clears rbp, calls newstack on g0
-//!   (never returns): the goroutine is reachable only through `g.sched` in g's memory: cut.
-//!   **runtime.gogo** (restores a `g.sched`): cut.
+//!   (never returns): the goroutine is reachable only through `g.sched` in g's memory, which
+//!   the Go window copies (pc in f, sp f's); without it, cut. **runtime.gogo** (restores a
+//!   `g.sched`): the same.
 //! - Signal handlers run on the signal stack (`runtime.sigtramp`, marked TOPFRAME by the
 //!   runtime but not an entry point here): the kernel's signal frame says where the
 //!   interrupted code is (issue 10's signal frames); Go's restorer is
@@ -108,22 +118,31 @@
 //! sampler copies memory but does not unwind, so it cannot know the restored rbp at sample
 //! time, and the unwinder, which knows it, runs after the memory is gone.
 //!
-//! | value | where | in the sample today |
+//! | value | where | in the sample |
 //! |---|---|---|
 //! | asmcgocall's depth and g | g0 stack, at asmcgocall's CFA (+0, +8) | yes, when sampled in C |
-//! | `g.stack.hi`, `g.sched.{sp,pc,bp}` | g's memory | no |
-//! | the goroutine's frames (cgocall .. goexit) | goroutine stack | in a callback yes; in C no, only their return addresses through the chain when C left rbp alone |
-//! | `m.g0.sched.sp`, a callback's C frames | m.g0's memory, g0 stack | no (the chain: crosscall2 only) |
+//! | `curg.sched.{sp,pc,bp}` | g's memory | yes, sampled on g0 (the Go window's header) |
+//! | the goroutine's frames (cgocall .. goexit) | goroutine stack | in a callback, the snapshot; on g0, the Go window (4 KiB from `sched.sp`); the chain's return addresses when C left rbp alone |
+//! | `m.g0.sched.sp`, a callback's C frames | m.g0's memory, g0 stack | yes, sampled on a goroutine of a cgo binary (the Go window, 4 KiB) |
 //!
-//! What closes the cuts is a window of the other stack, taken by the sampler: for pids of Go
-//! programs, read g from TLS (the fs base, as `py_find_tstate` reads it through CO-RE; g at
-//! fs-8 in linux/amd64 executables), then `g.m`, `m.g0` and `m.curg`: when g is m.g0 (on
-//! the system stack), copy ~4 KiB of m.curg's stack from `curg.sched.sp` and record
-//! `curg.sched.{pc,sp,bp}`; when g is m.curg in a cgo binary, copy ~4 KiB of g0's stack from
-//! `m.g0.sched.sp` (in a callback, cgocallback's g0 frame: crosscall2 and the C frames
-//! above it). The unwinder walks that window (pcsp from `sched.pc`; CFI from cgocallback's
+//! What closes the cuts is the Go window (`bpf/sampler.h`): a copy of the other stack, taken
+//! by the sampler for Go programs on x86_64. It reads g from TLS (the fs base, through CO-RE
+//! as for CPython; the slot, -8 in linux/amd64 executables, from the binary's code), then
+//! `g.m`, `m.g0` and `m.curg` (offsets per binary: `go_runtime`): when g is m.g0 (on the
+//! system stack) and m.curg is set, it copies up to 4 KiB of the goroutine's stack from
+//! `curg.sched.sp` (up to `curg.stack.hi`) and records `curg.sched.{pc,sp,bp}`; when g is
+//! m.curg in a cgo binary, up to 4 KiB of g0's stack from `m.g0.sched.sp` (in a callback,
+//! cgocallback's g0 frame: crosscall2 and the C frames above it; outside one, g0's top, a
+//! few hundred bytes). The drain walks the window (from `sched.pc`, or from cgocallback's
 //! frame) and passes it to [`join_cgo`] as `other`. The frame addresses of the chain would
 //! not do it: the case's C code breaks the chain itself.
+//!
+//! Still not captured: a window that does not reach (C code deeper than 4 KiB between a
+//! callback and asmcgocall: the gap stays marked; a goroutine deeper than 4 KiB at its cgo
+//! call whose C code broke the chain: `[truncated]`), the outer C frames of nested
+//! callbacks (Go -> C -> Go -> C -> Go: one window, the innermost), callbacks on threads C
+//! created (their C frames below cgocallback), arm64 and Go code in shared libraries
+//! (`go_runtime`'s non-goals).
 //!
 //! Non-goals: evaluating anything (the unwinder applies the rules above, and walks), Go
 //! before 1.18, other architectures, inlined frames (symbolization's), reading process
@@ -374,6 +393,24 @@ impl GoFrames {
         }
     }
 
+    /// The entry of the function that holds `svma`.
+    pub fn func_entry(&self, svma: u64) -> Option<u64> {
+        self.table().find_func(svma).map(|f| f.entry)
+    }
+
+    /// The entries of the functions that are the switch `s` (see `find_specials`: the
+    /// assembly functions, not their ABI wrappers).
+    pub fn switch_entries(&self, s: StackSwitch) -> impl Iterator<Item = u64> + '_ {
+        self.specials.iter().filter(move |(_, k)| *k == Special::Switch(s)).map(|(e, _)| *e)
+    }
+
+    /// Up to `len` bytes of `.text` from `svma` (fewer at its end); None outside it.
+    pub fn code_bytes(&self, svma: u64, len: usize) -> Option<&[u8]> {
+        let (start, text) = self.text.as_ref()?;
+        let off = usize::try_from(svma.checked_sub(*start)?).ok()?;
+        text.get(off..off.saturating_add(len).min(text.len()))
+    }
+
     /// Number of functions in the table.
     pub fn num_funcs(&self) -> usize {
         self.hdr.nfunc
@@ -574,11 +611,14 @@ pub enum JoinEnd {
 ///   valid frame). Frames after a stopping switch are ignored.
 /// - `chain`: the kernel's frame-pointer walk for the same sample (the ip, then return
 ///   addresses), as the sampler records it for Go processes; may be empty.
-/// - `other`: a walk of the other stack, when the sampler copied a window of it (it does not
-///   today; see "What the sampler would need"): from the goroutine's saved state (pc
+/// - `other`: a walk of the other stack, when the sampler copied a window of it (the Go
+///   window, "What closes the cuts"): from the goroutine's saved state (pc
 ///   runtime.systemstack_switch or the morestack caller, sp `g.sched.sp`) when the sample is
-///   on the system stack; from cgocallback's system-stack frame (first frame crosscall2, sp
-///   `m.g0.sched.sp`) when it is in a callback.
+///   on the system stack; from cgocallback's system-stack frame (sp `m.g0.sched.sp`, then
+///   crosscall2) when it is in a callback. A callback's window without crosscall2 ..
+///   asmcgocall is ignored (the chain and the gap marker, as without one); at the other
+///   switches `other` replaces the chain (the drain joins again without it when the join
+///   with it does not reach an entry point).
 /// - `classify`: the code at a lookup address.
 ///
 /// Joins are checked by code, since the chain has no frame addresses: appended chain entries

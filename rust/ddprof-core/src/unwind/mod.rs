@@ -6,7 +6,8 @@
 //! - `eval`: evaluating a row, any register and DWARF expression (gimli);
 //! - `entry`: the thread and process entry points a complete stack ends at;
 //!
-//! - `go`: Go code's frames from `.gopclntab` and the runtime's stack switches.
+//! - `go`: Go code's frames from `.gopclntab` and the runtime's stack switches;
+//! - `go_runtime`: what the sampler reads of a Go runtime to copy a thread's other stack.
 //!
 //! Why our own walk on gimli rather than framehop: see `eval`. Each frame is unwound by the
 //! first of: a known shape (`known_code`: CPython's perf trampolines), Go's own tables (exact
@@ -35,6 +36,7 @@ pub mod cfi;
 pub mod entry;
 pub mod eval;
 pub mod go;
+pub mod go_runtime;
 pub mod heuristic;
 pub mod regs;
 
@@ -194,6 +196,12 @@ impl Default for StackUnwinder {
 enum Next {
     /// The caller's registers; `exact`: its ip is an interrupted pc, not a return address.
     Caller { regs: Regs, exact: bool },
+    /// The caller's registers, whose ip the Go runtime saved (`g.sched.pc`, which
+    /// runtime.cgocallback made its frame's return address): a pc between a function's
+    /// prologue and epilogue, or before Go 1.21 runtime.systemstack_switch's entry, which a
+    /// return address minus one would put in the function before it. Go's traceback looks
+    /// a pc at an entry up as it is, so does the walk.
+    SavedPc { regs: Regs },
     /// The frame is the outermost.
     End,
 }
@@ -225,6 +233,40 @@ impl StackUnwinder {
         known_code: &mut dyn FnMut(Avma, bool) -> Option<KnownRule>,
         out: &mut Vec<Avma>,
     ) -> Outcome {
+        self.walk(process, Regs::sampled(&regs), stack, known_code, out)
+    }
+
+    /// Walks another stack of the sampled thread (a Go program's other stack, copied by the
+    /// sampler as the Go window) from a frame known by its pc, sp and maybe frame pointer
+    /// only: a saved state (`g.sched`) or a frame whose pc the first walk found (cgocallback,
+    /// whose frames on both stacks run the same instruction). `ip` is looked up as it is,
+    /// as a sampled pc is. Same output as [`Self::unwind`], and the same [`Self::cfas`] (the
+    /// first walk's are replaced).
+    pub fn unwind_from(
+        &mut self,
+        process: &Process,
+        ip: u64,
+        sp: u64,
+        fp: Option<u64>,
+        stack: &StackSnapshot<'_>,
+        out: &mut Vec<Avma>,
+    ) -> Outcome {
+        self.walk(process, Regs::partial(ip, sp, fp), stack, &mut |_, _| None, out)
+    }
+
+    /// The Go frame table of `file` (None when it has none), built on first ask and kept.
+    pub fn go_frames(&mut self, file: &Arc<ElfFile>) -> Option<Arc<go::GoFrames>> {
+        self.go_files.get(file)
+    }
+
+    fn walk(
+        &mut self,
+        process: &Process,
+        mut r: Regs,
+        stack: &StackSnapshot<'_>,
+        known_code: &mut dyn FnMut(Avma, bool) -> Option<KnownRule>,
+        out: &mut Vec<Avma>,
+    ) -> Outcome {
         out.clear();
         self.cfas.clear();
         self.crossed_switch = false;
@@ -241,9 +283,8 @@ impl StackUnwinder {
                 Outcome::BadStackRead
             }
         };
-        let mut r = Regs::sampled(&regs);
         // The lookup address of the current frame: its pc, or its return address minus one.
-        let mut lookup = regs.ip().0;
+        let mut lookup = r.ip();
         out.push(Avma(lookup));
         let mut first = true;
         let outcome = loop {
@@ -277,9 +318,10 @@ impl StackUnwinder {
                     };
                 }
             };
-            let (caller, exact) = match next {
+            let (caller, exact, saved_pc) = match next {
                 Next::End => break Outcome::Complete,
-                Next::Caller { regs, exact } => (regs, exact),
+                Next::Caller { regs, exact } => (regs, exact, false),
+                Next::SavedPc { regs } => (regs, false, true),
             };
             if exact && !first {
                 // A signal trampoline, entered by a return address at its first byte (its
@@ -302,7 +344,7 @@ impl StackUnwinder {
             if out.len() >= MAX_WALK_FRAMES {
                 break Outcome::TooDeep;
             }
-            lookup = if exact { ip } else { ip.wrapping_sub(1) };
+            lookup = if exact || (saved_pc && self.is_go_func_entry(process, ip)) { ip } else { ip.wrapping_sub(1) };
             out.push(Avma(lookup));
             if let Some(cfa) = self.cfas.last_mut() {
                 *cfa = caller.sp();
@@ -347,6 +389,15 @@ impl StackUnwinder {
             Some(frames) => frames.code(m.bias.svma(addr).0),
             None => Code::Other,
         }
+    }
+
+    /// Whether `addr` is the first instruction of a Go function.
+    fn is_go_func_entry(&mut self, process: &Process, addr: u64) -> bool {
+        let Some(m) = process.mapping(Avma(addr)) else { return false };
+        let Some(file) = &m.file else { return false };
+        let svma = m.bias.svma(Avma(addr)).0;
+        let Some(frames) = self.go_files.get(file) else { return false };
+        frames.func_entry(svma) == Some(svma)
     }
 
     /// Whether `addr` (in `m`) is inside a known entry point of its file.
@@ -471,6 +522,9 @@ fn go_step(f: &GoFrame, r: &Regs, read: &mut dyn FnMut(u64) -> Option<u64>) -> R
         caller.set(arch::REG_FP, fp);
     }
     caller.set(arch::REG_IP, ra);
+    if f.stack_switch == Some(StackSwitch::CgoCallback) {
+        return Ok(Next::SavedPc { regs: caller });
+    }
     Ok(Next::Caller { regs: caller, exact: false })
 }
 

@@ -22,6 +22,19 @@ impl Regs {
         Regs { values: r.regs, known: (1u64 << USER_REGS) - 1 }
     }
 
+    /// A frame known only by its pc, sp and maybe frame pointer: a stack's saved state (a
+    /// goroutine's `g.sched`, a frame on another stack). Rules that need any other
+    /// register fail with [`super::Outcome::LostRegister`].
+    pub fn partial(ip: u64, sp: u64, fp: Option<u64>) -> Regs {
+        let mut r = Regs { values: [0; USER_REGS], known: 0 };
+        r.set(arch::REG_IP, ip);
+        r.set(arch::REG_SP, sp);
+        if let Some(fp) = fp {
+            r.set(arch::REG_FP, fp);
+        }
+        r
+    }
+
     /// `reg` in this frame, when known.
     #[inline]
     pub fn get(&self, reg: u16) -> Option<u64> {
@@ -84,5 +97,13 @@ mod tests {
         assert_eq!(c.get(arch::REG_FP), Some(0));
         assert_eq!(c.get(0), None, "x86 rax / aarch64 x0 are the caller's to save");
         assert_eq!(c.get(200), None);
+    }
+
+    #[test]
+    fn a_saved_state_knows_three_registers() {
+        let r = Regs::partial(0x47_ed08, 0xc000_1000, Some(0xc000_1040));
+        assert_eq!((r.ip(), r.sp(), r.get(arch::REG_FP)), (0x47_ed08, 0xc000_1000, Some(0xc000_1040)));
+        assert_eq!(r.get(0), None);
+        assert_eq!(Regs::partial(1, 2, None).get(arch::REG_FP), None);
     }
 }
