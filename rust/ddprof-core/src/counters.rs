@@ -104,8 +104,9 @@ registry! {
     UnwindNoEntryPoint = "unwind_no_entry_point", UnwindFailure, None, "walks that ended (null return address, end-of-stack CFI) outside a known entry point";
     UnwindMapsChanged = "unwind_maps_changed", UnwindFailure, None, "samples taken before an exec or code unmap whose mappings were already re-read";
     UnwindHeuristic = "unwind_heuristic", Count, None, "frames unwound by prologue analysis (code without CFI)";
-    FpChainUsed = "fp_chain_used", Count, None, "walks finished by the kernel's frame-pointer chain (Go system stacks)";
-    FpChainFailed = "fp_chain_failed", Count, None, "walks the frame-pointer chain could not continue (counted in unwind_* too)";
+    FpChainUsed = "fp_chain_used", Count, None, "Go walks joined across a stack switch (cgo, system stack) with the Go window or the kernel's frame-pointer chain";
+    FpChainFailed = "fp_chain_failed", Count, None, "Go walks stopped at a stack switch that neither could continue (counted in unwind_* too)";
+    GoWindows = "go_windows", Count, None, "samples of Go programs that carried a copy of their other stack (the Go window)";
     // Python frames (CPython processes only).
     PythonSamples = "python_samples", Count, None, "samples whose stack got Python frames";
     PythonNoThread = "python_no_thread", Count, None, "samples of threads of a CPython with no thread state (not Python threads)";

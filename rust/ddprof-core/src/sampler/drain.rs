@@ -211,6 +211,9 @@ impl Drain {
         let stack = StackSnapshot { bytes: rec.ustack, base: regs.sp().wrapping_sub(u64::from(h.ustack_below_sp)), cut };
         let mut outcome = self.unwinder.unwind(process, regs, &stack, &mut known, &mut addrs);
         let mut gap_at = None;
+        if rec.go_window.is_some() {
+            self.counters.incr(Counter::GoWindows);
+        }
         if process.runs_go && (outcome != Outcome::Complete || self.unwinder.crossed_switch()) {
             self.chain.clear();
             self.chain.extend(rec.fp_chain());
