@@ -91,7 +91,7 @@ int main(int argc, char **argv) {
 
 PERIOD_RE = re.compile(
     r"period: (\d+) samples in (\d+) profiles, lost (\d+), unwind failures (.*?), errors (.*?); "
-    r"uploads ok (\d+) failed (\d+) dropped (\d+), queue (\d+) B")
+    r"uploads ok (\d+) failed (\d+) dropped (\d+), queue \d+ profiles (\d+) B")
 STOPPED_RE = re.compile(r"stopped: uploads ok (\d+), failed (\d+), dropped (\d+)")
 
 

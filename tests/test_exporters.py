@@ -243,12 +243,15 @@ def test_hanging_agent_times_out_and_is_retried(exporters):
     assert exp.stats()["uploads_retried"] == 2
 
 
-def test_agent_absent_then_started_gets_all_in_order(exporters):
+def test_agent_absent_then_started_gets_all_in_order(exporters, caplog):
     port = free_port()
     exp = exporters(agent_url=f"http://127.0.0.1:{port}", max_retries=1000)
     for seq in range(4):
         exp.submit(payload(seq))
     wait_until(lambda: exp.stats()["uploads_retried"] >= 3, what="retries")
+    # An Agent that is down is said once, not once per retry, and not only at debug level.
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "retrying" in warnings[0] and str(port) in warnings[0], warnings
     with FakeAgent(port=port) as agent:
         exp.close(10)
         assert seqs(agent) == ["0", "1", "2", "3"]

@@ -181,8 +181,9 @@ def _run(flags: Dict[str, Any], verbose: bool) -> None:
         log.info("stopping: waiting up to %gs for pending uploads", settings.shutdown_timeout)
         exporter.close(settings.shutdown_timeout)
         stats = exporter.stats()
-        log.info("stopped: uploads ok %d, failed %d, dropped %d", stats.get("uploads_ok", 0),
-                 stats.get("uploads_failed", 0), stats.get("uploads_dropped", 0))
+        log.info("stopped: uploads ok %d, failed %d, dropped %d, not sent before the deadline %d",
+                 stats.get("uploads_ok", 0), stats.get("uploads_failed", 0),
+                 stats.get("uploads_dropped", 0), stats.get("uploads_abandoned", 0))
 
 
 def _symbol_upload(settings: config.Settings) -> Optional[BackgroundSymbolUpload]:

@@ -10,13 +10,23 @@ first; it does not matter once CAP_PERFMON is granted.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Optional
 
 CAP_SYS_ADMIN = 21
 CAP_PERFMON = 38
 CAP_BPF = 39
 
-SETCAP_COMMAND = "sudo setcap cap_bpf,cap_perfmon,cap_sys_ptrace,cap_sys_resource+ep $(readlink -f $(which python3))"
+# CAP_SYS_PTRACE reads other users' /proc/PID/maps and memory; CAP_SYS_RESOURCE lifts the
+# locked-memory limit that kernels before 5.11 charge BPF maps to.
+SETCAP_CAPS = "cap_bpf,cap_perfmon,cap_sys_ptrace,cap_sys_resource+ep"
+
+
+def setcap_command(executable: Optional[str] = None) -> str:
+    """The command granting the capabilities to the interpreter file itself: this process's
+    executable with links resolved (a venv's `python` and pyenv's shims are links or
+    scripts; capabilities belong to the file the kernel executes)."""
+    return f"sudo setcap {SETCAP_CAPS} {os.path.realpath(executable or sys.executable)}"
 
 
 def effective_capabilities(status_text: Optional[str] = None) -> int:
@@ -64,7 +74,7 @@ def problem(
             "add them (docker run --cap-add BPF --cap-add PERFMON) or run it privileged"
         )
     else:
-        message += f"run as root with sudo, or grant them to the interpreter with `{SETCAP_COMMAND}`"
+        message += f"run as root with sudo, or grant them to the interpreter with `{setcap_command()}`"
     if not _has(cap_eff, CAP_PERFMON) and perf_event_paranoid is not None and perf_event_paranoid > 2:
         message += (
             f" (kernel.perf_event_paranoid={perf_event_paranoid} denies perf events to processes"

@@ -88,7 +88,8 @@ class Frame(NamedTuple):
 
     @property
     def name(self) -> str:
-        """The innermost function, else ``<mapping basename>+0x<address>``, else
+        """The innermost function, else ``<file basename>+0x<offset in the file>`` (the
+        address in the process for memory that is no file's: JIT, the kernel), else
         ``[unknown]`` (as ``ddprofiler.pprof.stacks`` names frames)."""
         if self.lines:
             first = self.lines[0]
@@ -115,7 +116,17 @@ class Frame(NamedTuple):
     def _fallback_name(self) -> str:
         if self.mapping is None:
             return "[unknown]"
-        return f"{os.path.basename(self.mapping.path) or '[unknown]'}+0x{self.address:x}"
+        m = self.mapping
+        return unnamed_frame(m.path, m.start, m.offset, self.address)
+
+
+def unnamed_frame(path: str, start: int, file_offset: int, address: int) -> str:
+    """How an unsymbolized frame is shown: by its offset in the file, as `perf` and
+    `addr2line` take it (the same in every process, whatever the load address), or by
+    its address when the mapping is no file."""
+    if path.startswith("/"):
+        return f"{os.path.basename(path)}+0x{address - start + file_offset:x}"
+    return f"{path or '[unknown]'}+0x{address:x}"
 
 
 class Sample(NamedTuple):

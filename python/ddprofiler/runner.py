@@ -173,10 +173,10 @@ class Runner:
         up = self.exporter.stats()
         log.info(
             "period: %d samples in %d profiles, lost %d, unwind failures %s, errors %s; uploads ok %d "
-            "failed %d dropped %d, queue %d B",
+            "failed %d dropped %d, queue %d profiles %d B",
             profile.total, profiles, lost, _fmt(unwind) or "0", _fmt(errors) or "0",
             up.get("uploads_ok", 0), up.get("uploads_failed", 0), up.get("uploads_dropped", 0),
-            up.get("queue_bytes", 0))
+            up.get("queue_len", 0), up.get("queue_bytes", 0))
 
 
 def labels_of(t: ProcessTags) -> Dict[str, str]:

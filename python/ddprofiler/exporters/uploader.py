@@ -254,6 +254,12 @@ class Uploader:
                           "upload to %s failed after %d attempts: %s", self._target,
                           attempt + 1, result.message)
                 return
+            if attempt == 0:
+                # The first failed attempt of a job says why, at most once per kind per
+                # log_interval: an Agent that is down must not look like a quiet success.
+                self._log("retrying " + result.key, logging.WARNING,
+                          "upload to %s: %s; retrying with backoff, profiles wait in the queue "
+                          "(%d B now)", self._target, result.message, self._bytes)
             attempt += 1
             delay = random.uniform(0, min(self._backoff_max,
                                           self._backoff_base * 2 ** (attempt - 1)))

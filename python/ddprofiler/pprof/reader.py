@@ -5,8 +5,9 @@ clear error). ``stacks(profile)`` returns one ``Stack`` per sample: its labels
 (``process_id``, ``thread id``, ``thread name``, ``process name``, ``cpu.logical_number``;
 -1 or "" when absent), its count (the ``cpu-samples`` value) and its frames as function
 names, leaf first; a location with inlined functions gives several frames, innermost
-first. A frame without a function name is rendered ``<mapping basename>+0x<address>``
-(``[unknown]`` when the location has no mapping).
+first. A frame without a function name is rendered ``<file basename>+0x<offset in the
+file>`` (``<mapping name>+0x<address>`` for memory that is no file's, ``[unknown]`` when
+the location has no mapping).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Union
 
 from . import profile_pb2
+from ..profile import unnamed_frame
 from .builder import LABEL_CPU, LABEL_PID, LABEL_PROCESS_NAME, LABEL_THREAD_NAME, LABEL_TID
 
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -93,10 +95,12 @@ def _count_index(profile: profile_pb2.Profile) -> int:
 def _location_frames(profile: profile_pb2.Profile) -> Dict[int, List[str]]:
     strings = profile.string_table
     functions = {f.id: strings[f.name] or strings[f.system_name] for f in profile.function}
-    mappings = {m.id: os.path.basename(strings[m.filename]) for m in profile.mapping}
+    mappings = {m.id: m for m in profile.mapping}
     frames_of: Dict[int, List[str]] = {}
     for location in profile.location:
-        fallback = f"{mappings.get(location.mapping_id) or '[unknown]'}+0x{location.address:x}"
+        m = mappings.get(location.mapping_id)
+        fallback = ("[unknown]" if m is None else
+                    unnamed_frame(strings[m.filename], m.memory_start, m.file_offset, location.address))
         names = [functions.get(line.function_id) or fallback for line in location.line]
         frames_of[location.id] = names or [fallback]
     return frames_of

@@ -58,7 +58,7 @@ fn unwind_tables(f: &Arc<ElfFile>) {
         let i = usize::try_from(a).ok()?;
         stack.get(i..i + 8).map(|b| u64::from_ne_bytes(b.try_into().unwrap_or_default()))
     };
-    let entries = entry::EntryPoints::of(f.bytes());
+    let entries = entry::EntryPoints::of(f.bytes(), None);
     let go = go::GoFrames::from_file(f).ok().flatten();
     let mut at = text.start;
     for _ in 0..64 {

@@ -6,7 +6,8 @@
 //! `libc_start_main_stage2` have no CFI at all, Go's `runtime.goexit` has a fake caller.
 //! Anywhere else, a walk that ends is marked, never passed off as complete.
 //!
-//! Input: an ELF file's symbol tables. Output: the SVMA ranges of its entry points, found
+//! Input: an ELF file's symbol tables (also its debug file's, when it is stripped) and its
+//! header's entry address. Output: the SVMA ranges of its entry points, found
 //! once per file. Non-goals: symbolization (the symbolizer names frames later, from the
 //! best symbols available).
 use std::ops::Range;
@@ -57,26 +58,41 @@ pub fn is_entry_name(name: &str) -> bool {
     ENTRY_POINTS.contains(&name)
 }
 
+/// The entry points named in one symbol table (the same SVMAs in a binary and its debug file).
+fn named_entries(obj: &object::File<'_>) -> Vec<Range<u64>> {
+    let named = |n: &str| obj.symbols().chain(obj.dynamic_symbols()).any(|s| s.name() == Ok(n));
+    let musl = named("libc_start_main_stage2");
+    obj.symbols()
+        .chain(obj.dynamic_symbols())
+        // Hand-written entry points (musl's `_start`) are labels without a type.
+        .filter(|s| matches!(s.kind(), SymbolKind::Text | SymbolKind::Unknown) && s.address() != 0)
+        .filter(|s| s.name().is_ok_and(|n| is_entry_name(n) && (musl || !MUSL_ONLY.contains(&n))))
+        // A symbol without a size (hand-written assembly): its first instruction.
+        .map(|s| s.address()..s.address().saturating_add(s.size().max(1)))
+        .collect()
+}
+
 /// The entry points of one file, as SVMA ranges sorted by start.
 #[derive(Default)]
 pub struct EntryPoints(Vec<Range<u64>>);
 
 impl EntryPoints {
-    /// From the file's `.symtab` and `.dynsym`; empty when it has neither (or they do not
-    /// parse).
-    pub fn of(bytes: &[u8]) -> EntryPoints {
+    /// From the file's `.symtab` and `.dynsym`, the ELF header's entry address, and `debug`
+    /// (the separate debug file's bytes, for a stripped file: Debian's dynamic loader names
+    /// `_start` and `_dl_start_user` only there). Empty when nothing parses.
+    pub fn of(bytes: &[u8], debug: Option<&[u8]>) -> EntryPoints {
         let Ok(obj) = object::File::parse(bytes) else { return EntryPoints::default() };
-        let named = |n: &str| obj.symbols().chain(obj.dynamic_symbols()).any(|s| s.name() == Ok(n));
-        let musl = named("libc_start_main_stage2");
-        let mut out: Vec<Range<u64>> = obj
-            .symbols()
-            .chain(obj.dynamic_symbols())
-            // Hand-written entry points (musl's `_start`) are labels without a type.
-            .filter(|s| matches!(s.kind(), SymbolKind::Text | SymbolKind::Unknown) && s.address() != 0)
-            .filter(|s| s.name().is_ok_and(|n| is_entry_name(n) && (musl || !MUSL_ONLY.contains(&n))))
-            // A symbol without a size (hand-written assembly): its first instruction.
-            .map(|s| s.address()..s.address().saturating_add(s.size().max(1)))
-            .collect();
+        let dbg = debug.and_then(|d| object::File::parse(d).ok());
+        let mut out = named_entries(&obj);
+        if let Some(d) = &dbg {
+            out.extend(named_entries(d));
+        }
+        // `e_entry` is where the kernel starts the process (an executable's `_start`, the
+        // dynamic loader's own `_start` when it maps itself), named or not. Shared libraries
+        // have 0 there; libc's points at the function that runs when it is executed.
+        if obj.entry() != 0 {
+            out.push(obj.entry()..obj.entry() + 1);
+        }
         out.sort_unstable_by_key(|r| r.start);
         out.dedup();
         EntryPoints(out)
@@ -113,7 +129,17 @@ mod tests {
     fn found_in_a_real_binary() {
         let exe = std::env::current_exe().expect("test binary");
         let bytes = std::fs::read(exe).expect("read");
-        let e = EntryPoints::of(&bytes);
+        let e = EntryPoints::of(&bytes, None);
         assert!(!e.0.is_empty(), "a Rust test binary links crt1's _start");
+    }
+
+    /// A stripped dynamic loader (Debian's): its `_start`, and `_dl_start_user` right after
+    /// it, from the header alone.
+    #[test]
+    fn stripped_loader_entry_from_the_header() {
+        let Ok(bytes) = std::fs::read("/lib64/ld-linux-x86-64.so.2") else { return };
+        let entry = object::File::parse(&*bytes).expect("ld.so parses").entry();
+        let e = EntryPoints::of(&bytes, None);
+        assert!(e.contains(entry) && e.contains(entry + 0x30), "_start and _dl_start_user's call sites");
     }
 }

@@ -137,7 +137,12 @@ struct FileTables {
 
 impl FileTables {
     fn is_entry(&self, file: &ElfFile, svma: u64) -> bool {
-        self.entries.get_or_init(|| EntryPoints::of(file.bytes())).contains(svma)
+        self.entries
+            .get_or_init(|| {
+                let stripped = file.symbols.source() < crate::elf::SymbolSource::SymbolTable;
+                EntryPoints::of(file.bytes(), file.debug_file().filter(|_| stripped).map(|d| d.bytes()))
+            })
+            .contains(svma)
     }
 }
 
