@@ -128,6 +128,9 @@ registry! {
     FilesCached = "files_cached", Gauge, None, "ELF files held open now";
     // The symbolizer thread.
     SymbolizeFailures = "symbolize_failures", Error, None, "locations the symbolizer could not name";
+    SymbolizeSymbolsOnly = "symbolize_symbols_only", Count, None, "addresses named from symbol tables only (no lines, no inlined functions): their file's DWARF is over the parse cap";
+    SymbolParses = "symbol_parses", Gauge, None, "symbol files whose parse is kept between periods now";
+    SymbolParseBytes = "symbol_parse_bytes", Gauge, None, "bytes of the kept symbol file parses, estimated from their sections";
 }
 
 pub const COUNT: usize = Counter::ALL.len();

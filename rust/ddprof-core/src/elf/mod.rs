@@ -308,13 +308,31 @@ impl ElfFile {
     /// holds `svma`. The table is read once, on the first call. A stripped file has no
     /// answer here: ask its [`ElfFile::debug_file`] too.
     pub fn function_containing(&self, svma: Svma) -> Option<FunctionBounds> {
-        let funcs = self.functions.get_or_init(|| match object::File::parse(&**self.map) {
-            Ok(obj) => function_bounds(&obj),
-            Err(_) => Vec::new(),
+        let funcs = self.functions.get_or_init(|| {
+            let funcs = object::File::parse(&**self.map).map(|obj| function_bounds(&obj)).unwrap_or_default();
+            self.release_pages(); // the symbol table, read once
+            funcs
         });
         let i = funcs.partition_point(|f| f.start <= svma).checked_sub(1)?;
         let f = funcs[i];
         (svma.0 - f.start.0 < f.size).then_some(f)
+    }
+
+    /// Drops this process's hold on the pages of the file read so far (`MADV_DONTNEED` on
+    /// its mapping, and its debug file's): they stay in the page cache and fault back in on
+    /// the next read, but stop counting in the profiler's resident memory. Without it, what
+    /// any scan ever touched (symbol tables, Go's tables, unwind tables) stayed resident for
+    /// as long as the file was held: 51 MiB for one 112 MiB Go binary.
+    pub fn release_pages(&self) {
+        // SAFETY: a read-only, file-backed mapping: after DONTNEED a read faults the same bytes
+        // back from the page cache (no private copy exists to be lost). A file truncated
+        // under it raises SIGBUS with or without this call.
+        if let Err(e) = unsafe { self.map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) } {
+            log::debug!("{}: madvise(DONTNEED): {e}", self.origin.path);
+        }
+        if let Some(Some(d)) = self.debug_file.get() {
+            d.release_pages();
+        }
     }
 
     /// The SVMA of a file offset, through the segment that holds it.

@@ -20,9 +20,21 @@ use crate::error::{self, Error, Result};
 
 static SAMPLER_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sampler.bpf.o"));
 
-/// Pending bytes at which the program wakes the reader; below that, the reader's 50 ms
-/// timer drains. Measured here: waking per record costs ~2.5% of a CPU at 999 Hz.
+/// Pending bytes at which the program wakes the reader (at most; a quarter of the ring when
+/// that is less); below that, the reader's 50 ms timer drains. Measured here: waking per
+/// record costs ~2.5% of a CPU at 999 Hz.
 const WAKEUP_BYTES: u64 = 1 << 20;
+
+/// The ring buffer's size: an eighth of a second of the worst case (every CPU sampled at the
+/// frequency, each record carrying a full stack snapshot) fits, so that a reader busy for
+/// that long (it drains every 50 ms) loses nothing; a power of two (as the kernel wants) from 2 MiB to 64 MiB. Its
+/// pages are mapped into this process and all touched as the ring turns: a fixed 8 MiB was
+/// 8 MiB of resident memory at 20 Hz for ~200 KiB of records a second on two CPUs.
+pub fn ring_bytes(frequency: u64, cpus: usize, stack_bytes: u32) -> u32 {
+    let record = u64::from(stack_bytes) + 4096; // header, registers, kernel and Python frames
+    let eighth_second = frequency.saturating_mul(cpus as u64).saturating_mul(record) / 8;
+    eighth_second.clamp(2 << 20, 64 << 20).next_power_of_two().min(64 << 20) as u32
+}
 
 pub struct SamplerConfig {
     pub frequency: u64,
@@ -133,11 +145,14 @@ impl Sampler {
         let cpus = aya::util::online_cpus().map_err(|(f, e)| error::from_os(f, &e))?;
         let filter: u32 = u32::from(!cfg.pids.is_empty());
         let stack_bytes = cfg.stack_bytes;
+        let ring_size = ring_bytes(cfg.frequency, cpus.len(), stack_bytes);
+        let wakeup = WAKEUP_BYTES.min(u64::from(ring_size) / 4);
         let mut bpf = EbpfLoader::new()
             .override_global("ustack_size", &stack_bytes, true)
             .override_global("filter_pids", &filter, true)
-            .override_global("wakeup_bytes", &WAKEUP_BYTES, true)
+            .override_global("wakeup_bytes", &wakeup, true)
             .map_max_entries("scratch_bufs", nr_cpus)
+            .map_max_entries("samples", ring_size)
             .load(SAMPLER_OBJ)
             .map_err(|e| ebpf_error("loading the BPF sampler", e))?;
 
@@ -190,10 +205,11 @@ impl Sampler {
         )
         .map_err(|e| Error::Other(format!("go_procs: {e}")))?;
         log::info!(
-            "sampling {} CPUs at {} Hz, {} B user stack snapshots{}",
+            "sampling {} CPUs at {} Hz, {} B user stack snapshots, {} KiB ring buffer{}",
             cpus.len(),
             cfg.frequency,
             cfg.stack_bytes,
+            ring_size >> 10,
             if cfg.pids.is_empty() { String::new() } else { format!(", pids {:?}", cfg.pids) }
         );
         Ok(Sampler { ring, counters, fp_chain_pids, py_procs, go_procs, _bpf: bpf, cpus })
@@ -256,5 +272,19 @@ impl Sampler {
                 into.set(c, v);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ring_bytes;
+
+    #[test]
+    fn ring_grows_with_the_rate_within_bounds() {
+        assert_eq!(ring_bytes(20, 2, 16384), 2 << 20, "the default rate: the floor");
+        assert_eq!(ring_bytes(999, 2, 16384), 8 << 20, "as before sizes followed the rate");
+        assert_eq!(ring_bytes(20, 64, 16384), 4 << 20);
+        assert_eq!(ring_bytes(10_000, 256, 65536), 64 << 20, "the ceiling");
+        assert!(ring_bytes(99, 3, 16384).is_power_of_two());
     }
 }

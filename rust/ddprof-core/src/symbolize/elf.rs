@@ -1,19 +1,23 @@
 //! ELF code through blazesym: symtab/dynsym, DWARF lines and inlined functions, demangling.
 //!
-//! Input: a path that opens the symbol file (for open files, `/proc/self/fd/N`: works for
-//! deleted files and exited processes) and SVMAs. Output: lines per address, innermost
-//! inlined function first. Which file holds the best symbols (the binary or its debug file)
-//! is `crate::elf`'s decision, made once: blazesym's own debug-link search is off.
-//! A parse is dropped after each call (a binary with its debug info can hold tens of MiB:
-//! libc with its debug file, ~11 MiB); the caller caches results, so peak memory is that of
-//! the largest binary, not of all of them.
+//! Input: the ELF file holding the best symbols (the binary or its debug file: `crate::elf`
+//! decides, once; blazesym's own debug-link search is off) and SVMAs. Output: lines per
+//! address, innermost inlined function first.
+//!
+//! Parses are kept between periods in [`Parses`], least recently used first out under a
+//! byte budget: a busy process brings new addresses of libc every period, and parsing
+//! libc's debug file again each time (decompressing ~10 MiB of DWARF) was most of the
+//! profiler's CPU. A file larger than the whole budget is parsed, used and dropped at once.
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use blazesym::symbolize::source::{Elf, Source};
 use blazesym::symbolize::{CodeInfo, Input, Symbolized, Symbolizer as Blaze};
 
 use super::Line;
 use crate::addr::Svma;
+use crate::elf::ElfFile;
 
 fn new_blaze() -> Blaze {
     Blaze::builder()
@@ -54,10 +58,203 @@ fn to_lines(sym: &Symbolized<'_>) -> Option<Vec<Line>> {
     Some(lines)
 }
 
-/// Lines of SVMAs of the ELF file at `path`.
-pub fn symbolize_svmas(path: &str, svmas: &[Svma]) -> Result<Vec<Option<Vec<Line>>>, blazesym::Error> {
+fn symbolize_with(blaze: &Blaze, path: &str, dwarf: bool, svmas: &[Svma]) -> Result<Resolved, blazesym::Error> {
     let addrs: Vec<u64> = svmas.iter().map(|s| s.0).collect();
-    let blaze = new_blaze();
-    let syms = blaze.symbolize(&Source::Elf(Elf::new(path)), Input::VirtOffset(&addrs))?;
+    let mut src = Elf::new(path);
+    src.debug_syms = dwarf;
+    let syms = blaze.symbolize(&Source::Elf(src), Input::VirtOffset(&addrs))?;
     Ok(syms.iter().map(to_lines).collect())
+}
+
+/// Lines per address, `None` where nothing resolves.
+pub type Resolved = Vec<Option<Vec<Line>>>;
+
+/// One file's parse, and the file itself: held open so that its `/proc/self/fd/N` path
+/// stays this file's for as long as the parse is kept.
+struct Parse {
+    blaze: Blaze,
+    file: Arc<ElfFile>,
+    dwarf: bool,
+    bytes: u64,
+    last_used: u64,
+    /// The batch that used it last: a parse is never dropped for another of the same batch
+    /// (two files that do not fit together would each be parsed again every period).
+    batch: u64,
+}
+
+/// How a batch was symbolized.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Depth {
+    /// DWARF lines and inlined functions (or the symbol tables, for a file without DWARF).
+    Full,
+    /// The symbol tables only: the file's DWARF is over the parse cap.
+    SymbolsOnly,
+}
+
+/// Kept parses, by the symbol file's cache key, within `budget` bytes; no parse, kept or
+/// not, over `cap` bytes (a file whose DWARF would be is named from its symbol tables).
+/// Bytes are estimates: see [`parse_cost`].
+pub struct Parses {
+    budget: u64,
+    cap: u64,
+    used: u64,
+    clock: u64,
+    batch: u64,
+    kept: HashMap<Arc<str>, Parse>,
+}
+
+impl Parses {
+    pub fn new(budget: u64, cap: u64) -> Self {
+        Parses { budget, cap: cap.max(budget), used: 0, clock: 0, batch: 0, kept: HashMap::new() }
+    }
+
+    /// Starts a batch (a period's symbolization): see [`Parse::batch`].
+    pub fn next_batch(&mut self) {
+        self.batch += 1;
+    }
+
+    /// Lines of SVMAs of `file` (the file holding the symbols), from its kept parse or a
+    /// new one.
+    pub fn symbolize(&mut self, file: &Arc<ElfFile>, svmas: &[Svma]) -> Result<(Resolved, Depth), blazesym::Error> {
+        self.clock += 1;
+        if let Some(p) = self.kept.get_mut(&file.cache_key) {
+            p.last_used = self.clock;
+            p.batch = self.batch;
+            let depth = if p.dwarf { Depth::Full } else { Depth::SymbolsOnly };
+            return Ok((symbolize_with(&p.blaze, &p.file.fd_path(), p.dwarf, svmas)?, depth));
+        }
+        let cost = parse_cost(file);
+        let dwarf = cost.tables + cost.dwarf <= self.cap;
+        let bytes = cost.tables + if dwarf { cost.dwarf } else { 0 };
+        let depth = if dwarf { Depth::Full } else { Depth::SymbolsOnly };
+        let blaze = new_blaze();
+        let out = symbolize_with(&blaze, &file.fd_path(), dwarf, svmas)?;
+        if bytes > self.budget {
+            log::debug!("{}: parsed for one batch ({} KiB estimated, over the budget)", file.origin.path, bytes >> 10);
+            return Ok((out, depth)); // the parse is dropped here
+        }
+        let batch = self.batch;
+        let evictable: u64 = self.kept.values().filter(|p| p.batch != batch).map(|p| p.bytes).sum();
+        if self.used - evictable + bytes > self.budget {
+            log::debug!("{}: parsed for one batch ({} KiB estimated; the budget holds this batch's other files)", file.origin.path, bytes >> 10);
+            return Ok((out, depth));
+        }
+        while self.used + bytes > self.budget {
+            let Some(oldest) =
+                self.kept.iter().filter(|(_, p)| p.batch != batch).min_by_key(|(_, p)| p.last_used).map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            if let Some(p) = self.kept.remove(&oldest) {
+                self.used -= p.bytes;
+                log::debug!("{}: parse dropped for {} ({} KiB)", p.file.origin.path, file.origin.path, p.bytes >> 10);
+            }
+        }
+        log::debug!("{}: parse kept ({} KiB estimated)", file.origin.path, bytes >> 10);
+        self.used += bytes;
+        self.kept.insert(file.cache_key.clone(), Parse { blaze, file: file.clone(), dwarf, bytes, last_used: self.clock, batch });
+        Ok((out, depth))
+    }
+
+    /// Bytes held by kept parses (estimated) and how many files.
+    pub fn usage(&self) -> (u64, usize) {
+        (self.used, self.kept.len())
+    }
+}
+
+/// What parsing a file costs in memory, estimated from its section headers.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ParseCost {
+    /// Its symbol tables and their strings, as mapped, and blazesym's index of them.
+    pub tables: u64,
+    /// Its DWARF, decompressed, and what blazesym builds over it: measured here at 1.35x
+    /// (pyenv's libpython3.11, 21 MiB of DWARF) to 1.8x (Debian's libc debug file, 12 MiB)
+    /// of the sections after a few hundred addresses; 1.5x is taken.
+    pub dwarf: u64,
+}
+
+/// The estimate of [`ParseCost`]; a file that does not parse costs its size in tables.
+pub fn parse_cost(file: &ElfFile) -> ParseCost {
+    use object::{Object, ObjectSection};
+    let Ok(obj) = object::File::parse(file.bytes()) else { return ParseCost { tables: file.size, dwarf: 0 } };
+    let mut cost = ParseCost { tables: 256 << 10, dwarf: 0 };
+    for s in obj.sections() {
+        let Ok(name) = s.name() else { continue };
+        let size = s.compressed_data().map_or(s.size(), |c| c.uncompressed_size);
+        if name.starts_with(".debug_") || name.starts_with(".zdebug_") {
+            // Location lists are never read: they say where variables live.
+            if !name.contains("loclists") && !name.ends_with("_loc") {
+                cost.dwarf += size + size / 2;
+            }
+        } else if matches!(name, ".symtab" | ".strtab" | ".dynsym" | ".dynstr") {
+            cost.tables += size;
+        }
+    }
+    cost
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::elf::Origin;
+
+    fn open(path: &Path) -> Arc<ElfFile> {
+        Arc::new(ElfFile::open_path(path, Origin::at_path(path, Path::new("/"))).expect("an ELF file"))
+    }
+
+    /// An address inside a function of this test binary (this module's helper).
+    fn some_function(f: &ElfFile) -> Svma {
+        use object::{Object, ObjectSymbol};
+        let obj = object::File::parse(f.bytes()).expect("parses");
+        let sym = obj
+            .symbols()
+            .find(|s| s.kind() == object::SymbolKind::Text && s.size() > 64 && s.name().is_ok_and(|n| n.contains("some_function")))
+            .expect("this function's symbol");
+        Svma(sym.address() + 8)
+    }
+
+    #[test]
+    fn kept_within_the_budget_and_symbols_only_over_the_cap() {
+        let exe = open(&std::env::current_exe().expect("test binary"));
+        let svma = some_function(&exe);
+        let cost = parse_cost(&exe);
+        assert!(cost.dwarf > 0, "a test binary carries DWARF");
+
+        let mut kept = Parses::new(u64::MAX / 4, u64::MAX / 4);
+        let (lines, depth) = kept.symbolize(&exe, &[svma]).expect("symbolizes");
+        assert_eq!(depth, Depth::Full);
+        let l = lines[0].as_ref().expect("named");
+        assert!(l.last().is_some_and(|x| x.function.contains("some_function") && x.line > 0), "{l:?}");
+        assert_eq!(kept.usage(), (cost.tables + cost.dwarf, 1), "kept");
+        let again = kept.symbolize(&exe, &[svma]).expect("symbolizes").0;
+        assert_eq!(again, lines, "the kept parse answers the same");
+
+        let mut capped = Parses::new(0, 0);
+        let (lines, depth) = capped.symbolize(&exe, &[svma]).expect("symbolizes");
+        assert_eq!(depth, Depth::SymbolsOnly);
+        let l = lines[0].as_ref().expect("named from the symbol table");
+        assert_eq!(l.len(), 1);
+        assert!(l[0].function.contains("some_function") && l[0].line == 0, "{l:?}");
+        assert_eq!(capped.usage(), (0, 0), "nothing kept over the budget");
+    }
+
+    /// Two files that do not fit together: the one kept first stays for its batch, so that
+    /// neither is parsed again every period; the next batch may evict it.
+    #[test]
+    fn a_batch_does_not_evict_its_own_parses() {
+        let exe = open(&std::env::current_exe().expect("test binary"));
+        let Ok(libc) = ElfFile::open_path(Path::new("/lib/x86_64-linux-gnu/libc.so.6"), Origin::at_path(Path::new("/lib/x86_64-linux-gnu/libc.so.6"), Path::new("/"))) else { return };
+        let libc = Arc::new(libc);
+        let (ce, cl) = (parse_cost(&exe), parse_cost(&libc));
+        let (be, bl) = (ce.tables + ce.dwarf, cl.tables + cl.dwarf);
+        let mut p = Parses::new(be.max(bl) + be.min(bl) / 2, u64::MAX / 4);
+        let svma = some_function(&exe);
+        p.next_batch();
+        p.symbolize(&exe, &[svma]).expect("symbolizes");
+        p.symbolize(&libc, &[Svma(0x1000)]).expect("symbolizes");
+        assert_eq!(p.usage(), (be, 1), "the first kept, the second parsed for its batch only");
+        p.next_batch();
+        p.symbolize(&libc, &[Svma(0x1000)]).expect("symbolizes");
+        assert_eq!(p.usage(), (bl, 1), "a later batch evicts the least recently used");
+    }
 }

@@ -82,6 +82,15 @@ pub enum SymRequest {
 
 /// Entries of each result cache (~150 bytes each): a few MiB at most, then start over.
 const MAX_CACHED: usize = 32_768;
+/// Bytes of blazesym parses kept between periods (`elf::Parses`): libc's debug file (~13
+/// MiB estimated) and a libpython with its DWARF (~20 MiB), or several small ones; a file
+/// over it is parsed for its batch and dropped.
+pub const PARSE_BUDGET: u64 = 36 << 20;
+/// The largest parse made at all: a file whose DWARF would take more (a large Go or C++
+/// binary built with debug info: 100+ MiB) is named from its symbol tables only, without
+/// lines or inlined functions, so that one binary cannot raise the profiler's peak memory
+/// by that much.
+pub const PARSE_CAP: u64 = 64 << 20;
 const KALLSYMS_MAX_AGE: Duration = Duration::from_secs(600);
 
 pub struct Symbolizer {
@@ -92,6 +101,7 @@ pub struct Symbolizer {
     user: HashMap<(Arc<str>, FileOffset), Lines>,
     kernel: HashMap<Avma, Lines>,
     perf_maps: PerfMapCache,
+    parses: elf::Parses,
     empty: Lines,
     ksyms: Option<KernelSymbols>,
     ksyms_loaded: Option<Instant>,
@@ -105,6 +115,7 @@ impl Symbolizer {
             user: HashMap::new(),
             kernel: HashMap::new(),
             perf_maps: PerfMapCache::default(),
+            parses: elf::Parses::new(parse_budget(), PARSE_CAP),
             empty: Arc::from(Vec::new()),
             ksyms: None,
             ksyms_loaded: None,
@@ -124,6 +135,7 @@ impl Symbolizer {
         if self.kernel.len() >= MAX_CACHED {
             self.kernel.clear();
         }
+        self.parses.next_batch();
         // Gather what is missing, per file.
         let mut missing: HashMap<Arc<str>, (Arc<ElfFile>, Vec<FileOffset>)> = HashMap::new();
         let mut kmissing: Vec<Avma> = Vec::new();
@@ -154,6 +166,19 @@ impl Symbolizer {
         if !kmissing.is_empty() {
             self.resolve_kernel(&kmissing);
         }
+        // What this period read of its files (their unwind tables while sampling, Go's
+        // tables just now) need not stay resident until the next: see `release_pages`.
+        let mut released = std::collections::HashSet::new();
+        for r in requests {
+            if let SymRequest::File { file, .. } = r {
+                if released.insert(Arc::as_ptr(file)) {
+                    file.release_pages();
+                }
+            }
+        }
+        let (bytes, files) = self.parses.usage();
+        self.counters.set(Counter::SymbolParses, files as u64);
+        self.counters.set(Counter::SymbolParseBytes, bytes);
         requests
             .iter()
             .map(|r| match r {
@@ -172,9 +197,9 @@ impl Symbolizer {
     }
 
     /// Lines of SVMAs of one file: Go's table first for a Go binary, then blazesym for what
-    /// it does not cover (cgo's C code, or everything when the table is unusable). Like a
-    /// blazesym parse, the table is dropped after the batch: results are cached, and peak
-    /// memory stays one table.
+    /// it does not cover (cgo's C code, or everything when the table is unusable). The Go
+    /// table is read in place from the mapped binary, cheap to find again: it is dropped
+    /// after the batch; blazesym's parse is kept (`elf::Parses`).
     fn resolve_file(&mut self, file: &Arc<ElfFile>, svmas: &[Option<Svma>]) -> Vec<Option<Vec<Line>>> {
         let mut out: Vec<Option<Vec<Line>>> = vec![None; svmas.len()];
         if file.symbols.has_gopclntab {
@@ -193,8 +218,11 @@ impl Symbolizer {
         if !rest.is_empty() {
             let (source, _) = file.best_symbols();
             let addrs: Vec<Svma> = rest.iter().map(|(_, s)| *s).collect();
-            match elf::symbolize_svmas(&source.fd_path(), &addrs) {
-                Ok(lines) => {
+            match self.parses.symbolize(source, &addrs) {
+                Ok((lines, depth)) => {
+                    if depth == elf::Depth::SymbolsOnly {
+                        self.counters.add(Counter::SymbolizeSymbolsOnly, addrs.len() as u64);
+                    }
                     for ((i, _), l) in rest.iter().zip(lines) {
                         out[*i] = l;
                     }
@@ -263,6 +291,12 @@ pub fn symbolize_file(path: &str, addrs: &[u64]) -> crate::Result<Vec<Vec<Line>>
     let svmas: Vec<Option<Svma>> = addrs.iter().map(|&a| Some(Svma(a))).collect();
     let mut sym = Symbolizer::new(SymbolizeMode::Host, Arc::default());
     Ok(sym.resolve_file(&Arc::new(file), &svmas).into_iter().map(Option::unwrap_or_default).collect())
+}
+
+/// [`PARSE_BUDGET`], or `DDPROF_PARSE_BUDGET_MB` MiB: benches compare budgets with it
+/// (0 drops every parse after its batch, as before parses were kept).
+fn parse_budget() -> u64 {
+    std::env::var("DDPROF_PARSE_BUDGET_MB").ok().and_then(|v| v.parse::<u64>().ok()).map_or(PARSE_BUDGET, |mb| mb << 20)
 }
 
 /// A JIT function named by a perf map.

@@ -140,7 +140,9 @@ impl FileTables {
         self.entries
             .get_or_init(|| {
                 let stripped = file.symbols.source() < crate::elf::SymbolSource::SymbolTable;
-                EntryPoints::of(file.bytes(), file.debug_file().filter(|_| stripped).map(|d| d.bytes()))
+                let e = EntryPoints::of(file.bytes(), file.debug_file().filter(|_| stripped).map(|d| d.bytes()));
+                file.release_pages(); // the symbol tables, read once: not resident from now on
+                e
             })
             .contains(svma)
     }
