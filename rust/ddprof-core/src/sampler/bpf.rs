@@ -27,7 +27,7 @@ const WAKEUP_BYTES: u64 = 1 << 20;
 
 /// The ring buffer's size: an eighth of a second of the worst case (every CPU sampled at the
 /// frequency, each record carrying a full stack snapshot) fits, so that a reader busy for
-/// that long (it drains every 50 ms) loses nothing; a power of two (as the kernel wants) from 2 MiB to 64 MiB. Its
+/// that long loses nothing (the program wakes it when a quarter is pending); a power of two (as the kernel wants) from 2 MiB to 64 MiB. Its
 /// pages are mapped into this process and all touched as the ring turns: a fixed 8 MiB was
 /// 8 MiB of resident memory at 20 Hz for ~200 KiB of records a second on two CPUs.
 pub fn ring_bytes(frequency: u64, cpus: usize, stack_bytes: u32) -> u32 {
@@ -51,6 +51,17 @@ pub struct Sampler {
     go_procs: BpfHashMap<MapData, u32, abi::GoProc>,
     _bpf: Ebpf,
     pub cpus: Vec<u32>,
+    /// How long the reader sleeps when the BPF side has not woken it (`drain_interval_ms`).
+    pub interval_ms: i32,
+}
+
+/// The reader's timer: five sampling periods, from 50 ms (100 Hz and above) to 250 ms (20 Hz
+/// and below). The BPF side wakes the reader earlier for a new pid (its mappings must be read
+/// while it lives) and when a quarter of the ring is pending, so a longer timer only
+/// batches records: at 20 Hz, waking every 50 ms for two records was a fifth of the
+/// reader's CPU in poll and context switches.
+pub fn drain_interval_ms(frequency: u64) -> i32 {
+    (5000 / frequency.max(1)).clamp(50, 250) as i32
 }
 
 fn check_kernel_support() -> Result<()> {
@@ -212,7 +223,8 @@ impl Sampler {
             ring_size >> 10,
             if cfg.pids.is_empty() { String::new() } else { format!(", pids {:?}", cfg.pids) }
         );
-        Ok(Sampler { ring, counters, fp_chain_pids, py_procs, go_procs, _bpf: bpf, cpus })
+        let interval_ms = drain_interval_ms(cfg.frequency);
+        Ok(Sampler { ring, counters, fp_chain_pids, py_procs, go_procs, _bpf: bpf, cpus, interval_ms })
     }
 
     /// Waits up to `timeout_ms` for the ring buffer to have data (or the timer to expire).
@@ -277,7 +289,16 @@ impl Sampler {
 
 #[cfg(test)]
 mod tests {
-    use super::ring_bytes;
+    use super::{drain_interval_ms, ring_bytes};
+
+    #[test]
+    fn timer_follows_the_rate() {
+        assert_eq!(drain_interval_ms(20), 250);
+        assert_eq!(drain_interval_ms(49), 102);
+        assert_eq!(drain_interval_ms(1), 250);
+        assert_eq!(drain_interval_ms(99), 50);
+        assert_eq!(drain_interval_ms(999), 50);
+    }
 
     #[test]
     fn ring_grows_with_the_rate_within_bounds() {

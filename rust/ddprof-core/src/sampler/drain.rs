@@ -13,7 +13,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::abi::{self, GoWindow, GoWindowKind, PyStatus, Record};
 use super::bpf::Sampler;
@@ -42,8 +42,8 @@ pub const MAPS_CHANGED: &str = "[unwind failed: mappings changed]";
 /// A Python frame whose code object could not be read.
 pub const PYTHON_UNREADABLE: &str = "[python: unreadable code object]";
 
-/// How long the drain thread sleeps when the BPF side has not woken it.
-const DRAIN_INTERVAL_MS: i32 = 50;
+/// How often the BPF counters are read between snapshots (`Profiler.stats()` sees them so).
+const COUNTERS_INTERVAL: Duration = Duration::from_secs(1);
 /// Pids asked for the frame-pointer chain, remembered so that each is asked once.
 const MAX_FP_CHAIN_ASKED: usize = 16_384;
 /// Go binaries whose runtime was looked at, remembered (cleared when full).
@@ -587,7 +587,9 @@ fn request_for(m: &Mapping, addr: Avma, pid: u32, perf_maps: &mut PerfMapFiles) 
 /// collected are served until the handle goes away.
 pub fn drain_loop(mut sampler: Sampler, rx: Receiver<Command>, sym: Sender<SymJob>, counters: Arc<Counters>, python: bool) {
     let mut drain = Drain::new(counters.clone(), python);
-    let ingest_all = |sampler: &mut Sampler, drain: &mut Drain| {
+    // The BPF counters are one syscall each to read: once a second, and at every snapshot.
+    let mut counters_read = Instant::now();
+    let mut ingest_all = |sampler: &mut Sampler, drain: &mut Drain, exact: bool| {
         sampler.drain(|bytes| drain.ingest(bytes));
         for request in drain.requests.drain(..) {
             match request {
@@ -596,22 +598,25 @@ pub fn drain_loop(mut sampler: Sampler, rx: Receiver<Command>, sym: Sender<SymJo
                 BpfRequest::Go(pid, cfg) => sampler.want_go(pid, cfg.as_ref()),
             }
         }
-        sampler.copy_counters(&counters);
+        if exact || counters_read.elapsed() >= COUNTERS_INTERVAL {
+            sampler.copy_counters(&counters);
+            counters_read = Instant::now();
+        }
         drain.publish_gauges();
     };
     loop {
-        sampler.wait(DRAIN_INTERVAL_MS);
-        ingest_all(&mut sampler, &mut drain);
+        sampler.wait(sampler.interval_ms);
+        ingest_all(&mut sampler, &mut drain, false);
         match rx.recv_timeout(Duration::ZERO) {
             Ok(Command::Snapshot { reset, reply }) => {
-                ingest_all(&mut sampler, &mut drain);
+                ingest_all(&mut sampler, &mut drain, true);
                 let _ = sym.send(SymJob { aggregate: drain.close_period(reset), reply });
             }
             Ok(Command::Stop) | Err(RecvTimeoutError::Disconnected) => break,
             Err(RecvTimeoutError::Timeout) => {}
         }
     }
-    ingest_all(&mut sampler, &mut drain);
+    ingest_all(&mut sampler, &mut drain, true);
     // Detach the program and free the maps now, not when the handle goes away.
     drop(sampler);
     while let Ok(cmd) = rx.recv() {
