@@ -1,4 +1,4 @@
-//! `unwind::go::join_cgo` on live stacks of tests/go-cgo (the cgo-stack-switch case: Go ->
+//! `unwind::go::join_cgo` on live stacks of tests/cases/cgo-stack-switch (the shared case: Go ->
 //! C, and Go -> C -> Go), stopped by gdb at its hot loop (skipped without go, gcc, gdb or
 //! ptrace). Each capture takes what the sampler takes for a Go process: the registers, 16
 //! KiB of stack from sp (clamped at the end of its mapping), and the kernel's frame-pointer
@@ -83,7 +83,7 @@ fn have(tool: &str, arg: &str) -> bool {
 }
 
 fn build(out: &Path) {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/go-cgo");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/cases/cgo-stack-switch");
     let res = Command::new("go")
         .args(["build", "-o", out.to_str().expect("utf-8 path"), "."])
         .current_dir(src)

@@ -21,42 +21,26 @@ use gimli::{BaseAddresses, CfaRule, CieOrFde, DebugFrame, LittleEndian, UnwindCo
 use object::{Object, ObjectSection};
 
 mod common;
-use common::skip_or_fail;
+use common::{older_toolchains, skip_or_fail, toolchain, Toolchain};
 
-struct Toolchain {
-    go: PathBuf,
-    minor: u32,
-}
-
-fn toolchain(go: &Path) -> Option<Toolchain> {
-    let out = Command::new(go).arg("version").env("GOTOOLCHAIN", "local").output().ok()?;
-    let v = String::from_utf8_lossy(&out.stdout).into_owned();
-    let minor = v.split_whitespace().nth(2)?.strip_prefix("go1.")?.split('.').next()?.parse().ok()?;
-    Some(Toolchain { go: go.to_path_buf(), minor })
-}
-
+/// The toolchain on PATH, then the older ones beside it.
 fn toolchains() -> Vec<Toolchain> {
-    let mut v: Vec<Toolchain> = toolchain(Path::new("go")).into_iter().collect();
-    if let Ok(dirs) = std::fs::read_dir("/usr/lib") {
-        let mut old: Vec<Toolchain> = dirs
-            .filter_map(|d| d.ok())
-            .filter(|d| d.file_name().to_string_lossy().starts_with("go-1."))
-            .filter_map(|d| toolchain(&d.path().join("bin/go")))
-            .filter(|t| t.minor >= 18 && v.iter().all(|m| m.minor != t.minor))
-            .collect();
-        v.append(&mut old);
-    }
-    v
+    let main = toolchain(Path::new("go"));
+    let older = older_toolchains(main.as_ref());
+    main.into_iter().chain(older).collect()
 }
 
 fn build(tc: &Toolchain, out: &Path, goarch: &str, ldflags: &str) {
     build_in("tests/go", tc, out, goarch, ldflags);
 }
 
-/// Builds the program in `dir` (relative to the crate); cgo is on for tests/go-cgo only.
+/// The shared cgo-stack-switch case (Go -> C -> Go), relative to the crate.
+const CGO_CASE: &str = "../../tests/cases/cgo-stack-switch";
+
+/// Builds the program in `dir` (relative to the crate); cgo is on for the cgo case only.
 fn build_in(dir: &str, tc: &Toolchain, out: &Path, goarch: &str, ldflags: &str) {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
-    let cgo = if dir.ends_with("cgo") { "1" } else { "0" };
+    let cgo = if dir == CGO_CASE { "1" } else { "0" };
     let res = Command::new(&tc.go)
         .args(["build", "-o", out.to_str().expect("utf-8 path"), &format!("-ldflags={ldflags}"), "."])
         .current_dir(src)
@@ -258,8 +242,8 @@ fn pcsp_deltas_match_debug_frame() {
     // cgo: externally linked, C code in the same text, crosscall2 and cgocallback linked in.
     if Command::new("gcc").arg("--version").output().is_ok_and(|o| o.status.success()) {
         let (u, s) = (dir.join("cgo-u"), dir.join("cgo-s"));
-        build_in("tests/go-cgo", &tcs[0], &u, "amd64", "-compressdwarf=false");
-        build_in("tests/go-cgo", &tcs[0], &s, "amd64", "-s -w");
+        build_in(CGO_CASE, &tcs[0], &u, "amd64", "-compressdwarf=false");
+        build_in(CGO_CASE, &tcs[0], &s, "amd64", "-s -w");
         let (f, p) = check_pair(&u, &s, false, &format!("go1.{} amd64 cgo", tcs[0].minor));
         funcs += f;
         pcs += p;

@@ -16,7 +16,7 @@ use ddprof_core::symbolize::gopclntab::GoTable;
 use ddprof_core::symbolize::Line;
 
 mod common;
-use common::skip_or_fail;
+use common::{older_toolchains, skip_or_fail, toolchain, Toolchain};
 
 #[path = "../fuzz/exercise/mod.rs"]
 mod exercise;
@@ -24,19 +24,6 @@ use exercise::gopclntab as fuzz_parse;
 use object::{Object, ObjectSection, RelocationFlags};
 
 const SAMPLES: u64 = 400;
-
-struct Toolchain {
-    go: PathBuf,
-    minor: u32,
-}
-
-fn toolchain(go: &Path) -> Option<Toolchain> {
-    let out = Command::new(go).arg("version").env("GOTOOLCHAIN", "local").output().ok()?;
-    let v = String::from_utf8_lossy(&out.stdout).into_owned();
-    // "go version go1.26.8 linux/amd64"
-    let minor = v.split_whitespace().nth(2)?.strip_prefix("go1.")?.split('.').next()?.parse().ok()?;
-    Some(Toolchain { go: go.to_path_buf(), minor })
-}
 
 fn work_dir() -> PathBuf {
     let d = std::env::temp_dir().join(format!("ddprof-gopclntab-test-{}", std::process::id()));
@@ -394,7 +381,7 @@ fn stripped_go_binaries_match_the_go_runtime() {
     assert!(elided * 20 <= aaddrs.len(), "arm64: {elided} of {} with the physical frame elided", aaddrs.len());
     eprintln!("arm64: {} addresses agree with go tool addr2line ({inlined} inlined chains, {elided} elided wrappers)", aaddrs.len());
 
-    let olds = older_toolchains(&tc);
+    let olds = older_toolchains(Some(&tc));
     if !olds.iter().any(|t| t.minor <= 19) {
         skip_or_fail("no Go 1.18/1.19 toolchain at /usr/lib/go-1.*/bin/go (Debian's golang-1.19-go): its table layout is untested");
     }
@@ -451,19 +438,6 @@ fn mutate_real(data: &[u8]) {
     for cut in [off + 8, off + 72, off + size / 2, off + size - 1] {
         fuzz_parse(&data[..cut as usize]);
     }
-}
-
-/// Other Go toolchains installed side by side (Debian's golang-1.NN-go packages).
-fn older_toolchains(main: &Toolchain) -> Vec<Toolchain> {
-    let Ok(dirs) = std::fs::read_dir("/usr/lib") else { return Vec::new() };
-    let mut v: Vec<Toolchain> = dirs
-        .filter_map(|d| d.ok())
-        .filter(|d| d.file_name().to_string_lossy().starts_with("go-1."))
-        .filter_map(|d| toolchain(&d.path().join("bin/go")))
-        .filter(|t| t.minor >= 18 && t.minor != main.minor)
-        .collect();
-    v.sort_by_key(|t| t.minor);
-    v
 }
 
 // Synthetic tables, no Go toolchain needed.
