@@ -10,7 +10,7 @@ use std::time::Instant;
 use ddprof_core::elf::debug_writer::write_debug_file;
 
 mod common;
-use common::skip_or_fail;
+use common::{have, run, skip_or_fail, tmp_dir};
 use object::{Object, ObjectSection, SectionKind};
 
 const SRC: &str = r#"
@@ -23,23 +23,6 @@ static inline int helper(int x) { return x * 3 + counter; }
 __attribute__((noinline)) int outer(int n) { return helper(n) + work(n); }
 int main(int argc, char **argv) { printf("%d %s\n", outer(argc + atoi(argv[0])), names[argc % 3]); return 0; }
 "#;
-
-fn have(tool: &str) -> bool {
-    Command::new(tool).arg("--version").output().is_ok_and(|o| o.status.success())
-}
-
-fn tmp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("ddprof-debugfile-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
-}
-
-fn run(cmd: &str, args: &[&str]) -> String {
-    let o = Command::new(cmd).args(args).output().expect("tool runs");
-    assert!(o.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
@@ -123,7 +106,7 @@ fn c_program_reads_like_the_original() {
         skip_or_fail("needs gcc and binutils");
         return;
     }
-    let dir = tmp_dir("c");
+    let dir = tmp_dir("debugfile", "c");
     for (name, extra) in [("plain", &[][..]), ("gz", &["-gz=zlib"][..])] {
         let prog = build_c(&dir, name, extra);
         let out = dir.join(format!("{name}.debug"));
@@ -154,7 +137,7 @@ fn segments_stay_usable() {
         skip_or_fail("needs gcc and binutils");
         return;
     }
-    let dir = tmp_dir("seg");
+    let dir = tmp_dir("debugfile", "seg");
     let prog = build_c(&dir, "prog", &[]);
     let out = dir.join("prog.debug");
     write_debug_file(&prog, None, &out).expect("debug file");
@@ -224,7 +207,7 @@ fn have_go(go: &str) -> bool {
 
 #[test]
 fn go_stripped_keeps_gopclntab() {
-    let dir = tmp_dir("go");
+    let dir = tmp_dir("debugfile", "go");
     let Some(bin) = go_binary(&dir) else {
         skip_or_fail("no go toolchain");
         return;
@@ -268,7 +251,7 @@ fn go_stripped_keeps_gopclntab() {
 
 #[test]
 fn hostile_inputs_fail_cleanly() {
-    let dir = tmp_dir("bad");
+    let dir = tmp_dir("debugfile", "bad");
     let good = if have("gcc") {
         std::fs::read(build_c(&dir, "prog", &[])).ok()
     } else {

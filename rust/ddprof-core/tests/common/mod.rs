@@ -1,6 +1,9 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+#[cfg(target_arch = "x86_64")]
+pub mod eh_frame;
+
 /// Skips a test (the caller returns) with a note, or fails it when DDPROF_REQUIRE_BPF=1
 /// (CI, where every tool is installed), so that a missing tool never passes silently.
 pub fn skip_or_fail(reason: &str) {
@@ -38,4 +41,29 @@ pub fn older_toolchains(main: Option<&Toolchain>) -> Vec<Toolchain> {
         .collect();
     v.sort_by_key(|t| t.minor);
     v
+}
+
+/// Whether `tool --version` runs.
+pub fn have(tool: &str) -> bool {
+    std::process::Command::new(tool).arg("--version").output().is_ok_and(|o| o.status.success())
+}
+
+/// A fresh temporary directory for `test`'s `name`.
+pub fn tmp_dir(test: &str, name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("ddprof-{test}-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+/// Runs a tool that must succeed; its standard output.
+pub fn run(cmd: &str, args: &[&str]) -> String {
+    let o = std::process::Command::new(cmd).args(args).output().expect("tool runs");
+    assert!(o.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The ELF file at `path`, as the profiler opens it.
+pub fn open_elf(path: &std::path::Path) -> ddprof_core::elf::ElfFile {
+    ddprof_core::elf::ElfFile::open_path(path, ddprof_core::elf::Origin::at_path(path, std::path::Path::new("/"))).expect("an ELF file")
 }
