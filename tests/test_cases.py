@@ -5,298 +5,36 @@ gives the build line, the run line and the right answer) is built here with exac
 README's build line, run, and recorded with `python -m ddprofiler record`; at least 95% of
 its relevant samples (those whose leaf is the case's hot function) must show the right stack,
 leaf to root, or, where the kind says so, the right frames followed by a marker frame.
-
-Then real binaries nobody here wrote, side by side with `perf record --call-graph dwarf` on
-the same process at the same time (`openssl speed`, Debian's python3, node), a stripped Go
-program against its own runtime/pprof CPU profile, and one test over all workloads that no
-stack ends unmarked anywhere but a known entry point.
+Real binaries nobody here wrote, side by side with `perf`, and the test that no stack ends
+unmarked are in tests/test_real_binaries.py; what both share is in tests/cases_support.py.
 
 How a stack may end (the issue's kind 9): at a known thread or process entry point
 (ENTRY_POINTS; the stack is complete; a stripped executable's nameless _start right under
-glibc's __libc_start_main counts as the _start it is), at a marker frame (`[truncated]`: the stack goes on
-beyond what was captured; `[unwind failed: <reason>]`; `[process exited]`: the process was
-gone before it could be read), or it is kernel-only. A stack deeper than 600 frames keeps
-both ends, with one `[elided frames]` marker in the middle. Anything else is a stack that
-ends unmarked, which a user would take for a whole one.
-
-Many of these tests fail until the unwinder of issue 10 lands: they encode the right answer.
+glibc's __libc_start_main counts as the _start it is), at a marker frame (`[truncated]`: the
+stack goes on beyond what was captured; `[unwind failed: <reason>]`; `[process exited]`: the
+process was gone before it could be read), or it is kernel-only. A stack deeper than 600
+frames keeps both ends, with one `[elided frames]` marker in the middle. Anything else is a
+stack that ends unmarked, which a user would take for a whole one.
 """
 from __future__ import annotations
 
-import dataclasses
-import glob
 import os
 import re
 import shutil
 import subprocess
-import time
 from collections import Counter
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable
 
 import pytest
 
-from helpers import (TRUNCATED, UNSYMBOLIZED, Workload, for_pid, format_stacks,
-                     kernel_function_names, record, skip_or_fail, total, weighted_fraction)
+from helpers import (TRUNCATED, Workload, skip_or_fail, total)
+from cases_support import (CASES, DEPTH, ELIDED, PY_INTERPRETERS, PY_MODES, RUN, annotate_mappings,
+                           assert_right, chain_then_glibc, glibc_rooted, go_env, is_entry, is_marker,
+                           need, norm, py_installed, record_pid, running, sh, start_tail, user_frames)
+from cases_support import built  # noqa: F401 - a fixture, found by pytest in this module
 
 pytestmark = pytest.mark.bpf
-
-CASES = Path(__file__).parent / "cases"
-FREQ = "999"
-DURATION = "4"
-RUN = "60"          # seconds a case may run; it is killed once its profile is written
-MIN_FRAC = 0.95
-
-ELIDED = "[elided frames]"
-# The issue's known entry points: a stack whose root-most frame is one of them is complete.
-# (Go's are runtime.goexit.abi0 etc. in `go tool nm`; .gopclntab names them without .abi0.)
-ENTRY_POINTS = {
-    "_start", "__libc_start_main", "__libc_start_call_main", "__libc_start_main_impl",
-    "start_thread", "clone", "clone3", "__clone", "__clone3", "_dl_start", "_dl_start_user",
-    # musl
-    "start", "libc_start_main_stage2", "_start_c",
-    # Go; runtime.mcall roots the scheduler's stack (the goroutine that called it is parked,
-    # not a caller: Go's own profiler ends such stacks there too)
-    "runtime.goexit", "runtime.mstart", "runtime.rt0_go", "runtime.mcall",
-}
-# What may sit below main in a glibc program (2.34+), root-most last.
-GLIBC_START = {"__libc_start_call_main", "__libc_start_main_impl", "__libc_start_main", "_start"}
-
-
-# ---------------------------------------------------------------- names and stack shapes
-
-
-def norm(name: str) -> str:
-    """A frame name without Go's ABI suffix, glibc's internal prefix or a symbol version."""
-    name = name.split("@")[0] if not name.startswith("[") else name
-    if name.endswith(".abi0"):
-        name = name[:-len(".abi0")]
-    if name.startswith("__GI_"):
-        name = name[len("__GI_"):]
-    return name
-
-
-def is_entry(frame: str) -> bool:
-    return norm(frame) in ENTRY_POINTS
-
-
-def is_marker(frame: str) -> bool:
-    """A marker frame that may end a stack: it says the stack is not whole, and why."""
-    return frame == TRUNCATED or frame.startswith("[unwind failed: ") or frame == "[process exited]"
-
-
-def user_frames(s, kernel: set) -> list:
-    """The frames below the kernel's (leaf first), names normalized."""
-    i = 0
-    while i < len(s.frames) and s.frames[i] in kernel:
-        i += 1
-    return [norm(f) for f in s.frames[i:]]
-
-
-def reaches_entry(frames: Sequence[str]) -> bool:
-    """The root-most frame is a known entry point. A stripped executable's _start has no
-    name (`<file>+0x<address>`); directly under glibc's __libc_start_main, which only _start
-    calls, it counts as the entry point it is."""
-    if frames and is_entry(frames[-1]):
-        return True
-    return (len(frames) >= 2 and UNSYMBOLIZED.match(frames[-1]) is not None
-            and norm(frames[-2]) in ("__libc_start_main", "__libc_start_main_impl"))
-
-
-def ending(s, kernel: set) -> str:
-    """'entry', 'marker', 'kernel' (a kernel-only stack) or 'unmarked'."""
-    if s.frames and all(f in kernel for f in s.frames):
-        return "kernel"
-    if not s.frames:
-        return "unmarked"
-    if reaches_entry(s.frames):
-        return "entry"
-    if is_marker(s.frames[-1]):
-        return "marker"
-    return "unmarked"
-
-
-def start_tail(tail: Sequence[str], allowed: Sequence[str]) -> bool:
-    """tail (the frames below main, root-most last) is a nonempty ordered subsequence of
-    allowed (the start code of the C library) that ends at an entry point."""
-    if not tail or not is_entry(tail[-1]):
-        return False
-    it = iter(allowed)
-    return all(any(f == a for a in it) for f in tail)
-
-
-def glibc_rooted(tail: Sequence[str]) -> bool:
-    return (0 < len(tail) <= 4 and is_entry(tail[-1]) and all(f in GLIBC_START for f in tail))
-
-
-def chain_then_glibc(chain: Sequence[str], kernel: set) -> Callable:
-    """Predicate: the user frames are exactly chain (leaf first) then glibc's start code."""
-    n = len(chain)
-    return lambda s: (user_frames(s, kernel)[:n] == list(chain)
-                      and glibc_rooted(user_frames(s, kernel)[n:]))
-
-
-def compress(frames: Sequence[str], head: int = 24, tail: int = 10) -> list:
-    """frames with runs of one frame as `name x N`, and the middle of a long stack left out,
-    so that an assertion message shows both ends of a deep stack."""
-    out: list = []
-    for f in frames:
-        if out and out[-1][0] == f:
-            out[-1][1] += 1
-        else:
-            out.append([f, 1])
-    shown = [f if n == 1 else f"{f} x{n}" for f, n in out]
-    if len(shown) > head + tail:
-        shown = shown[:head] + [f"... {len(shown) - head - tail} more ..."] + shown[-tail:]
-    return shown
-
-
-def show(stacks: Sequence, n: int = 8) -> str:
-    """format_stacks of stacks, with repeated frames compressed and both ends shown."""
-    short = [dataclasses.replace(s, frames=compress(s.frames)) for s in stacks]
-    return format_stacks(short, n=n, width=1000)
-
-
-def assert_right(stacks: Sequence, relevant: Callable, right: Callable, what: str,
-                 answer: str, min_samples: int = 200, min_frac: float = MIN_FRAC) -> None:
-    """At least min_frac of the relevant samples (weighted) satisfy right()."""
-    rel = [s for s in stacks if relevant(s)]
-    n = total(rel)
-    print(f"{what}: {n} relevant samples of {total(stacks)}\n{show(rel)}")
-    assert n >= min_samples, (
-        f"{what}: only {n} relevant samples (want >= {min_samples}); all samples:\n{show(stacks)}")
-    frac = weighted_fraction(rel, right)
-    wrong = [s for s in rel if not right(s)]
-    assert frac >= min_frac, (
-        f"{what}: {frac:.1%} of {n} relevant samples have the right stack (want >= {min_frac:.0%})\n"
-        f"right answer (leaf first): {answer}\nthe wrong ones:\n{show(wrong)}")
-
-
-def annotate_mappings(res) -> None:
-    """Give each reader Stack of res a `maps` list: the mapping file name of each frame."""
-    prof = res.profile
-    st = prof.string_table
-    maps = {m.id: st[m.filename] for m in prof.mapping}
-    per_loc = {loc.id: [maps.get(loc.mapping_id, "")] * max(1, len(loc.line)) for loc in prof.location}
-    for sample, s in zip(prof.sample, res.stacks):
-        s.maps = [m for lid in sample.location_id for m in per_loc.get(lid, [""])]
-
-
-# ---------------------------------------------------------------- tools and builds
-
-
-GO_CANDIDATES = ("/usr/local/go/bin/go", "/usr/lib/go/bin/go")
-
-
-def need(tool: str, package: str) -> str:
-    """The tool's path; a failure (not a skip) when missing: .ci/run installs it."""
-    path = shutil.which(tool) or (next((p for p in GO_CANDIDATES if os.access(p, os.X_OK)), None)
-                                  if tool == "go" else None)
-    if path is None:
-        pytest.fail(f"{tool} is not installed (.ci/run and `make deps` install it: "
-                    f"apt-get install {package})", pytrace=False)
-    return path
-
-
-def go_env() -> dict:
-    """The machine's Go, no download (the cases have no dependencies), the user's build cache."""
-    return dict(os.environ, GOTOOLCHAIN="local", GOFLAGS="-mod=mod", GOPROXY="off", CGO_ENABLED="1")
-
-
-def sh(cmd: Sequence[str], cwd: Path, env: Optional[dict] = None) -> None:
-    res = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True,
-                         text=True, timeout=600)
-    if res.returncode != 0:
-        pytest.fail(f"{' '.join(map(str, cmd))} failed in {cwd}:\n{res.stdout}\n{res.stderr}",
-                    pytrace=False)
-
-
-DF_FLAGS = ["-O2", "-g", "-fno-asynchronous-unwind-tables", "-fno-unwind-tables",
-            "-fomit-frame-pointer", "-fno-optimize-sibling-calls"]
-
-
-def build_case(case: str, out: Path) -> None:
-    """The README.txt's build line of the case, run in out (a copy of its sources)."""
-    gcc = lambda: need("gcc", "gcc")  # noqa: E731
-    if case == "openssl-cfa-expr":
-        sh([gcc(), "-O2", "-g", "-fno-omit-frame-pointer", "-o", "cfa", "main.c", "spin.S"], out)
-    elif case == "signal-frames":
-        sh([gcc(), "-O2", "-g", "-fno-optimize-sibling-calls", "-fno-inline", "-o", "sig", "sig.c"], out)
-    elif case == "vfork-register-ra":
-        sh([gcc(), "-O2", "-g", "-fno-optimize-sibling-calls", "-o", "vf", "vf.c"], out)
-    elif case == "exec-same-pid":
-        for stage in ("1", "2"):
-            sh([gcc(), "-O2", "-g", "-no-pie", "-fno-pie", f"-DSTAGE={stage}", "-o", f"stage{stage}",
-                "stage.c"], out)
-    elif case == "deep-recursion":
-        sh([gcc(), "-O2", "-g", "-o", "rec", "rec.c"], out)
-    elif case == "musl-static":
-        sh([need("musl-gcc", "musl-tools"), "-static", "-O2", "-g", "-fno-optimize-sibling-calls",
-            "-o", "m", "m.c"], out)
-    elif case == "debug-frame-only":
-        sh([gcc(), *DF_FLAGS, "-o", "df-inline", "df.c"], out)
-        sh([gcc(), *DF_FLAGS, "-o", "df-split", "df.c"], out)
-        objcopy, strip = need("objcopy", "binutils"), need("strip", "binutils")
-        sh([objcopy, "--only-keep-debug", "df-split", "df-split.debug"], out)
-        sh([strip, "--strip-all", "df-split"], out)
-        sh([objcopy, "--add-gnu-debuglink=df-split.debug", "df-split"], out)
-    elif case == "cgo-stack-switch":
-        need("gcc", "gcc")
-        sh([need("go", "golang-go"), "build", "-o", "cgocb", "."], out, env=go_env())
-    elif case == "go-pprof-stripped":
-        sh([need("go", "golang-go"), "build", "-ldflags=-s -w", "-o", "gopprof", "."], out,
-           env=go_env())
-    elif case == "python-perf-trampoline":
-        pass  # app.py runs as it is
-    else:
-        raise AssertionError(f"no build line for case {case}")
-
-
-class Builds:
-    """The cases, each built once per session (on first use) in a tmp dir."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.done: dict[str, Path] = {}
-
-    def __call__(self, case: str) -> Path:
-        if case not in self.done:
-            out = self.root / case
-            shutil.copytree(CASES / case, out)
-            build_case(case, out)
-            self.done[case] = out
-        return self.done[case]
-
-
-@pytest.fixture(scope="session")
-def built(tmp_path_factory) -> Builds:
-    return Builds(tmp_path_factory.mktemp("cases"))
-
-
-@contextmanager
-def running(argv: Sequence, cwd: Path, settle: float = 0.3, **kw) -> Iterator[subprocess.Popen]:
-    """A case process (the cases print nothing): started, checked alive, killed at the end."""
-    proc = subprocess.Popen([str(a) for a in argv], cwd=cwd, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, **kw)
-    try:
-        time.sleep(settle)
-        if proc.poll() is not None:
-            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-            pytest.fail(f"{argv} exited {proc.returncode} at once: {err}", pytrace=False)
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
-
-
-def record_pid(tmp_path: Path, pid: int, *extra, name: str = "out.pprof", duration: str = DURATION):
-    res = record(tmp_path / name, "--pid", pid, "--duration", duration, "--frequency", FREQ,
-                 *extra).check()
-    return res, kernel_function_names(res.profile), for_pid(res.stacks, pid)
 
 
 # ---------------------------------------------------------------- kind 1: CFI beyond rip/rsp/rbp
@@ -414,9 +152,6 @@ def test_exec_same_pid(built, tmp_path):
 
 
 # ---------------------------------------------------------------- kind 5: deeper than the snapshot
-
-
-DEPTH = 1000
 
 
 @pytest.mark.parametrize("stack_bytes", ["default", "65536"])
@@ -748,17 +483,6 @@ def test_go_stripped_vs_runtime_pprof(built, tmp_path):
 # ---------------------------------------------------------------- kind 8: CPython's perf trampolines
 
 
-PY_INTERPRETERS = {f"3.{m}": f"~/.pyenv/versions/3.{m}.*/bin/python3.{m}" for m in (12, 13, 14)}
-PY_REQUIRED = {"3.12", "3.13"}   # as tests/test_python.py: the machine's pyenv builds
-
-
-def py_installed(label: str) -> list:
-    return sorted(glob.glob(os.path.expanduser(PY_INTERPRETERS[label])))
-
-
-PY_TESTED = [v for v in PY_INTERPRETERS if v in PY_REQUIRED or py_installed(v)]
-PY_MODES = [(v, x) for v in PY_TESTED for x in ("perf", "perf_jit")
-            if x == "perf" or int(v.split(".")[1]) >= 13]
 PY_CHAIN = ["inner_math", "score_item", "handle_batch.<locals>.<genexpr>", "handle_batch", "main",
             "<module>"]
 
@@ -807,174 +531,3 @@ def test_python_perf_trampoline(built, tmp_path, version, xopt, frames):
                  "... <- _PyEval_EvalFrameDefault <- " + ("py::inner_math <- ... <- py::score_item "
                  "<- ... <- py::handle_batch <- ... <- py::main <- " if xopt == "perf" else
                  "[trampolines] <- ") + "... <- Py_RunMain <- ... <- _start")
-
-
-# ---------------------------------------------------------------- real binaries, side by side with perf
-
-
-PERF_ROOTS = {"_start", "__libc_start_call_main", "__libc_start_main", "__libc_start_main_impl"}
-
-
-def perf_stacks(data: Path) -> list:
-    """`perf script` of a `perf record --call-graph dwarf` file: function names, leaf first."""
-    perf = need("perf", "linux-perf")
-    out = subprocess.run([perf, "script", "-i", str(data), "-F", "comm,pid,tid,ip,sym,dso"],
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    stacks, cur = [], None
-    for line in out.stdout.splitlines():
-        if not line.strip():
-            if cur is not None:
-                stacks.append(cur)
-            cur = None
-        elif not line[0].isspace():
-            cur = []
-        elif cur is not None:
-            parts = line.split()
-            cur.append(re.sub(r"\+0x[0-9a-f]+$", "", parts[1]) if len(parts) > 1 else "[unknown]")
-    if cur is not None:
-        stacks.append(cur)
-    return stacks
-
-
-def side_by_side(tmp_path: Path, pid: int, duration: str = DURATION):
-    """ddprofiler and `perf record --call-graph dwarf` on pid at the same time."""
-    perf = need("perf", "linux-perf")
-    data = tmp_path / "perf.data"
-    pr = subprocess.Popen([perf, "record", "-q", "--call-graph", "dwarf", "-F", "499", "-p", str(pid),
-                           "-o", str(data), "--", "sleep", str(float(duration) + 0.5)],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        res, kernel, mine = record_pid(tmp_path, pid, duration=duration)
-    finally:
-        _, err = pr.communicate(timeout=120)
-    assert pr.returncode == 0 and data.exists(), f"perf record failed: {err[-3000:]}"
-    return res, kernel, mine, perf_stacks(data)
-
-
-def compare_with_perf(what: str, kernel: set, mine: list, theirs: list) -> str:
-    n = total(mine)
-    ours_frac = weighted_fraction(mine, lambda s: reaches_entry(s.frames))
-    perf_frac = sum(1 for st in theirs if any(f in PERF_ROOTS for f in st)) / max(1, len(theirs))
-    ends = Counter()
-    for s in mine:
-        ends[ending(s, kernel)] += s.count
-    summary = (f"{what}: ddprofiler {ours_frac:.1%} of {n} samples reach an entry point "
-               f"(endings {dict(ends)}); perf --call-graph dwarf {perf_frac:.1%} of {len(theirs)} "
-               f"reach {sorted(PERF_ROOTS)}")
-    print(summary)
-    assert n >= 300 and len(theirs) >= 100, f"too few samples\n{summary}\n{show(mine)}"
-    not_complete = [s for s in mine if not reaches_entry(s.frames)]
-    assert ours_frac >= perf_frac - 0.02, (
-        f"{summary}: ddprofiler must be at least perf's fraction minus 2 points\n"
-        f"our stacks that do not reach an entry point:\n{show(not_complete)}")
-    return summary
-
-
-@pytest.mark.parametrize("algo", ["sha512", "rsa2048"])
-def test_openssl_speed_vs_perf(tmp_path, algo):
-    """OpenSSL's perlasm (CFA in rax, CFA expressions): at least as complete as perf."""
-    openssl = need("openssl", "openssl")
-    with running([openssl, "speed", "-seconds", "6", algo], tmp_path) as p:
-        res, kernel, mine, theirs = side_by_side(tmp_path, p.pid)
-    compare_with_perf(f"openssl speed {algo}", kernel, mine, theirs)
-
-
-def assert_entry_or_marked(what: str, kernel: set, mine: list) -> None:
-    done = weighted_fraction(mine, lambda s: ending(s, kernel) != "unmarked")
-    unmarked = [s for s in mine if ending(s, kernel) == "unmarked"]
-    assert done >= 0.95 and not unmarked, (
-        f"{what}: {done:.1%} of samples end at an entry point or a marker (want >= 95%), "
-        f"{total(unmarked)} end unmarked elsewhere (want none):\n{show(unmarked)}")
-
-
-def test_debian_python3_vs_perf(debian_python, tmp_path):
-    script = "print('ready', flush=True)\nwhile True:\n    sum(i * i for i in range(1000))\n"
-    with Workload([debian_python, "-c", script]) as w:
-        res, kernel, mine, theirs = side_by_side(tmp_path, w.pid)
-    assert_entry_or_marked("Debian's python3", kernel, mine)
-    compare_with_perf("Debian's python3", kernel, mine, theirs)
-
-
-def test_node_vs_perf(tmp_path):
-    node = need("node", "nodejs")
-    script = ("console.log('ready');"
-              "function leaf(n){let x=0;for(let i=0;i<n;i++){x+=Math.sqrt(i)*i%7;}return x;}"
-              "function mid(n){return leaf(n)+1;}"
-              "let s=0;for(;;){s+=mid(1e6);}")
-    with Workload([node, "-e", script]) as w:
-        res, kernel, mine, theirs = side_by_side(tmp_path, w.pid)
-    assert_entry_or_marked("node", kernel, mine)
-    compare_with_perf("node", kernel, mine, theirs)
-
-
-# ---------------------------------------------------------------- kind 9: no stack ends unmarked
-
-
-def test_no_stack_ends_unmarked(built, workloads, tmp_path):
-    """Every case and every workload of tests/workloads at once, recorded system-wide: the
-    root-most frame of every one of their samples is an entry point or a marker frame, or the
-    stack is kernel-only."""
-    procs: list = []
-    names: set = set()
-
-    def start(argv, cwd, name):
-        procs.append(subprocess.Popen([str(a) for a in argv], cwd=cwd, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL))
-        names.add(name)
-
-    try:
-        d = built("openssl-cfa-expr")
-        start(["./cfa", RUN], d, "cfa")
-        d = built("signal-frames")
-        start(["./sig", "normal", RUN], d, "sig")
-        start(["./sig", "alt", RUN], d, "sig")
-        start(["./vf", RUN], built("vfork-register-ra"), "vf")
-        start(["./stage1", "3", RUN], built("exec-same-pid"), "stage1")
-        names.add("stage2")
-        start(["./rec", RUN, str(DEPTH)], built("deep-recursion"), "rec")
-        start(["./m", RUN], built("musl-static"), "m")
-        d = built("debug-frame-only")
-        start(["./df-inline", RUN], d, "df-inline")
-        start(["./df-split", RUN], d, "df-split")
-        d = built("cgo-stack-switch")
-        start(["./cgocb", RUN, "c"], d, "cgocb")
-        start(["./cgocb", RUN], d, "cgocb")
-        d = built("go-pprof-stripped")
-        start(["./gopprof", tmp_path / "go.pprof", RUN], d, "gopprof")
-        d = built("python-perf-trampoline")
-        for version, xopt in PY_MODES:
-            for py in py_installed(version)[-1:]:
-                start([py, "-X", xopt, "app.py", RUN], d, f"python{version}")
-        for name, argv in (("chain", [RUN]), ("shlib", [RUN]), ("threads", [RUN]),
-                           ("recurse", [RUN, "200"]), ("syscalls", [RUN])):
-            start([workloads[name], *argv], workloads[name].parent, name)
-        time.sleep(1.0)
-        dead = [p.args for p in procs if p.poll() is not None]
-        assert not dead, f"workloads exited early: {dead}"
-        res = record(tmp_path / "all.pprof", "--duration", "6", "--frequency", "499").check()
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-    kernel = kernel_function_names(res.profile)
-    pids = {p.pid for p in procs}
-    mine = lambda s: s.pid in pids or s.process_name in names  # noqa: E731
-    ours = [s for s in res.stacks if mine(s)]
-    others = [s for s in res.stacks if not mine(s) and s.pid > 0]
-    unmarked = [s for s in ours if ending(s, kernel) == "unmarked"]
-    by_process = Counter()
-    for s in unmarked:
-        by_process[s.process_name] += s.count
-    other_unmarked = [s for s in others if ending(s, kernel) == "unmarked"]
-    print(f"other processes: {total(other_unmarked)} of {total(others)} samples end unmarked\n"
-          f"{show(other_unmarked, n=10)}")
-    seen = Counter()
-    for s in ours:
-        seen[s.process_name] += s.count
-    assert total(ours) >= 2000, f"few samples of the workloads: {dict(seen)}"
-    assert not unmarked, (
-        f"{total(unmarked)} of {total(ours)} samples of the workloads end unmarked outside an "
-        f"entry point (by process: {dict(by_process)}; samples per process: {dict(seen)}):\n"
-        f"{show(unmarked, n=25)}")
