@@ -50,8 +50,13 @@ def make_handler(be: Backend):
         def do_POST(self):
             n = int(self.headers["Content-Length"])
             if self.path == QUERY_PATH:
+                raw = self.rfile.read(n)
+                if len(raw) < n:
+                    # The client went away mid-request (a profiler stopping aborts what it
+                    # has in flight): nothing was asked, nothing to answer.
+                    return None
                 try:
-                    body = json.loads(self.rfile.read(n))
+                    body = json.loads(raw)
                     ids = body["data"]["attributes"]["buildIds"]
                 except (ValueError, KeyError, TypeError) as e:
                     with be.lock:
