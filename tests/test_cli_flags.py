@@ -157,8 +157,24 @@ FAKE_MAIN = textwrap.dedent(
     if mode == "missing":
         sys.modules["ddprofiler._native"] = None  # makes `import ddprofiler._native` fail
     else:
-        # The API of python/ddprofiler/_native.pyi, faked.
+        # The API of python/ddprofiler/_native.pyi, faked; pprof is encoded by the real one.
+        import ddprofiler._native as real
         native = types.ModuleType("ddprofiler._native")
+
+        class Snapshot(types.SimpleNamespace):
+            total = property(lambda self: sum(x[4] for x in self.samples))
+
+            def sampled_pids(self):
+                return list(dict.fromkeys(x[0] for x in self.samples if x[4] > 0))
+
+            def sampled_mappings(self):
+                return [0]
+
+            def encode_pprofs(self, group_of, groups, labels=None):
+                return real.encode_pprofs(self.start_ns, self.end_ns, self.frequency,
+                                          [m[:6] for m in self.mappings], self.frames,
+                                          [list(st) for st in self.stacks], self.samples,
+                                          group_of, groups, labels)
         SPECS = [
             ("samples", "count", "samples received"),
             ("lost", "lost", "ring buffer full"),
@@ -200,7 +216,7 @@ FAKE_MAIN = textwrap.dedent(
             def snapshot(self, reset=True):
                 pid = self.pids[0] if self.pids else os.getpid()
                 end = self.end_ns or time.time_ns()
-                snap = types.SimpleNamespace(
+                snap = Snapshot(
                     start_ns=self.start_ns, end_ns=end, frequency=self.frequency,
                     mappings=[(0x1000, 0x2000, 0, "/bin/fake", "", False, None)],
                     frames=[(0, 0x1010, "native", [("fake_main", "", "fake.c", 3)]),
@@ -215,7 +231,10 @@ FAKE_MAIN = textwrap.dedent(
 
         native.Profiler = Profiler
         native.counter_specs = lambda: list(SPECS)
+        native.encode_pprofs = real.encode_pprofs
         sys.modules["ddprofiler._native"] = native
+        import ddprofiler
+        ddprofiler._native = native  # importing the real one set the package's attribute
 
     from ddprofiler import privileges
     if os.environ.get("FAKE_PRIVILEGES") == "missing":

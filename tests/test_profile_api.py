@@ -92,12 +92,35 @@ RAW_STATS = {"bpf_samples": 12, "lost": 2, "samples": 11, "unwind_complete": 7,
              "maps_errors": 0, "symbolize_failures": 4}
 
 
+class FakeSnapshot(types.SimpleNamespace):
+    """A ``_native.Snapshot`` made of the raw tables (a real one needs BPF: the BPF tests
+    take those); it encodes through the extension's one encoder, as a real one does."""
+
+    @property
+    def total(self):
+        return sum(x[4] for x in self.samples)
+
+    def sampled_pids(self):
+        return list(dict.fromkeys(x[0] for x in self.samples if x[4] > 0))
+
+    def sampled_mappings(self):
+        used = {self.frames[f][0] for x in self.samples if x[4] > 0 for f in self.stacks[x[3]]}
+        return sorted(used - {-1})
+
+    def encode_pprofs(self, group_of, groups, labels=None):
+        from ddprofiler import _native
+        return _native.encode_pprofs(self.start_ns, self.end_ns, self.frequency,
+                                     [(m[0], min(m[1], (1 << 64) - 1), *m[2:6]) for m in self.mappings], self.frames,
+                                     [list(st) for st in self.stacks], self.samples,
+                                     group_of, groups, labels)
+
+
 def fake_snapshot(**changes):
     fields = dict(start_ns=START_NS, end_ns=START_NS + 2_500_000_000, frequency=99,
                   mappings=RAW_MAPPINGS, frames=RAW_FRAMES, stacks=RAW_STACKS,
                   samples=RAW_SAMPLES, processes=RAW_PROCESSES, stats=RAW_STATS)
     fields.update(changes)
-    return types.SimpleNamespace(**fields)
+    return FakeSnapshot(**fields)
 
 
 @pytest.fixture
@@ -345,6 +368,45 @@ def test_import_loads_neither_the_extension_nor_protobuf():
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_the_continuous_profiler_never_imports_protobuf():
+    """It encodes in the core (saving protobuf's few MiB of RSS for good)."""
+    code = ("import sys, ddprofiler.cli, ddprofiler.runner, ddprofiler.exporters.datadog, "
+            "ddprofiler.exporters.files, ddprofiler.pprof; "
+            "print([m for m in sys.modules if m.startswith('google')])")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "python")}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_tables_of_a_snapshot_are_read_once_on_first_use():
+    snap = fake_snapshot()
+    profile = Profile.from_native(snap, specs=SPECS)
+    assert set(vars(profile)) >= {"start_ns", "processes", "stats", "native"}
+    assert not {"mappings", "frames", "stacks", "samples"} & set(vars(profile)), "nothing read yet"
+    assert profile.total == 11  # from the snapshot, still nothing read
+    frames = profile.frames
+    assert profile.frames is frames and len(profile.samples) == len(RAW_SAMPLES)
+    assert profile.native is snap
+
+
+def test_assigning_a_table_makes_a_profile_hand_made():
+    profile = Profile.from_native(fake_snapshot(), specs=SPECS)
+    profile.samples = profile.samples[:1]
+    assert profile.native is None and len(profile.frames) == len(RAW_FRAMES)
+    assert profile.total == RAW_SAMPLES[0][4]
+    got = ddprofiler.pprof.stacks(ddprofiler.pprof.build_profile(profile))
+    assert [(x.pid, x.count) for x in got] == [(RAW_SAMPLES[0][0], RAW_SAMPLES[0][4])]
+
+
+def test_copy_of_a_profile_from_a_snapshot_holds_records():
+    import copy
+    profile = Profile.from_native(fake_snapshot(), specs=SPECS)
+    twin = copy.deepcopy(profile)
+    assert twin.native is None and twin.total == profile.total
+    assert [(f.name, f.address) for f in twin.frames] == [(f.name, f.address) for f in profile.frames]
 
 
 def test_public_names():

@@ -12,8 +12,8 @@ from agent_fixtures import make_profile
 
 from ddprofiler import Frame, Line, Mapping, ProcessInfo, Sample, Stats
 from ddprofiler import config
-from ddprofiler.pprof import profile_pb2, stacks
-from ddprofiler.runner import Runner, has_backend_frames, symbol_mappings
+from ddprofiler.pprof import encode_profile, profile_pb2, stacks
+from ddprofiler.runner import Runner, symbol_mappings
 
 CID = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 SPECS = [("samples", "count", ""), ("lost", "lost", ""), ("processes", "gauge", ""),
@@ -117,6 +117,10 @@ def test_remote_symbols_tag(mode, profile, remote):
             assert loc.address and p.string_table[m[loc.mapping_id].build_id]
     else:
         assert names == {"leaf", "main"}
+
+
+def has_backend_frames(p):
+    return encode_profile(p).backend_frames
 
 
 def test_has_backend_frames():

@@ -4,9 +4,9 @@ Users import from ``ddprofiler`` (``ddprofiler.Profiler``, ``ddprofiler.Profile`
 ``ddprofiler.symbols``), never from here. Checked against the built extension by
 ``stubtest`` (``make lint``).
 
-The snapshot is the only bulk data that crosses into Python: interned tables as plain
-tuples (cheap to build, no per-sample objects), which ``ddprofiler.profile.Profile`` turns
-into typed records. Every error is raised as a class of ``ddprofiler.errors`` (or
+A snapshot keeps its interned tables in Rust: the continuous profiler encodes its pprof
+profiles there (``Snapshot.encode_pprofs``), and the tables cross as plain tuples only when
+asked for (``ddprofiler.profile.Profile`` asks on first use), built on each access. Every error is raised as a class of ``ddprofiler.errors`` (or
 ``ValueError`` for a bad argument, ``OSError`` for I/O), converted in one place in the
 binding. Every call that can block releases the GIL.
 """
@@ -25,6 +25,7 @@ __all__ = [
     "BinaryInfo",
     "DebugFileStats",
     "counter_specs",
+    "encode_pprofs",
     "inspect",
     "symbolize_file",
 ]
@@ -47,6 +48,10 @@ _RawMapping = tuple[int, int, int, str, str, bool, Optional["Binary"]]
 _RawFrame = tuple[int, int, _FrameKind, list[_RawLine]]
 # (pid, tid, cpu, stack index, count, thread_name, process_name)
 _RawSample = tuple[int, int, int, int, int, str, str]
+# (pprof, samples, backend_frames): the serialized *uncompressed* pprof Profile, the sum of
+# its sample counts, whether some native frame is left for the backend to name (no lines, a
+# file with an id).
+_Encoded = tuple[bytes, int, bool]
 # (pid, name, exe, env, cgroup): env keeps only DD_SERVICE, DD_ENV, DD_VERSION,
 # OTEL_SERVICE_NAME, POD_NAME, KUBERNETES_POD_NAME; cgroup is /proc/PID/cgroup's text.
 _RawProcess = tuple[int, str, str, dict[str, str], str]
@@ -67,7 +72,11 @@ class Snapshot:
     def frequency(self) -> int:
         """Sampling rate, Hz per CPU."""
     @property
-    def mappings(self) -> list[_RawMapping]: ...
+    def total(self) -> int:
+        """Sum of the sample counts."""
+    @property
+    def mappings(self) -> list[_RawMapping]:
+        """The tables (mappings, frames, stacks, samples) are built on each access."""
     @property
     def frames(self) -> list[_RawFrame]: ...
     @property
@@ -81,6 +90,33 @@ class Snapshot:
     @property
     def stats(self) -> dict[str, int]:
         """Cumulative counters since start, when the period closed (registry order)."""
+    def sampled_pids(self) -> list[int]:
+        """The pids of the samples with a count, each once, in order of first appearance."""
+    def sampled_mappings(self) -> list[int]:
+        """Indices into ``mappings`` of those the stacks of samples with a count touch."""
+    def encode_pprofs(self, group_of: dict[int, int], groups: int,
+                      labels: Optional[dict[int, list[tuple[str, str]]]] = None) -> list[_Encoded]:
+        """One pprof per group: ``group_of`` gives every sampled pid its group in
+        ``range(groups)``; ``labels`` adds (key, value) string labels to the samples of each
+        pid it names, in order. The contract is the encoder's
+        (``rust/ddprof-core/src/pprof/mod.rs``). Releases the GIL. Raises ValueError for a
+        sampled pid without a group or a frequency of 0."""
+
+def encode_pprofs(
+    start_ns: int,
+    end_ns: int,
+    frequency: int,
+    mappings: list[tuple[int, int, int, str, str, bool]],
+    frames: list[_RawFrame],
+    stacks: list[list[int]],
+    samples: list[_RawSample],
+    group_of: dict[int, int],
+    groups: int,
+    labels: Optional[dict[int, list[tuple[str, str]]]] = None,
+) -> list[_Encoded]:
+    """``Snapshot.encode_pprofs`` of hand-made tables (shaped as a snapshot's, mappings
+    without their binary). Raises ValueError for an index out of range or an unknown
+    frame kind, as ``Snapshot.encode_pprofs`` does."""
 
 @final
 class Profiler:

@@ -177,6 +177,26 @@ def _no_stats() -> Stats:
     return Stats({}, specs=())
 
 
+_TABLES = ("mappings", "frames", "stacks", "samples")
+
+
+def _tables_of(snapshot: _native.Snapshot) -> dict[str, list]:  # type: ignore[type-arg]
+    """The four tables of ``snapshot`` as typed records."""
+    mappings = [Mapping._make(m) for m in snapshot.mappings]
+    lines: dict[tuple[str, str, str, int], Line] = {}  # one record per distinct line
+
+    def line(raw: tuple[str, str, str, int]) -> Line:
+        got = lines.get(raw)
+        if got is None:
+            got = lines[raw] = Line._make(raw)
+        return got
+
+    frames = [Frame(address, mappings[m] if m >= 0 else None, kind, tuple(line(raw) for raw in raw_lines))
+              for m, address, kind, raw_lines in snapshot.frames]
+    return {"mappings": mappings, "frames": frames, "stacks": [tuple(s) for s in snapshot.stacks],
+            "samples": [Sample._make(s) for s in snapshot.samples]}
+
+
 @dataclass
 class Profile:
     """One period of samples with the tables they index.
@@ -199,35 +219,50 @@ class Profile:
     processes: dict[int, ProcessInfo] = field(default_factory=dict)
     stats: Stats = field(default_factory=_no_stats)
 
+    native: Optional[_native.Snapshot] = field(default=None, repr=False, compare=False)
+    """The core's snapshot this profile was made from (None when made by hand). The tables
+    (``mappings``, ``frames``, ``stacks``, ``samples``) of such a profile are read from it
+    on first use; until then it costs no Python object per frame or sample, and
+    ``ddprofiler.pprof`` encodes it in the core. Replacing a table (assigning it) makes the
+    profile one of hand-made tables: the snapshot is no longer used for it."""
+
     @classmethod
     def from_native(cls, snapshot: _native.Snapshot,
                     specs: Optional[Sequence[CounterSpec]] = None) -> Profile:
         """The Profile of a ``_native.Snapshot``; ``specs`` as for ``Stats`` (None: the
-        extension's registry, loaded when a counter's kind is first asked for)."""
-        mappings = [Mapping._make(m) for m in snapshot.mappings]
-        lines: dict[tuple[str, str, str, int], Line] = {}  # one record per distinct line
+        extension's registry, loaded when a counter's kind is first asked for). The tables
+        are read from the snapshot on first use."""
+        profile = cls.__new__(cls)
+        profile.start_ns = snapshot.start_ns
+        profile.end_ns = snapshot.end_ns
+        profile.frequency = snapshot.frequency
+        profile.processes = {p[0]: ProcessInfo(p[0], p[1], p[2], dict(p[3]), p[4])
+                             for p in snapshot.processes}
+        profile.stats = Stats(snapshot.stats, specs)
+        profile.native = snapshot
+        return profile
 
-        def line(raw: tuple[str, str, str, int]) -> Line:
-            got = lines.get(raw)
-            if got is None:
-                got = lines[raw] = Line._make(raw)
-            return got
+    def __getattr__(self, name: str) -> object:
+        # Only for attributes not set: the tables of a profile from a snapshot, until read.
+        if name in _TABLES:
+            native = self.__dict__.get("native")
+            if native is not None:
+                self.__dict__.update(_tables_of(native))
+                return self.__dict__[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
-        frames = [Frame(address, mappings[m] if m >= 0 else None, kind,
-                        tuple(line(raw) for raw in raw_lines))
-                  for m, address, kind, raw_lines in snapshot.frames]
-        return cls(
-            start_ns=snapshot.start_ns,
-            end_ns=snapshot.end_ns,
-            frequency=snapshot.frequency,
-            mappings=mappings,
-            frames=frames,
-            stacks=[tuple(s) for s in snapshot.stacks],
-            samples=[Sample._make(s) for s in snapshot.samples],
-            processes={p[0]: ProcessInfo(p[0], p[1], p[2], dict(p[3]), p[4])
-                       for p in snapshot.processes},
-            stats=Stats(snapshot.stats, specs),
-        )
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in _TABLES and self.__dict__.get("native") is not None:
+            for table, rows in _tables_of(self.__dict__["native"]).items():
+                self.__dict__.setdefault(table, rows)
+            self.__dict__["native"] = None  # hand-made from now on
+        object.__setattr__(self, name, value)
+
+    def __getstate__(self) -> dict[str, object]:
+        # copy and pickle: the tables as records, not the extension's object.
+        for name in _TABLES:
+            getattr(self, name)
+        return {**self.__dict__, "native": None}
 
     # ----------------------------------------------------------------- questions
 
@@ -238,6 +273,8 @@ class Profile:
     @property
     def total(self) -> int:
         """Number of samples (the sum of the counts)."""
+        if self.native is not None:
+            return self.native.total
         return sum(s.count for s in self.samples)
 
     @property

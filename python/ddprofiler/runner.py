@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Protocol
 import ddprofiler
 from ddprofiler.config import Settings
 from ddprofiler.exporters import ProfilePayload
-from ddprofiler.pprof.builder import build_profile
+from ddprofiler.pprof.builder import encode_profiles
 from ddprofiler.profile import Mapping as ProfileMapping
 from ddprofiler.profile import Profile
 from ddprofiler.stats import Stats
@@ -111,33 +111,30 @@ class Runner:
     # ----------------------------------------------------------------- one period
 
     def export(self, profile: Profile) -> int:
-        """Tags, splits and submits one period; returns how many profiles it made."""
+        """Tags, groups and submits one period; returns how many profiles it made."""
         tags_of = self.tags_of(profile)
         labels = {pid: labels_of(t) for pid, t in tags_of.items()}
         if self.symbols is not None:
             self.symbols.offer(symbol_mappings(profile))
-        groups = profile.split(lambda s: self._key(tags_of[s.pid]))
-        made = 0
-        for key, sub in sorted(groups.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
-            pprof = build_profile(sub, labels)
+        key_of = {pid: self._key(t) for pid, t in tags_of.items()}
+        keys = sorted(set(key_of.values()), key=lambda k: tuple(str(x) for x in k))
+        index = {key: i for i, key in enumerate(keys)}
+        encoded = encode_profiles(profile, {pid: index[k] for pid, k in key_of.items()}, len(keys),
+                                  {pid: extra for pid, extra in labels.items() if extra})
+        for key, profile_of_key in zip(keys, encoded):
             self.profile_seq[key.service] += 1
-            remote = self.settings.symbolize != "host" or has_backend_frames(sub)
+            remote = self.settings.symbolize != "host" or profile_of_key.backend_frames
             tags = self._tags(key, self.profile_seq[key.service], remote_symbols=remote)
             self.exporter.submit(ProfilePayload(
-                pprof=pprof.SerializeToString(), start_ns=profile.start_ns,
+                pprof=profile_of_key.pprof, start_ns=profile.start_ns,
                 end_ns=profile.end_ns, tags=tags, service=key.service,
                 container_id=key.container_id, cgroup_inode=key.cgroup_inode))
-            made += 1
-        self._telemetry(profile, made)
-        return made
+        self._telemetry(profile, len(keys))
+        return len(keys)
 
     def tags_of(self, profile: Profile) -> Dict[int, ProcessTags]:
         """The tags of each sampled pid (memoized across periods by the tag cache)."""
-        tags: Dict[int, ProcessTags] = {}
-        for sample in profile.samples:
-            if sample.pid not in tags:
-                tags[sample.pid] = self.tag_cache.get(sample.pid, profile.processes.get(sample.pid))
-        return tags
+        return {pid: self.tag_cache.get(pid, profile.processes.get(pid)) for pid in sampled_pids(profile)}
 
     def _key(self, t: ProcessTags) -> GroupKey:
         s = self.settings
@@ -194,21 +191,27 @@ def _fmt(d: Mapping[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(d.items()))
 
 
+def sampled_pids(profile: Profile) -> List[int]:
+    """The pids of the samples with a count, each once, in order of first appearance."""
+    if profile.native is not None:
+        return profile.native.sampled_pids()
+    return list(dict.fromkeys(s.pid for s in profile.samples if s.count > 0))
+
+
 def symbol_mappings(profile: Profile) -> List[ProfileMapping]:
     """The file-backed native mappings that the samples' stacks touch and whose symbols
     could be uploaded: an open ``binary`` and a ``build_id``; one per build id."""
+    if profile.native is not None:
+        table = profile.native.mappings
+        touched = [ProfileMapping._make(table[i]) for i in profile.native.sampled_mappings()]
+    else:
+        touched = []
+        for stack_index in dict.fromkeys(s.stack for s in profile.samples if s.count > 0):
+            touched.extend(m for i in profile.stacks[stack_index]
+                           if (m := profile.frames[i].mapping) is not None)
     seen: Dict[str, ProfileMapping] = {}
-    for stack_index in dict.fromkeys(s.stack for s in profile.samples if s.count > 0):
-        for frame_index in profile.stacks[stack_index]:
-            m = profile.frames[frame_index].mapping
-            if (m is not None and m.binary is not None and m.build_id and not m.is_kernel
-                    and m.path.startswith("/") and m.build_id not in seen):
-                seen[m.build_id] = m
+    for m in touched:
+        if (m.binary is not None and m.build_id and not m.is_kernel and m.path.startswith("/")
+                and m.build_id not in seen):
+            seen[m.build_id] = m
     return list(seen.values())
-
-
-def has_backend_frames(profile: Profile) -> bool:
-    """True when some native frame is left for the backend to symbolize: no lines, in a
-    file the backend can know by its build id."""
-    return any(f.kind == "native" and not f.lines and f.mapping is not None
-               and f.mapping.build_id and not f.mapping.is_kernel for f in profile.frames)

@@ -14,11 +14,13 @@ from __future__ import annotations
 import gzip
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Union
+from typing import TYPE_CHECKING, Dict, List, Union
 
-from . import profile_pb2
 from ..profile import unnamed_frame
 from .builder import LABEL_CPU, LABEL_PID, LABEL_PROCESS_NAME, LABEL_THREAD_NAME, LABEL_TID
+
+if TYPE_CHECKING:
+    from . import profile_pb2
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -47,6 +49,8 @@ def parse_pprof(data: bytes) -> profile_pb2.Profile:
         data = gzip.decompress(data)
     elif data[:4] == _ZSTD_MAGIC:
         raise ValueError("zstd-compressed pprof is not supported here; decompress it first (zstd -d)")
+    from . import profile_pb2  # protobuf: imported by readers only
+
     profile = profile_pb2.Profile()
     profile.ParseFromString(data)
     return profile

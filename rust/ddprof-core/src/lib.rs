@@ -12,11 +12,12 @@
 //! | (per file) | `elf/` | open files, ids, debug files, the debug-only ELF writer |
 //! | symbolize | `symbolize/` | blazesym, Go tables, kernel, perf maps (own thread) |
 //! | aggregate | `aggregate/` | interned tables, the depth cap, snapshots |
+//! | encode | `pprof/` | a snapshot's profiles as pprof, one pass each |
 //!
 //! Shared vocabulary: `addr` (AVMA, SVMA, file offsets, bias), `arch` (the one place that
 //! names the target architecture), `counters` (the typed counter registry), `error`.
-//! `profiler` runs the threads. Dependencies point down the list `profiler`, `sampler`,
-//! `aggregate`, `symbolize`, `cpython`, `unwind`, `process`, `elf`, then the shared
+//! `profiler` runs the threads. Dependencies point down the list `pprof`, `profiler`,
+//! `sampler`, `aggregate`, `symbolize`, `cpython`, `unwind`, `process`, `elf`, then the shared
 //! modules: no cycle.
 pub mod addr;
 pub mod aggregate;
@@ -25,6 +26,7 @@ pub mod counters;
 pub mod cpython;
 pub mod elf;
 pub mod error;
+pub mod pprof;
 pub mod process;
 pub mod profiler;
 pub mod sampler;

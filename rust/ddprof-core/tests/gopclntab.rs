@@ -104,7 +104,7 @@ fn runtime_frames(bin: &Path, t: &GoTable, addrs: &[u64]) -> HashMap<u64, Option
             let frames = cols
                 .map(|c| {
                     let p: Vec<&str> = c.splitn(3, '|').collect();
-                    Line { function: p[0].into(), file: p[1].into(), line: p[2].parse().expect("line") }
+                    Line { function: p[0].into(), system_name: String::new(), file: p[1].into(), line: p[2].parse().expect("line") }
                 })
                 .collect();
             (addr, Some(frames))
@@ -187,7 +187,7 @@ fn main_go() -> String {
 }
 
 fn line(function: &str, line: u32) -> Line {
-    Line { function: function.into(), file: main_go(), line }
+    Line { function: function.into(), system_name: String::new(), file: main_go(), line }
 }
 
 /// Addresses of instructions from the known functions, for the exact chain checks.
@@ -520,7 +520,7 @@ fn tiny_table_resolves() {
     send_sync::<GoTable>();
     let elf = elf_with_pclntab(&tiny_pclntab());
     let t = GoTable::parse(&elf).expect("parses").expect("is go");
-    let line = |function: &str, line| vec![Line { function: function.into(), file: "a.go".into(), line }];
+    let line = |function: &str, line| vec![Line { function: function.into(), system_name: String::new(), file: "a.go".into(), line }];
     assert_eq!(t.lookup(Svma(0x1000)), Some(line("main.f", 7)));
     assert_eq!(t.lookup(Svma(0x100f)), Some(line("main.f", 7)));
     assert_eq!(t.lookup(Svma(0x1010)), Some(line("main.f", 9)));

@@ -6,23 +6,25 @@
 //! - the GIL: every call that can block runs through [`blocking`], and no lock of ours is
 //!   ever held while the GIL is released or acquired (the core's handle needs none: its
 //!   methods take `&self`);
-//! - data: a snapshot crosses as plain tuples of interned tables ([`snapshot_to_py`]).
+//! - data: a snapshot stays in Rust; its pprof is encoded there, and its tables cross as
+//!   plain tuples only when asked for ([`snapshot`]).
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use ddprof_core::aggregate::Snapshot as CoreSnapshot;
 use ddprof_core::counters::SPECS;
 use ddprof_core::elf::debug_writer::DebugFileStats as CoreDebugFileStats;
 use ddprof_core::elf::inspect::{inspect_path, BinaryInfo as CoreBinaryInfo};
 use ddprof_core::elf::{ElfFile, SymbolSource};
-use ddprof_core::symbolize::Line;
-use ddprof_core::{Error, Profiler as CoreProfiler, ProfilerConfig, Stats};
+use ddprof_core::{Error, Profiler as CoreProfiler, ProfilerConfig};
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple, PyType};
 
+mod snapshot;
+use snapshot::{lines_to_py, stats_to_py, Snapshot};
+
 /// The one conversion of core errors into Python exceptions (classes of `ddprofiler.errors`).
-fn to_py_err(py: Python<'_>, e: Error) -> PyErr {
+pub(crate) fn to_py_err(py: Python<'_>, e: Error) -> PyErr {
     let class = match &e {
         Error::InvalidArgument(_) => return PyValueError::new_err(e.to_string()),
         Error::Io { .. } => return PyOSError::new_err(e.to_string()),
@@ -48,68 +50,8 @@ fn to_py_err(py: Python<'_>, e: Error) -> PyErr {
 
 /// Runs `f` without the GIL: Python threads (and signal handlers) keep running meanwhile.
 /// The only place the GIL is released.
-fn blocking<T: Send>(py: Python<'_>, f: impl FnOnce() -> T + Send) -> T {
+pub(crate) fn blocking<T: Send>(py: Python<'_>, f: impl FnOnce() -> T + Send) -> T {
     py.detach(f)
-}
-
-fn lines_to_py<'py>(py: Python<'py>, lines: &[Line]) -> PyResult<Bound<'py, PyList>> {
-    let out = PyList::empty(py);
-    for l in lines {
-        // system_name: the demangled name is all the core keeps ("" = same as function).
-        out.append((l.function.as_str(), "", l.file.as_str(), l.line))?;
-    }
-    Ok(out)
-}
-
-fn snapshot_to_py(py: Python<'_>, s: CoreSnapshot) -> PyResult<Snapshot> {
-    let mappings = PyList::empty(py);
-    for m in &s.mappings {
-        let binary = match &m.file {
-            Some(f) => Some(Py::new(py, Binary { file: f.clone() })?),
-            None => None,
-        };
-        mappings.append((m.start.0, m.limit.0, m.offset.0, m.path.as_str(), m.file_id.as_str(), m.is_kernel, binary))?;
-    }
-    let frames = PyList::empty(py);
-    for f in &s.frames {
-        let mapping = f.mapping.map_or(-1, i64::from);
-        frames.append((mapping, f.address.0, f.kind.as_str(), lines_to_py(py, &f.lines)?))?;
-    }
-    let stacks = PyList::empty(py);
-    for st in &s.stacks {
-        stacks.append(PyTuple::new(py, st.iter())?)?;
-    }
-    let samples = PyList::empty(py);
-    for x in &s.samples {
-        samples.append((x.pid, x.tid, x.cpu, x.stack, x.count, x.thread_name.as_str(), x.process_name.as_str()))?;
-    }
-    let processes = PyList::empty(py);
-    for p in &s.processes {
-        let env = PyDict::new(py);
-        for (k, v) in &p.env {
-            env.set_item(k, v)?;
-        }
-        processes.append((p.pid, p.name.as_str(), p.exe.as_str(), env, p.cgroup.as_str()))?;
-    }
-    Ok(Snapshot {
-        start_ns: s.start_ns,
-        end_ns: s.end_ns,
-        frequency: s.frequency,
-        mappings: mappings.unbind(),
-        frames: frames.unbind(),
-        stacks: stacks.unbind(),
-        samples: samples.unbind(),
-        processes: processes.unbind(),
-        stats: stats_to_py(py, &s.stats)?.unbind(),
-    })
-}
-
-fn stats_to_py<'py>(py: Python<'py>, stats: &Stats) -> PyResult<Bound<'py, PyDict>> {
-    let d = PyDict::new(py);
-    for (c, v) in stats.iter() {
-        d.set_item(c.name(), v)?;
-    }
-    Ok(d)
 }
 
 #[pyfunction]
@@ -119,19 +61,6 @@ fn counter_specs(py: Python<'_>) -> PyResult<Bound<'_, PyList>> {
         out.append((s.name, s.kind.as_str(), s.help))?;
     }
     Ok(out)
-}
-
-#[pyclass(module = "ddprofiler._native", frozen, get_all)]
-struct Snapshot {
-    start_ns: u64,
-    end_ns: u64,
-    frequency: u64,
-    mappings: Py<PyList>,
-    frames: Py<PyList>,
-    stacks: Py<PyList>,
-    samples: Py<PyList>,
-    processes: Py<PyList>,
-    stats: Py<PyDict>,
 }
 
 #[pyclass(module = "ddprofiler._native", frozen)]
@@ -196,14 +125,14 @@ impl Profiler {
     fn snapshot(&self, py: Python<'_>, reset: bool) -> PyResult<Snapshot> {
         let p = self.running(py)?;
         let snap = blocking(py, || p.snapshot(reset)).map_err(|e| to_py_err(py, e))?;
-        snapshot_to_py(py, snap)
+        Ok(Snapshot { core: Arc::new(snap) })
     }
 }
 
 /// An ELF file the profiler holds open.
 #[pyclass(module = "ddprofiler._native", frozen)]
-struct Binary {
-    file: Arc<ElfFile>,
+pub(crate) struct Binary {
+    pub(crate) file: Arc<ElfFile>,
 }
 
 #[pymethods]
@@ -391,6 +320,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<BinaryInfo>()?;
     m.add_class::<DebugFileStats>()?;
     m.add_function(wrap_pyfunction!(counter_specs, m)?)?;
+    m.add_function(wrap_pyfunction!(snapshot::encode_pprofs, m)?)?;
     m.add_function(wrap_pyfunction!(inspect, m)?)?;
     m.add_function(wrap_pyfunction!(symbolize_file, m)?)?;
     Ok(())

@@ -182,7 +182,7 @@ impl Aggregate {
         if let Some(&id) = self.python_frames.get(&key) {
             return id;
         }
-        let lines = Arc::from(vec![crate::symbolize::Line { function: qualname.to_string(), file: file.to_string(), line }]);
+        let lines = Arc::from(vec![crate::symbolize::Line { function: qualname.to_string(), system_name: String::new(), file: file.to_string(), line }]);
         let id = self.frames.len() as u32;
         self.frames.push(PendingFrame { mapping: Some(mapping), address: Avma(0), kind: FrameKind::Python, request: SymRequest::Fixed(lines) });
         self.python_frames.insert(key, id);

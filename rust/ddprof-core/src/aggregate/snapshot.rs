@@ -84,3 +84,36 @@ pub struct Snapshot {
     /// The counters when the period closed (after its symbolization).
     pub stats: Stats,
 }
+
+impl Snapshot {
+    /// The pids of the samples with a count, each once, in order of first appearance.
+    pub fn sampled_pids(&self) -> Vec<u32> {
+        let mut seen = std::collections::HashSet::new();
+        self.samples.iter().filter(|x| x.count > 0 && seen.insert(x.pid)).map(|x| x.pid).collect()
+    }
+
+    /// Indices of the mappings that the stacks of samples with a count touch, in table order.
+    pub fn sampled_mappings(&self) -> Vec<u32> {
+        let mut stack_seen = vec![false; self.stacks.len()];
+        let mut used = vec![false; self.mappings.len()];
+        for x in self.samples.iter().filter(|x| x.count > 0) {
+            let Some(seen) = stack_seen.get_mut(x.stack as usize) else { continue };
+            if std::mem::replace(seen, true) {
+                continue;
+            }
+            for &f in self.stacks[x.stack as usize].iter() {
+                if let Some(m) = self.frames.get(f as usize).and_then(|f| f.mapping) {
+                    if let Some(u) = used.get_mut(m as usize) {
+                        *u = true;
+                    }
+                }
+            }
+        }
+        (0..used.len() as u32).filter(|&i| used[i as usize]).collect()
+    }
+
+    /// Sum of the sample counts.
+    pub fn total(&self) -> u64 {
+        self.samples.iter().map(|x| x.count).sum()
+    }
+}

@@ -51,10 +51,10 @@ fn to_lines(sym: &Symbolized<'_>) -> Option<Vec<Line>> {
     let mut lines = Vec::with_capacity(sym.inlined.len() + 1);
     for f in sym.inlined.iter().rev() {
         let (file, line) = code_file(f.code_info.as_ref());
-        lines.push(Line { function: f.name.to_string(), file, line });
+        lines.push(Line { function: f.name.to_string(), system_name: String::new(), file, line });
     }
     let (file, line) = code_file(sym.code_info.as_deref());
-    lines.push(Line { function: sym.name.to_string(), file, line });
+    lines.push(Line { function: sym.name.to_string(), system_name: String::new(), file, line });
     Some(lines)
 }
 

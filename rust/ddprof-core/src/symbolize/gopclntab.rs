@@ -98,11 +98,11 @@ impl<'a> GoTable<'a> {
                 c
             } else {
                 let (file, _) = self.file_line(&f, f.entry);
-                return Some(vec![Line { function: self.func_name(f.name_off), file, line: 0 }]);
+                return Some(vec![Line { function: self.func_name(f.name_off), system_name: String::new(), file, line: 0 }]);
             };
             if !last_id.is_some_and(|callee| self.elided(call.func_id, callee)) {
                 let (file, line) = self.file_line(&f, pc);
-                out.push(Line { function: self.func_name(call.name_off), file, line });
+                out.push(Line { function: self.func_name(call.name_off), system_name: String::new(), file, line });
                 last_id = Some(call.func_id);
             }
             if ix < 0 {
@@ -338,7 +338,7 @@ mod tests {
 
     #[test]
     fn inline_chains_and_corrupt_ones() {
-        let l = |f: &str, line| Line { function: f.into(), file: "a.go".into(), line };
+        let l = |f: &str, line| Line { function: f.into(), system_name: String::new(), file: "a.go".into(), line };
         let t = inline_table(0x10);
         assert_eq!(t.lookup(Svma(0x1000)), Some(vec![l("main.inl", 7), l("main.outer", 9)]));
         assert_eq!(t.lookup(Svma(0x1010)), Some(vec![l("main.outer", 9)]));

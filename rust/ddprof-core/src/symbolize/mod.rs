@@ -34,7 +34,11 @@ use perfmap::{PerfMapCache, PerfMapFile};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Line {
+    /// Demangled name.
     pub function: String,
+    /// Linkage (mangled) name; empty when the same as `function`, as the core's own are
+    /// (blazesym demangles): only hand-made tables set it.
+    pub system_name: String,
     pub file: String,
     pub line: u32,
 }
@@ -240,7 +244,7 @@ impl Symbolizer {
             .map(|&addr| {
                 let lines = ksyms.and_then(|k| k.lookup(addr)).map(|(name, module)| {
                     let file = if module == CORE_MODULE { module.to_string() } else { format!("[{module}]") };
-                    vec![Line { function: name.to_string(), file, line: 0 }]
+                    vec![Line { function: name.to_string(), system_name: String::new(), file, line: 0 }]
                 });
                 (addr, lines)
             })
@@ -301,12 +305,12 @@ fn parse_budget() -> u64 {
 
 /// A JIT function named by a perf map.
 pub fn jit(name: &str) -> Lines {
-    Arc::from(vec![Line { function: name.to_string(), file: "[perf-map]".to_string(), line: 0 }])
+    Arc::from(vec![Line { function: name.to_string(), system_name: String::new(), file: "[perf-map]".to_string(), line: 0 }])
 }
 
 /// A constant marker frame such as `[truncated]`.
 pub fn marker(name: &str) -> Lines {
-    Arc::from(vec![Line { function: name.to_string(), file: String::new(), line: 0 }])
+    Arc::from(vec![Line { function: name.to_string(), system_name: String::new(), file: String::new(), line: 0 }])
 }
 
 #[cfg(test)]
