@@ -27,13 +27,14 @@ const WAKEUP_BYTES: u64 = 1 << 20;
 
 /// The ring buffer's size: an eighth of a second of the worst case (every CPU sampled at the
 /// frequency, each record carrying a full stack snapshot) fits, so that a reader busy for
-/// that long loses nothing (the program wakes it when a quarter is pending); a power of two (as the kernel wants) from 2 MiB to 64 MiB. Its
-/// pages are mapped into this process and all touched as the ring turns: a fixed 8 MiB was
-/// 8 MiB of resident memory at 20 Hz for ~200 KiB of records a second on two CPUs.
+/// that long loses nothing (the program wakes it when a quarter is pending); a power of two
+/// (as the kernel wants) from 1 MiB to 64 MiB. Its pages are mapped into this process (the
+/// data pages twice) and all touched as the ring turns: a fixed 8 MiB was 8 MiB of resident
+/// memory at 20 Hz for ~200 KiB of records a second on two CPUs.
 pub fn ring_bytes(frequency: u64, cpus: usize, stack_bytes: u32) -> u32 {
     let record = u64::from(stack_bytes) + 4096; // header, registers, kernel and Python frames
     let eighth_second = frequency.saturating_mul(cpus as u64).saturating_mul(record) / 8;
-    eighth_second.clamp(2 << 20, 64 << 20).next_power_of_two().min(64 << 20) as u32
+    eighth_second.clamp(1 << 20, 64 << 20).next_power_of_two().min(64 << 20) as u32
 }
 
 pub struct SamplerConfig {
@@ -302,7 +303,8 @@ mod tests {
 
     #[test]
     fn ring_grows_with_the_rate_within_bounds() {
-        assert_eq!(ring_bytes(20, 2, 16384), 2 << 20, "the default rate: the floor");
+        assert_eq!(ring_bytes(20, 2, 16384), 1 << 20, "the default rate: the floor");
+        assert_eq!(ring_bytes(99, 2, 16384), 1 << 20);
         assert_eq!(ring_bytes(999, 2, 16384), 8 << 20, "as before sizes followed the rate");
         assert_eq!(ring_bytes(20, 64, 16384), 4 << 20);
         assert_eq!(ring_bytes(10_000, 256, 65536), 64 << 20, "the ceiling");
