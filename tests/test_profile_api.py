@@ -279,7 +279,7 @@ def test_split_by_pid(profile):
 
 def test_write_and_read_back(profile, tmp_path):
     path = tmp_path / "p.pprof"
-    assert profile.write(path) is None
+    assert profile.write(path) == "pprof"
     assert path.read_bytes()[:2] == b"\x1f\x8b"
     assert os.listdir(tmp_path) == ["p.pprof"]
     pb = read_pprof(path)

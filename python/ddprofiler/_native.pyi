@@ -26,6 +26,7 @@ __all__ = [
     "DebugFileStats",
     "counter_specs",
     "encode_pprofs",
+    "flamegraph_svg",
     "inspect",
     "symbolize_file",
 ]
@@ -101,6 +102,21 @@ class Snapshot:
         pid it names, in order. The contract is the encoder's
         (``rust/ddprof-core/src/pprof/mod.rs``). Releases the GIL. Raises ValueError for a
         sampled pid without a group or a frequency of 0."""
+
+def flamegraph_svg(
+    lines: list[str],
+    title: str,
+    subtitle: Optional[str] = None,
+    count_name: str = "samples",
+    colors: Optional[dict[str, str]] = None,
+    base: Optional[list[str]] = None,
+) -> str:
+    """The flame graph SVG (inferno's: search, zoom, tooltips) of collapsed stacks
+    (``root;...;leaf COUNT``); names annotated ``_[k]`` (kernel), ``_[j]`` (JIT), ``_[i]``
+    (inlined) are coloured so (the annotation is not drawn), ``colors`` gives ``#rrggbb``
+    by name for others. With ``base`` (collapsed stacks too), a differential graph of
+    ``lines`` against it: red grew, blue shrank. Raises ValueError for a bad colour,
+    ProfilerError when inferno refuses the input."""
 
 def encode_pprofs(
     start_ns: int,

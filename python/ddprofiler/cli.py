@@ -265,6 +265,8 @@ def _check_pids(ctx: click.Context, param: click.Parameter, value: Tuple[int, ..
 
 
 def _check_output(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if value == "-":  # standard output
+        return value
     if not value or value.endswith(os.sep) or os.path.isdir(value):
         raise click.BadParameter(f"'{value}' is a directory.")
     if os.path.lexists(value) and not os.path.isfile(value):
@@ -284,24 +286,31 @@ def _check_output(ctx: click.Context, param: click.Parameter, value: str) -> str
 
 @main.command()
 @click.option(
-    "--pid", "pids", type=click.IntRange(min=1), multiple=True, callback=_check_pids,
+    "-p", "--pid", "pids", type=click.IntRange(min=1), multiple=True, callback=_check_pids,
     help="Sample only this process (repeatable). Default: all processes.",
 )
 @click.option(
-    "--duration", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
-    callback=_check_duration, help="Seconds to record; Ctrl-C stops earlier.",
+    "-d", "--duration", type=click.FloatRange(min=0, min_open=True), default=10.0,
+    show_default=True, callback=_check_duration, help="Seconds to record; Ctrl-C stops earlier.",
 )
 @click.option(
-    "--frequency", type=click.IntRange(1, 10000), default=99, show_default=True,
-    help="Samples per second on each CPU.",
+    "-r", "--rate", "--frequency", "frequency", type=click.IntRange(1, 10000), default=99,
+    show_default=True, help="Samples per second on each CPU (--frequency: the old name).",
 )
 @click.option(
     "--stack-bytes", type=click.IntRange(1024, 65536), default=16384, show_default=True,
     callback=_check_stack_bytes, help="Bytes of user stack copied per sample (a multiple of 8).",
 )
 @click.option(
-    "-o", "--output", type=click.Path(), default="profile.pprof", show_default=True,
-    callback=_check_output, help="Where to write the gzip-compressed pprof.",
+    "-o", "--output", type=click.Path(allow_dash=True), default="profile.pprof", show_default=True,
+    callback=_check_output,
+    help="Where to write the profile; '-' writes to standard output. The suffix says the format "
+         "unless --format does: .pprof/.pb.gz (pprof), .svg (flame graph), .speedscope.json/.json "
+         "(speedscope), .txt/.folded (collapsed stacks).",
+)
+@click.option(
+    "-f", "--format", "fmt", type=click.Choice(["pprof", "svg", "speedscope", "collapsed"]),
+    default=None, help="Output format (default: from the output's suffix; needed with -o -).",
 )
 @click.option(
     "--python/--no-python", default=True, show_default=True,
@@ -310,8 +319,16 @@ def _check_output(ctx: click.Context, param: click.Parameter, value: str) -> str
 )
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
 def record(pids: Tuple[int, ...], duration: float, frequency: int, stack_bytes: int, output: str,
-           python: bool, verbose: bool) -> None:
-    """Record a CPU profile of all processes (or the given ones) to a pprof file."""
+           fmt: Optional[str], python: bool, verbose: bool) -> None:
+    """Record a CPU profile of all processes (or the given ones) to a file: pprof, a flame
+    graph, speedscope or collapsed stacks. Native stacks are always there (and Python
+    frames where CPython runs): there is no --native to ask for."""
+    from ddprofiler import formats
+
+    try:
+        fmt = formats.format_of(output, fmt)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="'-o' / '--output'") from None
     _configure_logging(verbose)
     _check_can_profile()
     log.debug("recording pids=%s duration=%ss frequency=%sHz stack_bytes=%s",
@@ -332,10 +349,11 @@ def record(pids: Tuple[int, ...], duration: float, frequency: int, stack_bytes: 
         log.debug("stopped early by %s", signal.Signals(stop_requested.signum).name)
 
     try:
-        profile.write(output)
+        profile.write(output, fmt)
     except OSError as e:
         raise Failure(f"cannot write {output}: {e.strerror or e}") from e
-    click.echo(f"ddprofiler: wrote {output} ({profile.duration_s:.1f} s)", err=True)
+    where = "standard output" if output == "-" else output
+    click.echo(f"ddprofiler: wrote {where} ({fmt}, {profile.duration_s:.1f} s)", err=True)
     for line in summary_lines(profile.stats):
         click.echo(f"  {line}", err=True)
 

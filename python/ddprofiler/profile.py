@@ -12,8 +12,9 @@ records built by hand. Output: a ``Profile`` whose tables hold immutable typed r
 - ``ProcessInfo``: what /proc said about a sampled process.
 
 ``Profile`` answers the questions asked of a profile (``stack``, ``total``, ``top``),
-cuts it in parts (``subset``, ``split``) and writes it (``write``: gzip pprof, through
-``ddprofiler.pprof``). Non-goals: pprof encoding (``ddprofiler.pprof.builder``), tagging.
+cuts it in parts (``subset``, ``split``) and writes it (``write``: pprof, flame graph SVG,
+speedscope or collapsed stacks, through ``ddprofiler.formats``). Non-goals: encoding
+(``ddprofiler.pprof``, ``ddprofiler.formats``), tagging.
 Neither the extension nor protobuf is imported by this module.
 """
 from __future__ import annotations
@@ -355,9 +356,12 @@ class Profile:
 
     # ----------------------------------------------------------------- output
 
-    def write(self, path: PathLike) -> None:
-        """Write the profile to ``path`` as a gzip-compressed pprof, atomically (a reader
-        sees the old file or the new one, never a part). Raises OSError."""
-        from ddprofiler.pprof.builder import write_pprof  # protobuf: only when writing
+    def write(self, path: PathLike, format: Optional[str] = None) -> str:
+        """Write the profile to ``path`` (``-``: standard output) in ``format``: pprof
+        (gzip-compressed), svg (flame graph), speedscope or collapsed; None takes it from
+        the suffix (``ddprofiler.formats``). A file is replaced atomically (a reader sees
+        the old file or the new one, never a part). Returns the format. Raises ValueError
+        for a format that is unknown or cannot be told, OSError."""
+        from ddprofiler import formats
 
-        write_pprof(self, path)
+        return formats.write(self, path, format)

@@ -13,6 +13,7 @@
 //! | symbolize | `symbolize/` | blazesym, Go tables, kernel, perf maps (own thread) |
 //! | aggregate | `aggregate/` | interned tables, the depth cap, snapshots |
 //! | encode | `pprof/` | a snapshot's profiles as pprof, one pass each |
+//! | render | `flamegraph` | flame graph SVGs of collapsed stacks (inferno) |
 //!
 //! Shared vocabulary: `addr` (AVMA, SVMA, file offsets, bias), `arch` (the one place that
 //! names the target architecture), `counters` (the typed counter registry), `error`.
@@ -26,6 +27,7 @@ pub mod counters;
 pub mod cpython;
 pub mod elf;
 pub mod error;
+pub mod flamegraph;
 pub mod pprof;
 pub mod process;
 pub mod profiler;

@@ -308,6 +308,28 @@ fn symbolize_file<'py>(py: Python<'py>, path: String, addresses: Vec<u64>) -> Py
     Ok(out)
 }
 
+#[pyfunction]
+#[pyo3(
+    signature = (lines, title, subtitle = None, count_name = "samples".to_string(), colors = None, base = None),
+    text_signature = "(lines, title, subtitle=None, count_name='samples', colors=None, base=None)"
+)]
+fn flamegraph_svg(
+    py: Python<'_>,
+    lines: Vec<String>,
+    title: String,
+    subtitle: Option<String>,
+    count_name: String,
+    colors: Option<std::collections::HashMap<String, String>>,
+    base: Option<Vec<String>>,
+) -> PyResult<String> {
+    let opts = ddprof_core::flamegraph::FlameOptions { title, subtitle, count_name, colors: colors.unwrap_or_default() };
+    blocking(py, || match &base {
+        Some(base) => ddprof_core::flamegraph::differential(base, &lines, &opts),
+        None => ddprof_core::flamegraph::svg(&lines, &opts),
+    })
+    .map_err(|e| to_py_err(py, e))
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     pyo3_log::init();
@@ -321,6 +343,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<DebugFileStats>()?;
     m.add_function(wrap_pyfunction!(counter_specs, m)?)?;
     m.add_function(wrap_pyfunction!(snapshot::encode_pprofs, m)?)?;
+    m.add_function(wrap_pyfunction!(flamegraph_svg, m)?)?;
     m.add_function(wrap_pyfunction!(inspect, m)?)?;
     m.add_function(wrap_pyfunction!(symbolize_file, m)?)?;
     Ok(())
