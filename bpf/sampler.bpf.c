@@ -70,6 +70,7 @@ static __always_inline void copy_regs(__u64 *out, const struct user_pt_regs *r)
 /* Load-time knobs, set by user space before loading. */
 volatile const __u32 ustack_size = 16384;   /* bytes of user stack to copy, <= DDPROF_MAX_USTACK_BYTES */
 volatile const __u32 filter_pids = 0;       /* 1: only pids present in pid_filter */
+volatile const __u32 follow_children = 0;   /* 1: processes a filtered pid starts join the filter */
 volatile const __u64 wakeup_bytes = 1 << 20; /* wake the reader when this much is pending */
 
 #define PAGE_SIZE 4096
@@ -115,9 +116,11 @@ struct {
 	__type(value, __u64);
 } counters SEC(".maps");
 
+/* The pids to sample when filter_pids is set; with follow_children, the processes they
+ * start join and exited ones leave (ddprof_fork, ddprof_exit). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
+	__uint(max_entries, 16384);
 	__type(key, __u32);
 	__type(value, __u8);
 } pid_filter SEC(".maps");
@@ -634,6 +637,44 @@ int ddprof_exec(void *ctx)
 		return 0;
 	count(DDPROF_CNT_EXECS);
 	bump_map_gen(pid);
+	return 0;
+}
+
+/* The two ids of a task (CO-RE: the kernel's own layout; the ___ids suffix is dropped when
+ * relocating). */
+struct task_struct___ids {
+	int pid;
+	int tgid;
+} __attribute__((preserve_access_index));
+
+/* A followed process started another (fork, clone without CLONE_THREAD): sample it too,
+ * from its first instruction, whatever it execs. Runs in the parent. */
+SEC("raw_tp/sched_process_fork")
+int ddprof_fork(struct bpf_raw_tracepoint_args *ctx)
+{
+	if (!follow_children)
+		return 0;
+	struct task_struct___ids *child = (struct task_struct___ids *)ctx->args[1];
+	__u32 pid = BPF_CORE_READ(child, pid), tgid = BPF_CORE_READ(child, tgid);
+	__u32 parent = bpf_get_current_pid_tgid() >> 32;
+	if (pid != tgid || !bpf_map_lookup_elem(&pid_filter, &parent))
+		return 0; /* a thread (its process is in already), or not ours */
+	__u8 one = 1;
+	count(bpf_map_update_elem(&pid_filter, &tgid, &one, BPF_ANY) ? DDPROF_CNT_FOLLOW_FULL : DDPROF_CNT_FOLLOWED);
+	return 0;
+}
+
+/* A followed process's main thread exited: its pid leaves the filter, which stays bounded
+ * however many children come and go (and a reused pid is not sampled by mistake). */
+SEC("raw_tp/sched_process_exit")
+int ddprof_exit(void *ctx)
+{
+	if (!follow_children)
+		return 0;
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 pid = pid_tgid >> 32;
+	if (pid == (__u32)pid_tgid)
+		bpf_map_delete_elem(&pid_filter, &pid);
 	return 0;
 }
 

@@ -83,7 +83,9 @@ enum ddprof_counter {
 	DDPROF_CNT_PY_SCANS = 9,      /* walks of an interpreter's thread list for a thread state */
 	DDPROF_CNT_EXECS = 10,        /* exec() by a sampled process: its mappings generation moved */
 	DDPROF_CNT_CODE_UNMAPS = 11,  /* munmap() of executable code by a sampled process: the same */
-	DDPROF_CNT_MAX = 12,
+	DDPROF_CNT_FOLLOWED = 12,     /* processes started by a followed one, added to the pid filter */
+	DDPROF_CNT_FOLLOW_FULL = 13,  /* ... that the full pid filter could not take */
+	DDPROF_CNT_MAX = 14,
 };
 
 /* Bits of sample_header.flags. */

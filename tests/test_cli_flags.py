@@ -190,7 +190,8 @@ FAKE_MAIN = textwrap.dedent(
                  "unwind_bad_pc": 0, "read_errors": 2, "fp_chain_failed": 4, "stacks": 7}
 
         class Profiler:
-            def __init__(self, frequency=99, pids=None, stack_bytes=16384, symbolize="host", python=True):
+            def __init__(self, frequency=99, pids=None, stack_bytes=16384, symbolize="host", python=True,
+                         follow_children=False):
                 self.frequency, self.pids, self.stack_bytes = frequency, pids, stack_bytes
                 self.symbolize = symbolize
                 self.start_ns = self.end_ns = 0

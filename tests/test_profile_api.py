@@ -430,7 +430,8 @@ class FakeNative:
         outer = self
 
         class FakeProfiler:
-            def __init__(self, frequency=99, pids=None, stack_bytes=16384, symbolize="host", python=True):
+            def __init__(self, frequency=99, pids=None, stack_bytes=16384, symbolize="host", python=True,
+                         follow_children=False):
                 self.args = dict(frequency=frequency, pids=pids, stack_bytes=stack_bytes,
                                  symbolize=symbolize)
                 self.calls = []
@@ -579,7 +580,7 @@ def test_bad_arguments_are_value_errors_before_anything_starts(kwargs, words):
 def test_repr_and_dir_show_what_users_set_and_use():
     p = ddprofiler.Profiler(pids=[os.getpid()], frequency=49, python=False)
     assert repr(p) == (f"Profiler(pids=[{os.getpid()}], frequency=49, stack_bytes=16384, "
-                       "symbolize='host', python=False) [new]")
+                       "symbolize='host', python=False, follow_children=False) [new]")
     names = dir(ddprofiler)
     assert {"Profiler", "record", "Profile", "read_pprof", "stacks", "Stack"} <= set(names)
     assert not {"import_module", "load_native", "Any", "TYPE_CHECKING"} & set(names)

@@ -150,6 +150,7 @@ class Profiler:
         stack_bytes: int = 16384,
         symbolize: _SymbolizeMode = "host",
         python: bool = True,
+        follow_children: bool = False,
     ) -> Profiler: ...
     def start(self) -> None: ...
     def stop(self) -> None:

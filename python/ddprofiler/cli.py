@@ -245,8 +245,8 @@ def _check_output_dir(path: str) -> None:
         raise click.UsageError(f"--output-dir: '{path}' is not writable ({e.strerror or e})") from None
 
 
-def _check_duration(ctx: click.Context, param: click.Parameter, value: float) -> float:
-    if not math.isfinite(value):
+def _check_duration(ctx: click.Context, param: click.Parameter, value: Optional[float]) -> Optional[float]:
+    if value is not None and not math.isfinite(value):
         raise click.BadParameter(f"{value} is not a finite number of seconds.")
     return value
 
@@ -284,14 +284,20 @@ def _check_output(ctx: click.Context, param: click.Parameter, value: str) -> str
     return value
 
 
-@main.command()
+@main.command(context_settings={"allow_interspersed_args": False})
 @click.option(
     "-p", "--pid", "pids", type=click.IntRange(min=1), multiple=True, callback=_check_pids,
-    help="Sample only this process (repeatable). Default: all processes.",
+    help="Sample only this process (repeatable); recording stops when all have exited. "
+         "Default: all processes.",
 )
 @click.option(
-    "-d", "--duration", type=click.FloatRange(min=0, min_open=True), default=10.0,
-    show_default=True, callback=_check_duration, help="Seconds to record; Ctrl-C stops earlier.",
+    "--subprocesses", is_flag=True,
+    help="With --pid: also sample the processes they start (and theirs), from their start.",
+)
+@click.option(
+    "-d", "--duration", type=click.FloatRange(min=0, min_open=True), default=None,
+    callback=_check_duration,
+    help="Seconds to record [default: 10; with -- CMD, until it exits]; Ctrl-C stops earlier.",
 )
 @click.option(
     "-r", "--rate", "--frequency", "frequency", type=click.IntRange(1, 10000), default=99,
@@ -318,35 +324,63 @@ def _check_output(ctx: click.Context, param: click.Parameter, value: str) -> str
          "of the interpreter's own.",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
-def record(pids: Tuple[int, ...], duration: float, frequency: int, stack_bytes: int, output: str,
-           fmt: Optional[str], python: bool, verbose: bool) -> None:
-    """Record a CPU profile of all processes (or the given ones) to a file: pprof, a flame
-    graph, speedscope or collapsed stacks. Native stacks are always there (and Python
-    frames where CPython runs): there is no --native to ask for."""
-    from ddprofiler import formats
+@click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[-- CMD [ARGS]...]")
+def record(pids: Tuple[int, ...], subprocesses: bool, duration: Optional[float], frequency: int,
+           stack_bytes: int, output: str, fmt: Optional[str], python: bool, verbose: bool,
+           command: Tuple[str, ...]) -> int:
+    """Record a CPU profile of all processes, the given ones, or a command started here
+    (`record [OPTIONS] -- CMD ARGS`: it and every process it starts, until it exits; its
+    exit code is passed on) to a file: pprof, a flame graph, speedscope or collapsed
+    stacks. Native stacks are always there (and Python frames where CPython runs): there is
+    no --native to ask for."""
+    from ddprofiler import formats, launch
 
     try:
         fmt = formats.format_of(output, fmt)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="'-o' / '--output'") from None
+    if command and pids:
+        raise click.UsageError("give --pid or a command after --, not both")
+    if subprocesses and not pids:
+        raise click.UsageError("--subprocesses follows the processes of --pid (a command after -- is "
+                               "always followed)")
+    if command and (problem := launch.find_command(command)):
+        raise click.UsageError(problem)
+    if duration is None:
+        duration = math.inf if command else 10.0
     _configure_logging(verbose)
     _check_can_profile()
-    log.debug("recording pids=%s duration=%ss frequency=%sHz stack_bytes=%s",
-              list(pids) or "all", duration, frequency, stack_bytes)
+    log.debug("recording pids=%s command=%s duration=%ss frequency=%sHz stack_bytes=%s",
+              list(pids) or "all", list(command), duration, frequency, stack_bytes)
 
+    child = launch.Launched(command) if command else None
     status = StatusLine(sys.stderr)
     with _stop_on_signals() as stop_requested:
         try:
             profile = ddprofiler.record(
-                duration, pids=pids or None, frequency=frequency, stack_bytes=stack_bytes,
-                python=python, should_stop=stop_requested, on_progress=status.update,
+                duration, pids=(child.pid,) if child else pids or None, frequency=frequency,
+                stack_bytes=stack_bytes, python=python, follow_children=bool(child) or subprocesses,
+                should_stop=stop_requested, on_progress=status.update,
+                on_start=child.release if child else None,
             )
         except _START_ERRORS as e:
+            if child:
+                child.abandon()
             raise _start_failure(e) from e
+        except BaseException:
+            if child:
+                child.abandon()
+            raise
         finally:
             status.finish()
+        if child and stop_requested.signum == signal.SIGTERM:
+            child.forward(signal.SIGTERM)  # a terminal's Ctrl-C reached the command itself
     if stop_requested.signum is not None:
         log.debug("stopped early by %s", signal.Signals(stop_requested.signum).name)
+    if pids and profile.total == 0:
+        click.echo(f"ddprofiler: no samples of pid {', '.join(map(str, pids))}: it used no CPU while "
+                   "recorded. A wrapper (sh -c, a gunicorn master, a pyenv shim) runs its work in "
+                   "child processes: add --subprocesses.", err=True)
 
     try:
         profile.write(output, fmt)
@@ -356,6 +390,13 @@ def record(pids: Tuple[int, ...], duration: float, frequency: int, stack_bytes: 
     click.echo(f"ddprofiler: wrote {where} ({fmt}, {profile.duration_s:.1f} s)", err=True)
     for line in summary_lines(profile.stats):
         click.echo(f"  {line}", err=True)
+    if child is None:
+        return 0
+    if child.running():
+        log.info("waiting for %s (pid %d) to exit", command[0], child.pid)
+    code = child.exit_code()
+    log.debug("%s exited with %d", command[0], code)
+    return code
 
 
 class _StopFlag:

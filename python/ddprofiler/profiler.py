@@ -14,6 +14,7 @@ thread. Non-goals: tagging, splitting and exporting (``ddprofiler.runner``).
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     from ddprofiler import _native  # noqa: F401 - also imported at run time, when starting
 
 __all__ = ["Profiler", "SymbolizeMode", "load_native", "record"]
+
+log = logging.getLogger(__name__)
 
 SymbolizeMode = Literal["host", "backend", "both"]
 
@@ -71,8 +74,9 @@ def _check_arguments(pids: Optional[tuple[int, ...]], frequency: int, stack_byte
 class Profiler:
     """A CPU profiler of every online CPU: BPF sampling, unwinding, symbolization.
 
-    ``pids``: sample only these processes (None or empty: all; each must exist).
-    ``frequency``: samples per second on each CPU, 1 to 10000. ``stack_bytes``: bytes of
+    ``pids``: sample only these processes (None or empty: all; each must exist);
+    ``follow_children``: and the processes they start (and theirs), from their first
+    instruction, whatever they exec. ``frequency``: samples per second on each CPU, 1 to 10000. ``stack_bytes``: bytes of
     user stack copied per sample (a multiple of 8, 1024 to 65536). ``symbolize``: see the
     module docstring. A bad argument raises ``ValueError`` here, before anything starts.
 
@@ -92,10 +96,14 @@ class Profiler:
         *,
         symbolize: SymbolizeMode = "host",
         python: bool = True,
+        follow_children: bool = False,
     ) -> None:
         self.pids: Optional[tuple[int, ...]] = tuple(pids) if pids else None
         _check_arguments(self.pids, frequency, stack_bytes, symbolize)
+        if follow_children and not self.pids:
+            raise ValueError("follow_children needs pids to follow")
         self.python = python
+        self.follow_children = follow_children
         self.frequency = frequency
         self.stack_bytes = stack_bytes
         self.symbolize: SymbolizeMode = symbolize
@@ -108,7 +116,8 @@ class Profiler:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "started" if self._native else "new"
         return (f"Profiler(pids={list(self.pids) if self.pids else None}, frequency={self.frequency}, "
-                f"stack_bytes={self.stack_bytes}, symbolize={self.symbolize!r}, python={self.python}) [{state}]")
+                f"stack_bytes={self.stack_bytes}, symbolize={self.symbolize!r}, python={self.python}, "
+                f"follow_children={self.follow_children}) [{state}]")
 
     def start(self) -> Profiler:
         """Load and attach the sampler; samples are counted from now on. Returns self."""
@@ -120,7 +129,8 @@ class Profiler:
 
             profiler = _native.Profiler(
                 frequency=self.frequency, pids=list(self.pids) if self.pids else None,
-                stack_bytes=self.stack_bytes, symbolize=self.symbolize, python=self.python)
+                stack_bytes=self.stack_bytes, symbolize=self.symbolize, python=self.python,
+                follow_children=self.follow_children)
             try:
                 profiler.start()
             except BaseException:
@@ -174,6 +184,16 @@ class Profiler:
         self.close()
 
 
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie (exited, not reaped yet)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"Z", b"X")
+
+
 def record(
     duration: float,
     *,
@@ -182,22 +202,34 @@ def record(
     stack_bytes: int = 16384,
     symbolize: SymbolizeMode = "host",
     python: bool = True,
+    follow_children: bool = False,
     should_stop: Optional[Callable[[], bool]] = None,
     on_progress: Optional[Callable[[float, Stats], None]] = None,
+    on_start: Optional[Callable[[], None]] = None,
 ) -> Profile:
-    """Sample all processes (or ``pids``) for ``duration`` seconds; return the Profile.
+    """Sample all processes (or ``pids``, and with ``follow_children`` the processes they
+    start) for ``duration`` seconds (``math.inf``: until stopped); return the Profile.
 
-    Stops early when ``should_stop()`` turns true (checked every 0.1 s).
+    Stops early when ``should_stop()`` turns true (checked every 0.1 s), and when every one
+    of ``pids`` has exited.
     ``on_progress(elapsed_s, stats)`` is called about twice a second with the running
-    counters. The profile's ``stats`` are the final counters (taken after sampling
+    counters; ``on_start()`` once, as soon as sampling has started (to let a held process
+    go, for one). The profile's ``stats`` are the final counters (taken after sampling
     stopped). Raises what ``Profiler.start`` raises, before sampling starts.
     """
-    with Profiler(pids, frequency, stack_bytes, symbolize=symbolize, python=python) as profiler:
+    targets = tuple(pids) if pids else ()
+    with Profiler(targets, frequency, stack_bytes, symbolize=symbolize, python=python,
+                  follow_children=follow_children) as profiler:
+        if on_start is not None:
+            on_start()
         started = time.monotonic()
         next_progress = started
         while True:
             now = time.monotonic()
             if now - started >= duration or (should_stop is not None and should_stop()):
+                break
+            if targets and not any(_alive(pid) for pid in targets):
+                log.info("every target process has exited: stopping")
                 break
             if on_progress is not None and now >= next_progress:
                 on_progress(now - started, profiler.stats())

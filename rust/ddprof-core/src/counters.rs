@@ -87,6 +87,8 @@ registry! {
     BpfPyScans = "bpf_python_thread_scans", Count, Some(DDPROF_CNT_PY_SCANS), "walks of an interpreter's thread list to find a thread state";
     BpfExecs = "bpf_execs", Count, Some(DDPROF_CNT_EXECS), "exec() calls by sampled processes (their mappings are read again)";
     BpfCodeUnmaps = "bpf_code_unmaps", Count, Some(DDPROF_CNT_CODE_UNMAPS), "munmap() of executable code by sampled processes (the same)";
+    BpfFollowed = "processes_followed", Count, Some(DDPROF_CNT_FOLLOWED), "processes started by a followed one (--subprocesses, record -- CMD), sampled from their start";
+    BpfFollowFull = "processes_not_followed", Error, Some(DDPROF_CNT_FOLLOW_FULL), "processes started by a followed one that the full pid filter (16384) could not take";
     // The drain thread.
     Samples = "samples", Count, None, "samples received and counted";
     BadRecords = "bad_records", Error, None, "records whose lengths disagree with their size (dropped)";

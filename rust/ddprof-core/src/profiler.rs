@@ -28,11 +28,21 @@ pub struct ProfilerConfig {
     pub symbolize: SymbolizeMode,
     /// Read CPython processes' Python frames (see `cpython`).
     pub python: bool,
+    /// With `pids`: the processes they start (and theirs, whatever they exec) are sampled
+    /// too, from their first instruction.
+    pub follow_children: bool,
 }
 
 impl Default for ProfilerConfig {
     fn default() -> Self {
-        ProfilerConfig { frequency: 99, pids: Vec::new(), stack_bytes: 16384, symbolize: SymbolizeMode::Host, python: true }
+        ProfilerConfig {
+            frequency: 99,
+            pids: Vec::new(),
+            stack_bytes: 16384,
+            symbolize: SymbolizeMode::Host,
+            python: true,
+            follow_children: false,
+        }
     }
 }
 
@@ -63,7 +73,12 @@ impl Profiler {
     /// the caller's thread: privileges, kernel support, bad arguments.
     pub fn start(cfg: ProfilerConfig) -> Result<Profiler> {
         raise_nofile_limit();
-        let sampler = Sampler::start(&SamplerConfig { frequency: cfg.frequency, pids: cfg.pids, stack_bytes: cfg.stack_bytes })?;
+        let sampler = Sampler::start(&SamplerConfig {
+            frequency: cfg.frequency,
+            pids: cfg.pids,
+            stack_bytes: cfg.stack_bytes,
+            follow_children: cfg.follow_children,
+        })?;
         let counters: Arc<Counters> = Arc::default();
         let (tx, rx) = mpsc::channel();
         let (sym_tx, sym_rx) = mpsc::channel();

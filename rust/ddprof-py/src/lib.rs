@@ -79,10 +79,18 @@ impl Profiler {
 #[pymethods]
 impl Profiler {
     #[new]
-    #[pyo3(signature = (frequency = 99, pids = None, stack_bytes = 16384, symbolize = "host", python = true))]
-    fn new(py: Python<'_>, frequency: u64, pids: Option<Vec<u32>>, stack_bytes: u32, symbolize: &str, python: bool) -> PyResult<Self> {
+    #[pyo3(signature = (frequency = 99, pids = None, stack_bytes = 16384, symbolize = "host", python = true, follow_children = false))]
+    fn new(
+        py: Python<'_>,
+        frequency: u64,
+        pids: Option<Vec<u32>>,
+        stack_bytes: u32,
+        symbolize: &str,
+        python: bool,
+        follow_children: bool,
+    ) -> PyResult<Self> {
         let symbolize = symbolize.parse().map_err(|e| to_py_err(py, e))?;
-        let config = ProfilerConfig { frequency, pids: pids.unwrap_or_default(), stack_bytes, symbolize, python };
+        let config = ProfilerConfig { frequency, pids: pids.unwrap_or_default(), stack_bytes, symbolize, python, follow_children };
         Ok(Profiler { config, started: AtomicBool::new(false), core: OnceLock::new() })
     }
 

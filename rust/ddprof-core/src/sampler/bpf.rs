@@ -41,6 +41,8 @@ pub struct SamplerConfig {
     pub frequency: u64,
     pub pids: Vec<u32>,
     pub stack_bytes: u32,
+    /// With `pids`: the processes they start (and theirs) are sampled too.
+    pub follow_children: bool,
 }
 
 pub struct Sampler {
@@ -139,6 +141,22 @@ fn attach_mapping_watchers(bpf: &mut Ebpf) {
     }
 }
 
+/// The programs that add the processes a followed one starts to the pid filter, and take
+/// exited ones out. Asked for, so a failure is an error.
+fn attach_followers(bpf: &mut Ebpf) -> Result<()> {
+    for (name, tracepoint) in [("ddprof_fork", "sched_process_fork"), ("ddprof_exit", "sched_process_exit")] {
+        let prog: &mut RawTracePoint = bpf
+            .program_mut(name)
+            .ok_or_else(|| Error::Other(format!("program {name} missing from the object")))?
+            .try_into()
+            .map_err(|e| program_error(name, e))?;
+        prog.load().map_err(|e| program_error(&format!("loading {name}"), e))?;
+        prog.attach(tracepoint)
+            .map_err(|e| program_error(&format!("following child processes (raw tracepoint {tracepoint})"), e))?;
+    }
+    Ok(())
+}
+
 impl Sampler {
     pub fn start(cfg: &SamplerConfig) -> Result<Sampler> {
         if cfg.frequency == 0 || cfg.frequency > 10_000 {
@@ -156,12 +174,14 @@ impl Sampler {
         let nr_cpus = aya::util::nr_cpus().map_err(|(f, e)| error::from_os(f, &e))? as u32;
         let cpus = aya::util::online_cpus().map_err(|(f, e)| error::from_os(f, &e))?;
         let filter: u32 = u32::from(!cfg.pids.is_empty());
+        let follow: u32 = u32::from(cfg.follow_children && !cfg.pids.is_empty());
         let stack_bytes = cfg.stack_bytes;
         let ring_size = ring_bytes(cfg.frequency, cpus.len(), stack_bytes);
         let wakeup = WAKEUP_BYTES.min(u64::from(ring_size) / 4);
         let mut bpf = EbpfLoader::new()
             .override_global("ustack_size", &stack_bytes, true)
             .override_global("filter_pids", &filter, true)
+            .override_global("follow_children", &follow, true)
             .override_global("wakeup_bytes", &wakeup, true)
             .map_max_entries("scratch_bufs", nr_cpus)
             .map_max_entries("samples", ring_size)
@@ -195,6 +215,9 @@ impl Sampler {
         }
 
         attach_mapping_watchers(&mut bpf);
+        if follow == 1 {
+            attach_followers(&mut bpf)?;
+        }
 
         let ring = RingBuf::try_from(
             bpf.take_map("samples").ok_or_else(|| Error::Other("map samples missing".into()))?,
