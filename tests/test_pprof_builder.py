@@ -241,9 +241,27 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
-def test_reader_refuses_zstd():
-    with pytest.raises(ValueError, match="zstd"):
-        parse_pprof(b"\x28\xb5\x2f\xfd" + b"\0" * 16)
+def test_reader_reads_zstd_as_datadog_uploads_it():
+    import zstandard
+    raw = build_profile(make_profile()).SerializeToString()
+    assert parse_pprof(zstandard.ZstdCompressor(level=1).compress(raw)) == parse_pprof(raw)
+
+
+def test_to_profile_gives_back_what_was_written():
+    from ddprofiler.pprof.reader import to_profile
+    p = make_profile()
+    back = to_profile(build_profile(p))
+    assert back.total == p.total and back.frequency == 99 and back.start_ns == START_NS
+    want = [(s.pid, s.tid, s.cpu, s.count, s.thread_name, s.process_name, [f.name for f in p.stack(s)])
+            for s in p.samples if s.count > 0]
+    got = [(s.pid, s.tid, s.cpu, s.count, s.thread_name, s.process_name, [f.name for f in back.stack(s)])
+           for s in back.samples]
+    assert got == want
+    kinds = {f.name: f.kind for f in back.frames}
+    assert (kinds["do_syscall_64"], kinds["main"], kinds["[truncated]"]) == ("kernel", "native", "marker")
+    inner = next(f for f in back.frames if f.name == "inner_helper()")
+    assert [(ln.function, ln.system_name, ln.line) for ln in inner.lines] == [
+        ("inner_helper()", "_Z12inner_helperv", 42), ("outer", "", 20)]
 
 
 def test_generated_code_matches_the_proto():

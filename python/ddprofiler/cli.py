@@ -437,6 +437,62 @@ def _configure_logging(verbose: bool, default: int = logging.WARNING) -> None:
     )
 
 
+@main.command("report")
+@click.argument("profile", type=click.Path(exists=True, dir_okay=False))
+@click.option("-n", "--top", "n", type=click.IntRange(min=1), default=20, show_default=True,
+              help="How many functions to list.")
+@click.option("--by", type=click.Choice(["self", "total"]), default="self", show_default=True,
+              help="Rank by self samples (the innermost function) or total (anywhere in the stack).")
+@click.option("--lines", is_flag=True, help="Count each source line of a function on its own.")
+@click.option("--diff", "base", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="A base profile: list what changed from it, and with -o draw a differential "
+                   "flame graph (red grew, blue shrank).")
+@click.option("-o", "--output", type=click.Path(allow_dash=True), default=None,
+              help="Also write PROFILE in another format (from the suffix or --format: svg, "
+                   "speedscope, collapsed, pprof); with --diff, the differential flame graph (SVG).")
+@click.option("-f", "--format", "fmt", type=click.Choice(["pprof", "svg", "speedscope", "collapsed"]),
+              default=None, help="Format of -o (default: from its suffix).")
+def report_command(profile: str, n: int, by: str, lines: bool, base: Optional[str],
+                   output: Optional[str], fmt: Optional[str]) -> None:
+    """The hottest functions of PROFILE (a pprof file: ddprofiler's, or any CPU profile's), or
+    with --diff BASE what grew and shrank since BASE."""
+    from ddprofiler import formats, report
+
+    if output is not None and output != "-":
+        _check_output(click.get_current_context(), click.Option(["-o"]), output)
+    if output is not None and base is not None and formats.format_of(output, fmt or "svg") != "svg":
+        raise click.UsageError("--diff draws an SVG flame graph: give -o with .svg (or -f svg)")
+    if output is not None and base is None:
+        try:
+            fmt = formats.format_of(output, fmt)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="'-o' / '--output'") from None
+    try:
+        new = report.load(profile)
+        old = report.load(base) if base else None
+    except (OSError, ValueError) as e:
+        raise Failure(str(e)) from None
+    by_: report.By = "self" if by == "self" else "total"
+    rows = report.top_table(new, n, by_, lines) if old is None else report.diff_table(new, old, n, by_, lines)
+    if output is not None:
+        try:
+            if old is not None:
+                svg = report.diff_svg(new, old).encode()
+                if output == "-":
+                    sys.stdout.buffer.write(svg)
+                else:
+                    from ddprofiler.pprof.builder import write_atomic
+
+                    write_atomic(output, svg)
+            else:
+                formats.write(new, output, fmt)
+        except OSError as e:
+            raise Failure(f"cannot write {output}: {e.strerror or e}") from e
+    table = sys.stderr if output == "-" else sys.stdout
+    for row in rows:
+        click.echo(row, file=table)
+
+
 @main.group()
 def symbols() -> None:
     """Inspect native binaries and upload their symbols to Datadog (the datadog-ci use case)."""

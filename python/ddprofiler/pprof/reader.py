@@ -1,25 +1,28 @@
 """Read pprof files back into plain stacks, for tests and tools.
 
-``read_pprof(path)`` parses a pprof file, gzip-compressed or raw (zstd is refused with a
-clear error). ``stacks(profile)`` returns one ``Stack`` per sample: its labels
-(``process_id``, ``thread id``, ``thread name``, ``process name``, ``cpu.logical_number``;
+``read_pprof(path)`` parses a pprof file, gzip- or zstd-compressed or raw.
+``stacks(profile)`` returns one ``Stack`` per sample: its labels (``process_id``, ``thread id``, ``thread name``, ``process name``, ``cpu.logical_number``;
 -1 or "" when absent), its count (the ``cpu-samples`` value) and its frames as function
 names, leaf first; a location with inlined functions gives several frames, innermost
 first. A frame without a function name is rendered ``<file basename>+0x<offset in the
 file>`` (``<mapping name>+0x<address>`` for memory that is no file's, ``[unknown]`` when
-the location has no mapping).
+the location has no mapping). ``to_profile(profile)`` makes a ``ddprofiler.Profile`` of
+it, for the reports and the output formats.
 """
 from __future__ import annotations
 
 import gzip
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Dict, List, Union
+from typing import TYPE_CHECKING, Dict, List, Optional, Union
 
 from ..profile import unnamed_frame
-from .builder import LABEL_CPU, LABEL_PID, LABEL_PROCESS_NAME, LABEL_THREAD_NAME, LABEL_TID
+from .builder import (KERNEL_MAPPING_NAME, LABEL_CPU, LABEL_PID, LABEL_PROCESS_NAME,
+                      LABEL_THREAD_NAME, LABEL_TID)
 
 if TYPE_CHECKING:
+    from ddprofiler.profile import FrameKind, Line, Mapping, Profile
+
     from . import profile_pb2
 
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -47,8 +50,10 @@ def parse_pprof(data: bytes) -> profile_pb2.Profile:
     """Parse pprof bytes, gzip-compressed or not."""
     if data[:2] == _GZIP_MAGIC:
         data = gzip.decompress(data)
-    elif data[:4] == _ZSTD_MAGIC:
-        raise ValueError("zstd-compressed pprof is not supported here; decompress it first (zstd -d)")
+    elif data[:4] == _ZSTD_MAGIC:  # as Datadog's agent and libdatadog upload them
+        import zstandard
+
+        data = zstandard.ZstdDecompressor().decompressobj().decompress(data)
     from . import profile_pb2  # protobuf: imported by readers only
 
     profile = profile_pb2.Profile()
@@ -108,3 +113,64 @@ def _location_frames(profile: profile_pb2.Profile) -> Dict[int, List[str]]:
         names = [functions.get(line.function_id) or fallback for line in location.line]
         frames_of[location.id] = names or [fallback]
     return frames_of
+
+
+def to_profile(pb: profile_pb2.Profile) -> Profile:
+    """``pb`` as a ``ddprofiler.Profile`` (any pprof CPU profile, ours or another tool's):
+    samples counted by ``cpu-samples`` (else the first ``count`` unit, else the first
+    value), labels ``process_id``/``thread id``/``thread name``/``process name``/
+    ``cpu.logical_number`` where present, frequency from the period (1e9 / period, 99 when
+    there is none), frame kinds from the mapping: ``[kernel.kallsyms]`` kernel,
+    ``[python ...]`` python, ``[anon]``/``[perf-map]`` JIT, no mapping and a ``[...]`` name
+    a marker, else native."""
+    from ddprofiler.profile import Frame, Line, Mapping, Profile, Sample
+
+    strings = pb.string_table
+    functions = {f.id: f for f in pb.function}
+    mappings = {m.id: Mapping(m.memory_start, m.memory_limit, m.file_offset, strings[m.filename],
+                              strings[m.build_id], strings[m.filename] == KERNEL_MAPPING_NAME)
+                for m in pb.mapping}
+    frame_index: Dict[int, int] = {}
+    frames: List[Frame] = []
+    for location in pb.location:
+        mapping = mappings.get(location.mapping_id)
+        lines = []
+        for ln in location.line:
+            f = functions.get(ln.function_id)
+            if f is not None:
+                lines.append(Line(strings[f.name], "" if f.system_name == f.name else strings[f.system_name],
+                                  strings[f.filename], ln.line))
+        frame_index[location.id] = len(frames)
+        frames.append(Frame(location.address, mapping, _kind(mapping, lines), tuple(lines)))
+    count_index = _count_index(pb)
+    stack_index: Dict[tuple[int, ...], int] = {}
+    samples = []
+    for sample in pb.sample:
+        count = sample.value[count_index] if count_index < len(sample.value) else 0
+        stack = tuple(frame_index[i] for i in sample.location_id if i in frame_index)
+        s = stack_index.setdefault(stack, len(stack_index))
+        labels = {strings[lb.key]: (strings[lb.str] if lb.str else str(lb.num)) for lb in sample.label}
+
+        def number(key: str) -> int:
+            try:
+                return int(labels.get(key, "0"))
+            except ValueError:
+                return 0
+        samples.append(Sample(number(LABEL_PID), number(LABEL_TID), number(LABEL_CPU), s, count,
+                              labels.get(LABEL_THREAD_NAME, ""), labels.get(LABEL_PROCESS_NAME, "")))
+    frequency = 1_000_000_000 // pb.period if pb.period > 0 else 99
+    return Profile(pb.time_nanos, pb.time_nanos + pb.duration_nanos, max(1, frequency),
+                   list(mappings.values()), frames, list(stack_index), samples)
+
+
+def _kind(mapping: Optional[Mapping], lines: List[Line]) -> FrameKind:
+    if mapping is None:
+        name = lines[0].function if lines else ""
+        return "marker" if name.startswith("[") else "native"
+    if mapping.is_kernel:
+        return "kernel"
+    if mapping.path.startswith("[python"):
+        return "python"
+    if mapping.path in ("[anon]", "[perf-map]") or mapping.path.startswith("[anon:"):
+        return "jit"
+    return "native"

@@ -38,11 +38,13 @@ pub fn svg(lines: &[String], opts: &FlameOptions) -> Result<String> {
 
 /// A differential flame graph of `base` then `new` (collapsed stacks each): the frames of
 /// `new`, red where they grew and blue where they shrank (inferno's `differential`, then
-/// its renderer).
+/// its renderer); `base` is scaled to `new`'s total first, so shares are compared.
 pub fn differential(base: &[String], new: &[String], opts: &FlameOptions) -> Result<String> {
     let (a, b) = (base.join("\n"), new.join("\n"));
     let mut folded = Vec::new();
-    inferno::differential::from_readers(inferno::differential::Options::default(), a.as_bytes(), b.as_bytes(), &mut folded)
+    let mut diff = inferno::differential::Options::default();
+    diff.normalize = true;
+    inferno::differential::from_readers(diff, a.as_bytes(), b.as_bytes(), &mut folded)
         .map_err(|e| Error::Other(format!("differential flame graph: {e}")))?;
     let folded = String::from_utf8_lossy(&folded).into_owned();
     let mut palette = palette(&opts.colors)?;

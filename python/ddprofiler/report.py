@@ -1,0 +1,140 @@
+"""Reports of a recorded profile: the hottest functions, and what changed between two.
+
+Input: pprof files (ours or any CPU profile: gzip, zstd or raw; ``load``). Output: text
+tables (``top_table``, ``diff_table``) and a differential flame graph (``diff_svg``: the
+new profile's frames, red where their share grew, blue where it shrank; inferno's
+differential, both profiles normalised to the same total).
+
+Counting, as ``Profile.top`` does: a function's *self* samples are those whose innermost
+frame it is, its *total* samples those with it anywhere in the stack, counted once per
+sample. With ``lines``, a function at each source line counts on its own
+(``leaf (app.c:12)``). Shares are of all the profile's samples. Non-goals: recording,
+other sample types than CPU samples.
+"""
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Literal, Union
+
+from ddprofiler.profile import Frame
+
+if TYPE_CHECKING:
+    from ddprofiler.profile import Profile
+
+__all__ = ["diff_svg", "diff_table", "load", "top_table"]
+
+By = Literal["self", "total"]
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def load(path: PathLike) -> Profile:
+    """The profile in the pprof file at ``path``. Raises OSError, or ValueError when it is
+    not a pprof profile."""
+    from google.protobuf.message import DecodeError
+
+    from ddprofiler.pprof.reader import read_pprof, to_profile
+
+    try:
+        return to_profile(read_pprof(path))
+    except (DecodeError, EOFError, OSError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise ValueError(f"{os.fspath(path)} is not a pprof profile ({e})") from e
+    except Exception as e:  # zstandard and gzip raise their own errors on garbage
+        if type(e).__module__.startswith(("zstandard", "gzip", "zlib")):
+            raise ValueError(f"{os.fspath(path)} is not a pprof profile ({e})") from e
+        raise
+
+
+def tally(profile: Profile, lines: bool = False) -> tuple[dict[str, int], dict[str, int], int]:
+    """(self, total, samples): counts by function (with ``lines``, by function and line)."""
+    self_counts: dict[str, int] = {}
+    total_counts: dict[str, int] = {}
+    grand = 0
+    names_of: dict[int, list[str]] = {}  # per frame index
+    for sample in profile.samples:
+        if sample.count <= 0:
+            continue
+        grand += sample.count
+        stack = profile.stacks[sample.stack]
+        if not stack:
+            continue
+        seen: set[str] = set()
+        for position, i in enumerate(stack):
+            names = names_of.get(i)
+            if names is None:
+                names = names_of[i] = _names(profile.frames[i], lines)
+            if position == 0:
+                self_counts[names[0]] = self_counts.get(names[0], 0) + sample.count
+            seen.update(names)
+        for name in seen:
+            total_counts[name] = total_counts.get(name, 0) + sample.count
+    return self_counts, total_counts, grand
+
+
+def top_table(profile: Profile, n: int = 20, by: By = "self", lines: bool = False) -> list[str]:
+    """The ``n`` hottest functions as text rows (a header first)."""
+    self_counts, total_counts, grand = tally(profile, lines)
+    counts = self_counts if by == "self" else total_counts
+    other = total_counts if by == "self" else self_counts
+    ranked = sorted(counts, key=lambda k: (-counts[k], -other.get(k, 0), k))[:max(0, n)]
+    seconds = grand / profile.frequency if profile.frequency else 0.0
+    rows = [f"{len(total_counts)} functions, {grand} samples ({seconds:.2f} s of CPU at {profile.frequency} Hz); "
+            f"top {len(ranked)} by {by}:",
+            f"{'self%':>7} {'self':>8} {'total%':>7} {'total':>8}  function"]
+    for name in ranked:
+        s, t = self_counts.get(name, 0), total_counts.get(name, 0)
+        rows.append(f"{_pct(s, grand):>7} {s:>8} {_pct(t, grand):>7} {t:>8}  {name}")
+    return rows
+
+
+def diff_table(new: Profile, base: Profile, n: int = 20, by: By = "self",
+               lines: bool = False) -> list[str]:
+    """The functions whose share of the samples changed most from ``base`` to ``new``,
+    growth first, as text rows (a header first)."""
+    new_self, new_total, new_grand = tally(new, lines)
+    base_self, base_total, base_grand = tally(base, lines)
+    a, b = (new_self, base_self) if by == "self" else (new_total, base_total)
+
+    def share(counts: dict[str, int], name: str, grand: int) -> float:
+        return counts.get(name, 0) / grand if grand else 0.0
+
+    delta = {name: share(a, name, new_grand) - share(b, name, base_grand) for name in set(a) | set(b)}
+    ranked = sorted(delta, key=lambda k: (-delta[k], k))
+    grew = [k for k in ranked if delta[k] > 0][:max(0, n)]
+    shrank = [k for k in reversed(ranked) if delta[k] < 0][:max(0, n)]
+    rows = [f"{by} share, base {base_grand} samples -> new {new_grand} samples:",
+            f"{'base%':>7} {'new%':>7} {'change':>8}  function"]
+    for name in grew + shrank:
+        rows.append(f"{100 * share(b, name, base_grand):>6.2f}% {100 * share(a, name, new_grand):>6.2f}% "
+                    f"{100 * delta[name]:>+7.2f}%  {name}")
+    if not grew and not shrank:
+        rows.append("(no function's share changed)")
+    return rows
+
+
+def diff_svg(new: Profile, base: Profile, title: str = "") -> str:
+    """A differential flame graph: ``new``'s frames coloured by how their share changed
+    from ``base`` (red grew, blue shrank)."""
+    from ddprofiler import formats
+    from ddprofiler.profiler import load_native
+
+    drawn: str = load_native().flamegraph_svg(
+        formats.collapsed(new), title or "CPU: what changed (red grew, blue shrank)",
+        f"base {base.total} samples, new {new.total} samples", "samples", None, formats.collapsed(base))
+    return drawn
+
+
+def _names(frame: Frame, lines: bool) -> list[str]:
+    if not lines:
+        return list(frame.functions)
+    names = list(frame.functions)
+    for i, line in enumerate(frame.lines):
+        if line.line > 0:
+            where = f"{os.path.basename(line.file)}:{line.line}" if line.file else f"line {line.line}"
+            names[i] = f"{names[i]} ({where})"
+    return names
+
+
+def _pct(count: int, grand: int) -> str:
+    return f"{100 * count / grand:.2f}%" if grand else "-"
