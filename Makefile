@@ -10,7 +10,7 @@
 PYTHON ?= $(shell python3 -c 'import os,sys,sysconfig; managed = os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")) and sys.prefix == sys.base_prefix; print(".venv/bin/python" if managed else "python3")' 2>/dev/null || echo python3)
 # rustup installs cargo here; make's shell may not have it on PATH yet.
 export PATH := $(HOME)/.cargo/bin:$(PATH)
-APT_PACKAGES = clang-19 llvm-19 libbpf-dev linux-libc-dev bpftool linux-perf binutils gcc g++ make python3 python3-venv python3-pip util-linux openssl golang-1.19-go musl-tools nodejs gdb libpython3.11-dev chromium curl ca-certificates
+APT_PACKAGES = clang-19 llvm-19 libbpf-dev linux-libc-dev bpftool linux-perf binutils gcc g++ make python3 python3-venv python3-pip util-linux openssl golang-1.19-go musl-tools nodejs gdb libpython3.11-dev chromium tmux curl ca-certificates
 
 .PHONY: all deps install lint test test-rust test-wheel test-fuzz test-python run record wheel clean
 

@@ -437,6 +437,41 @@ def _configure_logging(verbose: bool, default: int = logging.WARNING) -> None:
     )
 
 
+@main.command("top")
+@click.option("-p", "--pid", "pids", type=click.IntRange(min=1), multiple=True, callback=_check_pids,
+              help="Only this process (repeatable). Default: all processes.")
+@click.option("--subprocesses", is_flag=True, help="With --pid: and the processes they start.")
+@click.option("-r", "--rate", "frequency", type=click.IntRange(1, 10000), default=99, show_default=True,
+              help="Samples per second on each CPU.")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
+              help="Seconds between refreshes.")
+@click.option("--sort", type=click.Choice(["self", "total"]), default="self", show_default=True,
+              help="Rank by self (innermost function) or total (anywhere in the stack); s / t switch.")
+@click.option("-n", "--rows", "n", type=click.IntRange(min=1), default=None,
+              help="Rows to show [default: what the terminal holds; 20 when not a terminal].")
+@click.option("--python/--no-python", default=True, show_default=True,
+              help="Show the Python functions of CPython processes.")
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
+def top_command(pids: Tuple[int, ...], subprocesses: bool, frequency: int, interval: float, sort: str,
+                n: Optional[int], python: bool, verbose: bool) -> None:
+    """The hottest functions, live, refreshed every --interval (like perf top and py-spy top).
+    q quits. Not on a terminal: one table per interval."""
+    from ddprofiler import top
+
+    if subprocesses and not pids:
+        raise click.UsageError("--subprocesses follows the processes of --pid")
+    _configure_logging(verbose)
+    _check_can_profile()
+    with _stop_on_signals() as stop_requested:
+        profiler = ddprofiler.Profiler(pids or None, frequency, python=python, follow_children=subprocesses)
+        try:
+            profiler.start()
+        except _START_ERRORS as e:
+            raise _start_failure(e) from e
+        with profiler:
+            top.run(profiler, interval, "self" if sort == "self" else "total", n, stop_requested)
+
+
 @main.command("report")
 @click.argument("profile", type=click.Path(exists=True, dir_okay=False))
 @click.option("-n", "--top", "n", type=click.IntRange(min=1), default=20, show_default=True,
