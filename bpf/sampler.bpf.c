@@ -71,6 +71,7 @@ static __always_inline void copy_regs(__u64 *out, const struct user_pt_regs *r)
 volatile const __u32 ustack_size = 16384;   /* bytes of user stack to copy, <= DDPROF_MAX_USTACK_BYTES */
 volatile const __u32 filter_pids = 0;       /* 1: only pids present in pid_filter */
 volatile const __u32 follow_children = 0;   /* 1: processes a filtered pid starts join the filter */
+volatile const __u32 keep_idle = 0;         /* 1: samples of the idle task are kept */
 volatile const __u64 wakeup_bytes = 1 << 20; /* wake the reader when this much is pending */
 
 #define PAGE_SIZE 4096
@@ -475,7 +476,7 @@ int ddprof_sample(struct bpf_perf_event_data *ctx)
 	__u32 tid = (__u32)pid_tgid;
 
 	count(DDPROF_CNT_SAMPLES);
-	if (tid == 0) { /* the idle task is not CPU time anyone spent */
+	if (tid == 0 && !keep_idle) { /* the idle task is not CPU time anyone spent */
 		count(DDPROF_CNT_FILTERED);
 		return 0;
 	}

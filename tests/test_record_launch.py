@@ -105,3 +105,16 @@ def test_a_wrapper_without_subprocesses_gets_a_hint(workloads, tmp_path):
     assert done.returncode == 0, done.stderr
     assert sum(stacks.values()) == 0
     assert f"no samples of pid {wrapper.pid}" in done.stderr and "--subprocesses" in done.stderr
+
+
+def test_idle_is_dropped_unless_asked_for(tmp_path):
+    """The idle task (pid 0) is CPU time nobody spent: out by default, in with --idle, as
+    the kernel's idle loop. The test machine is idle most of the time on at least one CPU."""
+    done, stacks, _ = record(tmp_path, "--idle", "-d", "2")
+    assert done.returncode == 0, done.stderr
+    idle = {k: n for k, n in stacks.items() if any(f in ("do_idle", "cpu_startup_entry") for f in k)}
+    assert sum(idle.values()) > 10, sorted(stacks.items(), key=lambda kv: -kv[1])[:5]
+    assert all(k[0].startswith(("swapper", "pid 0")) for k in idle), list(idle)[:3]
+    done, stacks, _ = record(tmp_path, "-d", "1")
+    assert done.returncode == 0, done.stderr
+    assert not [k for k in stacks if any(f == "do_idle" for f in k)]

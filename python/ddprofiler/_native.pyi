@@ -151,6 +151,7 @@ class Profiler:
         symbolize: _SymbolizeMode = "host",
         python: bool = True,
         follow_children: bool = False,
+        idle: bool = False,
     ) -> Profiler: ...
     def start(self) -> None: ...
     def stop(self) -> None:

@@ -294,6 +294,8 @@ def _check_output(ctx: click.Context, param: click.Parameter, value: str) -> str
     "--subprocesses", is_flag=True,
     help="With --pid: also sample the processes they start (and theirs), from their start.",
 )
+@click.option("--idle", is_flag=True,
+              help="Keep the idle task's samples (the kernel's swapper/N, pid 0): dropped by default.")
 @click.option(
     "-d", "--duration", type=click.FloatRange(min=0, min_open=True), default=None,
     callback=_check_duration,
@@ -325,7 +327,7 @@ def _check_output(ctx: click.Context, param: click.Parameter, value: str) -> str
 )
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[-- CMD [ARGS]...]")
-def record(pids: Tuple[int, ...], subprocesses: bool, duration: Optional[float], frequency: int,
+def record(pids: Tuple[int, ...], subprocesses: bool, idle: bool, duration: Optional[float], frequency: int,
            stack_bytes: int, output: str, fmt: Optional[str], python: bool, verbose: bool,
            command: Tuple[str, ...]) -> int:
     """Record a CPU profile of all processes, the given ones, or a command started here
@@ -359,7 +361,7 @@ def record(pids: Tuple[int, ...], subprocesses: bool, duration: Optional[float],
         try:
             profile = ddprofiler.record(
                 duration, pids=(child.pid,) if child else pids or None, frequency=frequency,
-                stack_bytes=stack_bytes, python=python, follow_children=bool(child) or subprocesses,
+                stack_bytes=stack_bytes, python=python, follow_children=bool(child) or subprocesses, idle=idle,
                 should_stop=stop_requested, on_progress=status.update,
                 on_start=child.release if child else None,
             )

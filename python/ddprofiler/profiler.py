@@ -76,7 +76,8 @@ class Profiler:
 
     ``pids``: sample only these processes (None or empty: all; each must exist);
     ``follow_children``: and the processes they start (and theirs), from their first
-    instruction, whatever they exec. ``frequency``: samples per second on each CPU, 1 to 10000. ``stack_bytes``: bytes of
+    instruction, whatever they exec. ``idle``: keep the samples of the idle task (pid 0,
+    the kernel's ``swapper/N``), dropped by default. ``frequency``: samples per second on each CPU, 1 to 10000. ``stack_bytes``: bytes of
     user stack copied per sample (a multiple of 8, 1024 to 65536). ``symbolize``: see the
     module docstring. A bad argument raises ``ValueError`` here, before anything starts.
 
@@ -97,6 +98,7 @@ class Profiler:
         symbolize: SymbolizeMode = "host",
         python: bool = True,
         follow_children: bool = False,
+        idle: bool = False,
     ) -> None:
         self.pids: Optional[tuple[int, ...]] = tuple(pids) if pids else None
         _check_arguments(self.pids, frequency, stack_bytes, symbolize)
@@ -104,6 +106,7 @@ class Profiler:
             raise ValueError("follow_children needs pids to follow")
         self.python = python
         self.follow_children = follow_children
+        self.idle = idle
         self.frequency = frequency
         self.stack_bytes = stack_bytes
         self.symbolize: SymbolizeMode = symbolize
@@ -130,7 +133,7 @@ class Profiler:
             profiler = _native.Profiler(
                 frequency=self.frequency, pids=list(self.pids) if self.pids else None,
                 stack_bytes=self.stack_bytes, symbolize=self.symbolize, python=self.python,
-                follow_children=self.follow_children)
+                follow_children=self.follow_children, idle=self.idle)
             try:
                 profiler.start()
             except BaseException:
@@ -203,12 +206,13 @@ def record(
     symbolize: SymbolizeMode = "host",
     python: bool = True,
     follow_children: bool = False,
+    idle: bool = False,
     should_stop: Optional[Callable[[], bool]] = None,
     on_progress: Optional[Callable[[float, Stats], None]] = None,
     on_start: Optional[Callable[[], None]] = None,
 ) -> Profile:
     """Sample all processes (or ``pids``, and with ``follow_children`` the processes they
-    start) for ``duration`` seconds (``math.inf``: until stopped); return the Profile.
+    start; ``idle``: and the idle task) for ``duration`` seconds (``math.inf``: until stopped); return the Profile.
 
     Stops early when ``should_stop()`` turns true (checked every 0.1 s), and when every one
     of ``pids`` has exited.
@@ -219,7 +223,7 @@ def record(
     """
     targets = tuple(pids) if pids else ()
     with Profiler(targets, frequency, stack_bytes, symbolize=symbolize, python=python,
-                  follow_children=follow_children) as profiler:
+                  follow_children=follow_children, idle=idle) as profiler:
         if on_start is not None:
             on_start()
         started = time.monotonic()

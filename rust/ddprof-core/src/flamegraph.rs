@@ -42,8 +42,7 @@ pub fn svg(lines: &[String], opts: &FlameOptions) -> Result<String> {
 pub fn differential(base: &[String], new: &[String], opts: &FlameOptions) -> Result<String> {
     let (a, b) = (base.join("\n"), new.join("\n"));
     let mut folded = Vec::new();
-    let mut diff = inferno::differential::Options::default();
-    diff.normalize = true;
+    let diff = inferno::differential::Options { normalize: true, ..Default::default() };
     inferno::differential::from_readers(diff, a.as_bytes(), b.as_bytes(), &mut folded)
         .map_err(|e| Error::Other(format!("differential flame graph: {e}")))?;
     let folded = String::from_utf8_lossy(&folded).into_owned();

@@ -31,6 +31,9 @@ pub struct ProfilerConfig {
     /// With `pids`: the processes they start (and theirs, whatever they exec) are sampled
     /// too, from their first instruction.
     pub follow_children: bool,
+    /// Keep the samples of the idle task (the kernel's, pid 0: `swapper/N`), dropped by
+    /// default as CPU time nobody spent.
+    pub idle: bool,
 }
 
 impl Default for ProfilerConfig {
@@ -42,6 +45,7 @@ impl Default for ProfilerConfig {
             symbolize: SymbolizeMode::Host,
             python: true,
             follow_children: false,
+            idle: false,
         }
     }
 }
@@ -78,6 +82,7 @@ impl Profiler {
             pids: cfg.pids,
             stack_bytes: cfg.stack_bytes,
             follow_children: cfg.follow_children,
+            idle: cfg.idle,
         })?;
         let counters: Arc<Counters> = Arc::default();
         let (tx, rx) = mpsc::channel();

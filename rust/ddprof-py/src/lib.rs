@@ -79,7 +79,8 @@ impl Profiler {
 #[pymethods]
 impl Profiler {
     #[new]
-    #[pyo3(signature = (frequency = 99, pids = None, stack_bytes = 16384, symbolize = "host", python = true, follow_children = false))]
+    #[pyo3(signature = (frequency = 99, pids = None, stack_bytes = 16384, symbolize = "host", python = true, follow_children = false, idle = false))]
+    #[allow(clippy::too_many_arguments)] // the keyword arguments of a Python constructor
     fn new(
         py: Python<'_>,
         frequency: u64,
@@ -88,9 +89,10 @@ impl Profiler {
         symbolize: &str,
         python: bool,
         follow_children: bool,
+        idle: bool,
     ) -> PyResult<Self> {
         let symbolize = symbolize.parse().map_err(|e| to_py_err(py, e))?;
-        let config = ProfilerConfig { frequency, pids: pids.unwrap_or_default(), stack_bytes, symbolize, python, follow_children };
+        let config = ProfilerConfig { frequency, pids: pids.unwrap_or_default(), stack_bytes, symbolize, python, follow_children, idle };
         Ok(Profiler { config, started: AtomicBool::new(false), core: OnceLock::new() })
     }
 

@@ -43,6 +43,8 @@ pub struct SamplerConfig {
     pub stack_bytes: u32,
     /// With `pids`: the processes they start (and theirs) are sampled too.
     pub follow_children: bool,
+    /// Keep the samples of the idle task (pid 0; system-wide only).
+    pub idle: bool,
 }
 
 pub struct Sampler {
@@ -175,6 +177,7 @@ impl Sampler {
         let cpus = aya::util::online_cpus().map_err(|(f, e)| error::from_os(f, &e))?;
         let filter: u32 = u32::from(!cfg.pids.is_empty());
         let follow: u32 = u32::from(cfg.follow_children && !cfg.pids.is_empty());
+        let idle: u32 = u32::from(cfg.idle);
         let stack_bytes = cfg.stack_bytes;
         let ring_size = ring_bytes(cfg.frequency, cpus.len(), stack_bytes);
         let wakeup = WAKEUP_BYTES.min(u64::from(ring_size) / 4);
@@ -182,6 +185,7 @@ impl Sampler {
             .override_global("ustack_size", &stack_bytes, true)
             .override_global("filter_pids", &filter, true)
             .override_global("follow_children", &follow, true)
+            .override_global("keep_idle", &idle, true)
             .override_global("wakeup_bytes", &wakeup, true)
             .map_max_entries("scratch_bufs", nr_cpus)
             .map_max_entries("samples", ring_size)
