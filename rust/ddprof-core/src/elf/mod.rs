@@ -31,6 +31,7 @@ pub mod gobuildinfo;
 pub mod gopclntab;
 pub mod ids;
 pub mod inspect;
+pub mod plt;
 mod vdso;
 
 pub use debug_files::{DebugLink, Origin, Via};
@@ -166,6 +167,8 @@ pub struct ElfFile {
     debug_file: OnceLock<Option<Arc<ElfFile>>>,
     /// Function bounds sorted by start, built on first need (most files never need them).
     functions: OnceLock<Vec<FunctionBounds>>,
+    /// Named PLT entries, built on first need.
+    plt: OnceLock<Vec<plt::PltEntry>>,
 }
 
 impl std::fmt::Debug for ElfFile {
@@ -277,6 +280,7 @@ impl ElfFile {
             found_via: None,
             debug_file: OnceLock::new(),
             functions: OnceLock::new(),
+            plt: OnceLock::new(),
             map: map.clone(),
         })
     }
@@ -316,6 +320,17 @@ impl ElfFile {
         let i = funcs.partition_point(|f| f.start <= svma).checked_sub(1)?;
         let f = funcs[i];
         (svma.0 - f.start.0 < f.size).then_some(f)
+    }
+
+    /// The name of the PLT entry holding `svma` (`pthread_self@plt`), if it is in one. The
+    /// entries are read once, on the first call (see [`plt`]).
+    pub fn plt_name(&self, svma: Svma) -> Option<&str> {
+        let entries = self.plt.get_or_init(|| {
+            let entries = plt::entries(&self.map);
+            self.release_pages();
+            entries
+        });
+        plt::lookup(entries, svma).map(|e| e.name.as_str())
     }
 
     /// Drops this process's hold on the pages of the file read so far (`MADV_DONTNEED` on

@@ -200,16 +200,23 @@ impl Symbolizer {
             .collect()
     }
 
-    /// Lines of SVMAs of one file: Go's table first for a Go binary, then blazesym for what
-    /// it does not cover (cgo's C code, or everything when the table is unusable). The Go
+    /// Lines of SVMAs of one file: PLT entries by their own names, Go's table for a Go
+    /// binary, then blazesym for what they do not cover (cgo's C code, or everything when the table is unusable). The Go
     /// table is read in place from the mapped binary, cheap to find again: it is dropped
     /// after the batch; blazesym's parse is kept (`elf::Parses`).
     fn resolve_file(&mut self, file: &Arc<ElfFile>, svmas: &[Option<Svma>]) -> Vec<Option<Vec<Line>>> {
         let mut out: Vec<Option<Vec<Line>>> = vec![None; svmas.len()];
+        // PLT stubs have no symbol: named from the binary's own relocations, never after the
+        // symbol before them (the debug file has no PLT contents to decode).
+        for (o, svma) in out.iter_mut().zip(svmas) {
+            if let Some(name) = svma.and_then(|s| file.plt_name(s)) {
+                *o = Some(vec![Line { function: name.to_string(), system_name: String::new(), file: String::new(), line: 0 }]);
+            }
+        }
         if file.symbols.has_gopclntab {
             match GoTable::parse(file.bytes()) {
                 Ok(Some(table)) => {
-                    for (o, svma) in out.iter_mut().zip(svmas) {
+                    for (o, svma) in out.iter_mut().zip(svmas).filter(|(o, _)| o.is_none()) {
                         *o = svma.and_then(|s| table.lookup(s));
                     }
                 }
