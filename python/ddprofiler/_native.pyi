@@ -25,6 +25,7 @@ __all__ = [
     "BinaryInfo",
     "DebugFileStats",
     "counter_specs",
+    "encode_otlp",
     "encode_pprofs",
     "flamegraph_svg",
     "inspect",
@@ -102,6 +103,13 @@ class Snapshot:
         pid it names, in order. The contract is the encoder's
         (``rust/ddprof-core/src/pprof/mod.rs``). Releases the GIL. Raises ValueError for a
         sampled pid without a group or a frequency of 0."""
+    def encode_otlp(self, group_of: dict[int, int], resources: list[list[tuple[str, str]]],
+                    version: str) -> tuple[bytes, list[int]]:
+        """One OTLP ``ExportProfilesServiceRequest`` (profiles ``v1development``) of the
+        period: group ``g`` is a profile under a resource of ``resources[g]``'s
+        attributes; the sample total of each. The contract is the encoder's
+        (``rust/ddprof-core/src/otlp/mod.rs``). Releases the GIL. Raises ValueError as
+        ``encode_pprofs``."""
 
 def flamegraph_svg(
     lines: list[str],
@@ -117,6 +125,20 @@ def flamegraph_svg(
     by name for others. With ``base`` (collapsed stacks too), a differential graph of
     ``lines`` against it: red grew, blue shrank. Raises ValueError for a bad colour,
     ProfilerError when inferno refuses the input."""
+
+def encode_otlp(
+    start_ns: int,
+    end_ns: int,
+    frequency: int,
+    mappings: list[tuple[int, int, int, str, str, bool]],
+    frames: list[_RawFrame],
+    stacks: list[list[int]],
+    samples: list[_RawSample],
+    group_of: dict[int, int],
+    resources: list[list[tuple[str, str]]],
+    version: str,
+) -> tuple[bytes, list[int]]:
+    """``Snapshot.encode_otlp`` of hand-made tables (see ``encode_pprofs``)."""
 
 def encode_pprofs(
     start_ns: int,

@@ -21,12 +21,12 @@ import platform
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Protocol
+from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Protocol, Tuple
 
 import ddprofiler
 from ddprofiler.config import Settings
 from ddprofiler.exporters import ProfilePayload
-from ddprofiler.pprof.builder import encode_profiles
+from ddprofiler.pprof.builder import encode_otlp, encode_profiles
 from ddprofiler.profile import Mapping as ProfileMapping
 from ddprofiler.profile import Profile
 from ddprofiler.stats import Stats
@@ -119,6 +119,12 @@ class Runner:
         key_of = {pid: self._key(t) for pid, t in tags_of.items()}
         keys = sorted(set(key_of.values()), key=lambda k: tuple(str(x) for x in k))
         index = {key: i for i, key in enumerate(keys)}
+        if getattr(self.exporter, "kind", "") == "otlp":
+            body, _ = encode_otlp(profile, {pid: index[k] for pid, k in key_of.items()},
+                                  [self._resource(key) for key in keys], ddprofiler.__version__)
+            self.exporter.submit_request(body, f"{len(keys)} profiles")  # type: ignore[attr-defined]
+            self._telemetry(profile, len(keys))
+            return len(keys)
         encoded = encode_profiles(profile, {pid: index[k] for pid, k in key_of.items()}, len(keys),
                                   {pid: extra for pid, extra in labels.items() if extra})
         for key, profile_of_key in zip(keys, encoded):
@@ -142,6 +148,24 @@ class Runner:
             return GroupKey(s.host_service or "", s.environment, None, None, None, False)
         return GroupKey(t.service, t.env or s.environment, t.version, t.container_id,
                         None if t.container_id else t.cgroup_inode, t.service_inferred)
+
+    def _resource(self, key: GroupKey) -> List[Tuple[str, str]]:
+        """A group's OTLP resource attributes (OpenTelemetry's semantic conventions), then
+        the user's tags as they are (``key:value`` -> ``key``, ``value``)."""
+        attrs = [("service.name", key.service), ("host.name", self.settings.node),
+                 ("host.arch", _ARCH.get(platform.machine(), platform.machine()))]
+        if key.env:
+            attrs.append(("deployment.environment.name", key.env))
+        if key.version:
+            attrs.append(("service.version", key.version))
+        if key.container_id:
+            attrs.append(("container.id", key.container_id))
+        taken = {k for k, _ in attrs}
+        for tag in self.user_tags:
+            k, _, v = tag.partition(":")
+            if k not in taken:
+                attrs.append((k, v))
+        return attrs
 
     def _tags(self, key: GroupKey, seq: int, remote_symbols: bool) -> List[str]:
         tags = [f"service:{key.service}",

@@ -73,6 +73,20 @@ def encode_profiles(profile: Profile, group_of: AbcMapping[int, int], groups: in
     return [Encoded(*e) for e in out]
 
 
+def encode_otlp(profile: Profile, group_of: AbcMapping[int, int],
+                resources: List[List[Tuple[str, str]]], version: str) -> Tuple[bytes, List[int]]:
+    """One OTLP profiles export request (``v1development``) of ``profile``: group ``g``
+    (of ``group_of``, as for ``encode_profiles``) under a resource of ``resources[g]``'s
+    attributes; the request's bytes and each group's sample total. Raises ValueError as
+    ``encode_profiles``."""
+    native = profile.native
+    if native is not None:
+        body, totals = native.encode_otlp(dict(group_of), resources, version)
+    else:
+        body, totals = _load_native().encode_otlp(*_tables(profile), dict(group_of), resources, version)
+    return body, list(totals)
+
+
 def encode_profile(profile: Profile, labels: Optional[Labels] = None) -> Encoded:
     """The pprof of all of ``profile``'s samples (see ``encode_profiles``)."""
     pids = {s.pid: 0 for s in profile.samples} if profile.native is None else \

@@ -12,12 +12,12 @@
 //! | (per file) | `elf/` | open files, ids, debug files, the debug-only ELF writer |
 //! | symbolize | `symbolize/` | blazesym, Go tables, kernel, perf maps (own thread) |
 //! | aggregate | `aggregate/` | interned tables, the depth cap, snapshots |
-//! | encode | `pprof/` | a snapshot's profiles as pprof, one pass each |
+//! | encode | `pprof/`, `otlp/` | a snapshot's profiles as pprof, or as one OTLP request |
 //! | render | `flamegraph` | flame graph SVGs of collapsed stacks (inferno) |
 //!
 //! Shared vocabulary: `addr` (AVMA, SVMA, file offsets, bias), `arch` (the one place that
 //! names the target architecture), `counters` (the typed counter registry), `error`.
-//! `profiler` runs the threads. Dependencies point down the list `pprof`, `profiler`,
+//! `profiler` runs the threads. Dependencies point down the list `otlp`, `pprof`, `profiler`,
 //! `sampler`, `aggregate`, `symbolize`, `cpython`, `unwind`, `process`, `elf`, then the shared
 //! modules: no cycle.
 pub mod addr;
@@ -28,6 +28,7 @@ pub mod cpython;
 pub mod elf;
 pub mod error;
 pub mod flamegraph;
+pub mod otlp;
 pub mod pprof;
 pub mod process;
 pub mod profiler;

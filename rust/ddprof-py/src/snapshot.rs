@@ -13,6 +13,7 @@ use ddprof_core::addr::{Avma, FileOffset};
 use ddprof_core::aggregate::{
     FrameKind, Snapshot as CoreSnapshot, SnapshotFrame, SnapshotMapping, SnapshotSample,
 };
+use ddprof_core::otlp::{self, Resources};
 use ddprof_core::pprof::{encode_groups, Encoded, ExtraLabels};
 use ddprof_core::symbolize::Line;
 use ddprof_core::{Error, Stats};
@@ -179,6 +180,18 @@ impl Snapshot {
         encoded_to_py(py, out)
     }
 
+    fn encode_otlp<'py>(
+        &self,
+        py: Python<'py>,
+        group_of: HashMap<u32, usize>,
+        resources: Resources,
+        version: String,
+    ) -> PyResult<(Bound<'py, PyBytes>, Vec<u64>)> {
+        let core = self.core.clone();
+        let r = blocking(py, move || otlp::encode_request(&core, &group_of, &resources, &version)).map_err(|e| to_py_err(py, e))?;
+        Ok((PyBytes::new(py, &r.bytes), r.samples))
+    }
+
     fn __repr__(&self) -> String {
         let s = &self.core;
         format!(
@@ -214,100 +227,102 @@ fn frame_kind(kind: &str) -> Result<FrameKind, Error> {
     })
 }
 
-/// The profiles of hand-made tables (shaped as `Snapshot`'s, the mappings without their
-/// binary), one per group: see `Snapshot.encode_pprofs`.
-#[pyfunction]
-#[pyo3(signature = (start_ns, end_ns, frequency, mappings, frames, stacks, samples, group_of, groups, labels = None))]
-#[allow(clippy::too_many_arguments, clippy::type_complexity)]
-pub(crate) fn encode_pprofs<'py>(
-    py: Python<'py>,
+type RawMapping = (u64, u64, u64, String, String, bool);
+type RawFrame = (i64, u64, String, Vec<RawLine>);
+type RawSample = (u32, u32, u32, u32, u64, String, String);
+
+/// A core snapshot of hand-made tables (shaped as `Snapshot`'s, the mappings without their
+/// binary). Errors: an index out of range, an unknown frame kind.
+#[allow(clippy::too_many_arguments)]
+fn core_of(
     start_ns: u64,
     end_ns: u64,
     frequency: u64,
-    mappings: Vec<(u64, u64, u64, String, String, bool)>,
-    frames: Vec<(i64, u64, String, Vec<RawLine>)>,
+    mappings: Vec<RawMapping>,
+    frames: Vec<RawFrame>,
     stacks: Vec<Vec<u32>>,
-    samples: Vec<(u32, u32, u32, u32, u64, String, String)>,
-    group_of: HashMap<u32, usize>,
-    groups: usize,
-    labels: Option<HashMap<u32, Vec<(String, String)>>>,
-) -> PyResult<Bound<'py, PyList>> {
-    let bad = |e: Error| to_py_err(py, e);
+    samples: Vec<RawSample>,
+) -> Result<CoreSnapshot, Error> {
     let n_mappings = mappings.len();
     let n_frames = frames.len();
-    let mut snap = CoreSnapshot {
-        start_ns,
-        end_ns,
-        frequency,
-        ..Default::default()
-    };
+    let mut snap = CoreSnapshot { start_ns, end_ns, frequency, ..Default::default() };
     snap.mappings = mappings
         .into_iter()
-        .map(
-            |(start, limit, offset, path, file_id, is_kernel)| SnapshotMapping {
-                start: Avma(start),
-                limit: Avma(limit),
-                offset: FileOffset(offset),
-                path,
-                file_id,
-                is_kernel,
-                file: None,
-            },
-        )
+        .map(|(start, limit, offset, path, file_id, is_kernel)| SnapshotMapping {
+            start: Avma(start),
+            limit: Avma(limit),
+            offset: FileOffset(offset),
+            path,
+            file_id,
+            is_kernel,
+            file: None,
+        })
         .collect();
     for (mapping, address, kind, lines) in frames {
         let mapping = match u32::try_from(mapping) {
             Ok(m) if (m as usize) < n_mappings => Some(m),
             _ if mapping < 0 => None,
-            _ => {
-                return Err(bad(Error::InvalidArgument(format!(
-                    "frame mapping {mapping} is not below {n_mappings}"
-                ))))
-            }
+            _ => return Err(Error::InvalidArgument(format!("frame mapping {mapping} is not below {n_mappings}"))),
         };
-        let lines: Vec<Line> = lines
-            .into_iter()
-            .map(|(function, system_name, file, line)| Line {
-                function,
-                system_name,
-                file,
-                line,
-            })
-            .collect();
-        snap.frames.push(SnapshotFrame {
-            mapping,
-            address: Avma(address),
-            kind: frame_kind(&kind).map_err(bad)?,
-            lines: Arc::from(lines),
-        });
+        let lines: Vec<Line> =
+            lines.into_iter().map(|(function, system_name, file, line)| Line { function, system_name, file, line }).collect();
+        snap.frames.push(SnapshotFrame { mapping, address: Avma(address), kind: frame_kind(&kind)?, lines: Arc::from(lines) });
     }
     for st in stacks {
         if let Some(f) = st.iter().find(|&&f| f as usize >= n_frames) {
-            return Err(bad(Error::InvalidArgument(format!(
-                "stack frame {f} is not below {n_frames}"
-            ))));
+            return Err(Error::InvalidArgument(format!("stack frame {f} is not below {n_frames}")));
         }
         snap.stacks.push(st.into_boxed_slice());
     }
     for (pid, tid, cpu, stack, count, thread_name, process_name) in samples {
         if stack as usize >= snap.stacks.len() {
-            return Err(bad(Error::InvalidArgument(format!(
-                "sample stack {stack} is not below {}",
-                snap.stacks.len()
-            ))));
+            return Err(Error::InvalidArgument(format!("sample stack {stack} is not below {}", snap.stacks.len())));
         }
-        snap.samples.push(SnapshotSample {
-            pid,
-            tid,
-            cpu,
-            stack,
-            count,
-            thread_name,
-            process_name,
-        });
+        snap.samples.push(SnapshotSample { pid, tid, cpu, stack, count, thread_name, process_name });
     }
+    Ok(snap)
+}
+
+/// The profiles of hand-made tables, one per group: see `Snapshot.encode_pprofs`.
+#[pyfunction]
+#[pyo3(signature = (start_ns, end_ns, frequency, mappings, frames, stacks, samples, group_of, groups, labels = None))]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn encode_pprofs<'py>(
+    py: Python<'py>,
+    start_ns: u64,
+    end_ns: u64,
+    frequency: u64,
+    mappings: Vec<RawMapping>,
+    frames: Vec<RawFrame>,
+    stacks: Vec<Vec<u32>>,
+    samples: Vec<RawSample>,
+    group_of: HashMap<u32, usize>,
+    groups: usize,
+    labels: Option<HashMap<u32, Vec<(String, String)>>>,
+) -> PyResult<Bound<'py, PyList>> {
+    let snap = core_of(start_ns, end_ns, frequency, mappings, frames, stacks, samples).map_err(|e| to_py_err(py, e))?;
     let labels: ExtraLabels = labels.unwrap_or_default();
-    let out =
-        blocking(py, move || encode_groups(&snap, &group_of, groups, &labels)).map_err(bad)?;
+    let out = blocking(py, move || encode_groups(&snap, &group_of, groups, &labels)).map_err(|e| to_py_err(py, e))?;
     encoded_to_py(py, out)
+}
+
+/// The OTLP export request of hand-made tables: see `Snapshot.encode_otlp`.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn encode_otlp<'py>(
+    py: Python<'py>,
+    start_ns: u64,
+    end_ns: u64,
+    frequency: u64,
+    mappings: Vec<RawMapping>,
+    frames: Vec<RawFrame>,
+    stacks: Vec<Vec<u32>>,
+    samples: Vec<RawSample>,
+    group_of: HashMap<u32, usize>,
+    resources: Resources,
+    version: String,
+) -> PyResult<(Bound<'py, PyBytes>, Vec<u64>)> {
+    let snap = core_of(start_ns, end_ns, frequency, mappings, frames, stacks, samples).map_err(|e| to_py_err(py, e))?;
+    let r = blocking(py, move || otlp::encode_request(&snap, &group_of, &resources, &version)).map_err(|e| to_py_err(py, e))?;
+    Ok((PyBytes::new(py, &r.bytes), r.samples))
 }
