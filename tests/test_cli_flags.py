@@ -171,10 +171,10 @@ FAKE_MAIN = textwrap.dedent(
                 return [0]
 
             def encode_pprofs(self, group_of, groups, labels=None):
-                return real.encode_pprofs(self.start_ns, self.end_ns, self.frequency,
-                                          [m[:6] for m in self.mappings], self.frames,
-                                          [list(st) for st in self.stacks], self.samples,
-                                          group_of, groups, labels)
+                return real.Snapshot.from_tables(
+                    self.start_ns, self.end_ns, self.frequency, [m[:6] for m in self.mappings],
+                    self.frames, [list(st) for st in self.stacks], self.samples,
+                ).encode_pprofs(group_of, groups, labels)
         SPECS = [
             ("samples", "count", "samples received"),
             ("lost", "lost", "ring buffer full"),
@@ -232,7 +232,7 @@ FAKE_MAIN = textwrap.dedent(
 
         native.Profiler = Profiler
         native.counter_specs = lambda: list(SPECS)
-        native.encode_pprofs = real.encode_pprofs
+        native.Snapshot = real.Snapshot  # for profiles made by hand
         sys.modules["ddprofiler._native"] = native
         import ddprofiler
         ddprofiler._native = native  # importing the real one set the package's attribute

@@ -109,10 +109,10 @@ class FakeSnapshot(types.SimpleNamespace):
 
     def encode_pprofs(self, group_of, groups, labels=None):
         from ddprofiler import _native
-        return _native.encode_pprofs(self.start_ns, self.end_ns, self.frequency,
-                                     [(m[0], min(m[1], (1 << 64) - 1), *m[2:6]) for m in self.mappings], self.frames,
-                                     [list(st) for st in self.stacks], self.samples,
-                                     group_of, groups, labels)
+        mappings = [(m[0], min(m[1], (1 << 64) - 1), *m[2:6]) for m in self.mappings]
+        return _native.Snapshot.from_tables(self.start_ns, self.end_ns, self.frequency, mappings, self.frames,
+                                            [list(st) for st in self.stacks], self.samples,
+                                            ).encode_pprofs(group_of, groups, labels)
 
 
 def fake_snapshot(**changes):

@@ -25,8 +25,6 @@ __all__ = [
     "BinaryInfo",
     "DebugFileStats",
     "counter_specs",
-    "encode_otlp",
-    "encode_pprofs",
     "flamegraph_svg",
     "inspect",
     "symbolize_file",
@@ -103,6 +101,13 @@ class Snapshot:
         pid it names, in order. The contract is the encoder's
         (``rust/ddprof-core/src/pprof/mod.rs``). Releases the GIL. Raises ValueError for a
         sampled pid without a group or a frequency of 0."""
+    @staticmethod
+    def from_tables(start_ns: int, end_ns: int, frequency: int,
+                    mappings: list[tuple[int, int, int, str, str, bool]], frames: list[_RawFrame],
+                    stacks: list[list[int]], samples: list[_RawSample]) -> Snapshot:
+        """A snapshot of hand-made tables (shaped as a snapshot's, the mappings without
+        their binary): a ``Profile`` built in Python is encoded by the same encoders.
+        Raises ValueError for an index out of range or an unknown frame kind."""
     def encode_otlp(self, group_of: dict[int, int], resources: list[list[tuple[str, str]]],
                     version: str) -> tuple[bytes, list[int]]:
         """One OTLP ``ExportProfilesServiceRequest`` (profiles ``v1development``) of the
@@ -125,36 +130,6 @@ def flamegraph_svg(
     by name for others. With ``base`` (collapsed stacks too), a differential graph of
     ``lines`` against it: red grew, blue shrank. Raises ValueError for a bad colour,
     ProfilerError when inferno refuses the input."""
-
-def encode_otlp(
-    start_ns: int,
-    end_ns: int,
-    frequency: int,
-    mappings: list[tuple[int, int, int, str, str, bool]],
-    frames: list[_RawFrame],
-    stacks: list[list[int]],
-    samples: list[_RawSample],
-    group_of: dict[int, int],
-    resources: list[list[tuple[str, str]]],
-    version: str,
-) -> tuple[bytes, list[int]]:
-    """``Snapshot.encode_otlp`` of hand-made tables (see ``encode_pprofs``)."""
-
-def encode_pprofs(
-    start_ns: int,
-    end_ns: int,
-    frequency: int,
-    mappings: list[tuple[int, int, int, str, str, bool]],
-    frames: list[_RawFrame],
-    stacks: list[list[int]],
-    samples: list[_RawSample],
-    group_of: dict[int, int],
-    groups: int,
-    labels: Optional[dict[int, list[tuple[str, str]]]] = None,
-) -> list[_Encoded]:
-    """``Snapshot.encode_pprofs`` of hand-made tables (shaped as a snapshot's, mappings
-    without their binary). Raises ValueError for an index out of range or an unknown
-    frame kind, as ``Snapshot.encode_pprofs`` does."""
 
 @final
 class Profiler:

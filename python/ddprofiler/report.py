@@ -14,14 +14,15 @@ other sample types than CPU samples.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Literal, Union
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING, Literal, TypeVar, Union
 
 from ddprofiler.profile import Frame
 
 if TYPE_CHECKING:
     from ddprofiler.profile import Profile
 
-__all__ = ["diff_svg", "diff_table", "load", "top_table"]
+__all__ = ["diff_svg", "diff_table", "load", "tally", "tally_by", "top_table"]
 
 By = Literal["self", "total"]
 PathLike = Union[str, "os.PathLike[str]"]
@@ -46,12 +47,21 @@ def load(path: PathLike) -> Profile:
         raise
 
 
+K = TypeVar("K", bound=Hashable)
+
+
 def tally(profile: Profile, lines: bool = False) -> tuple[dict[str, int], dict[str, int], int]:
     """(self, total, samples): counts by function (with ``lines``, by function and line)."""
-    self_counts: dict[str, int] = {}
-    total_counts: dict[str, int] = {}
+    return tally_by(profile, lambda frame: _names(frame, lines))
+
+
+def tally_by(profile: Profile, keys: Callable[[Frame], list[K]]) -> tuple[dict[K, int], dict[K, int], int]:
+    """(self, total, samples) by ``keys(frame)`` (innermost first: the first key of a
+    stack's leaf frame is the sample's self key); each key counts once per sample in total."""
+    self_counts: dict[K, int] = {}
+    total_counts: dict[K, int] = {}
     grand = 0
-    names_of: dict[int, list[str]] = {}  # per frame index
+    keys_of: dict[int, list[K]] = {}  # per frame index
     for sample in profile.samples:
         if sample.count <= 0:
             continue
@@ -59,16 +69,16 @@ def tally(profile: Profile, lines: bool = False) -> tuple[dict[str, int], dict[s
         stack = profile.stacks[sample.stack]
         if not stack:
             continue
-        seen: set[str] = set()
+        seen: set[K] = set()
         for position, i in enumerate(stack):
-            names = names_of.get(i)
-            if names is None:
-                names = names_of[i] = _names(profile.frames[i], lines)
-            if position == 0:
-                self_counts[names[0]] = self_counts.get(names[0], 0) + sample.count
-            seen.update(names)
-        for name in seen:
-            total_counts[name] = total_counts.get(name, 0) + sample.count
+            frame_keys = keys_of.get(i)
+            if frame_keys is None:
+                frame_keys = keys_of[i] = keys(profile.frames[i])
+            if position == 0 and frame_keys:
+                self_counts[frame_keys[0]] = self_counts.get(frame_keys[0], 0) + sample.count
+            seen.update(frame_keys)
+        for key in seen:
+            total_counts[key] = total_counts.get(key, 0) + sample.count
     return self_counts, total_counts, grand
 
 

@@ -44,26 +44,10 @@ class Top:
 
     def add(self, profile: Profile, seconds: float) -> None:
         """Take one interval's snapshot in."""
-        self.self_now, self.total_now = {}, {}
-        self.interval_samples, self.interval_s = 0, seconds
-        names: dict[int, list[Key]] = {}
-        for sample in profile.samples:
-            if sample.count <= 0:
-                continue
-            stack = profile.stacks[sample.stack]
-            self.interval_samples += sample.count
-            if not stack:
-                continue
-            seen: set[Key] = set()
-            for position, i in enumerate(stack):
-                keys = names.get(i)
-                if keys is None:
-                    keys = names[i] = _keys(profile.frames[i])
-                if position == 0:
-                    self.self_now[keys[0]] = self.self_now.get(keys[0], 0) + sample.count
-                seen.update(keys)
-            for key in seen:
-                self.total_now[key] = self.total_now.get(key, 0) + sample.count
+        from ddprofiler.report import tally_by
+
+        self.self_now, self.total_now, self.interval_samples = tally_by(profile, _keys)
+        self.interval_s = seconds
         for now, cumulative in ((self.self_now, self.self_all), (self.total_now, self.total_all)):
             for key, n in now.items():
                 cumulative[key] = cumulative.get(key, 0) + n

@@ -24,10 +24,10 @@ import gzip
 import os
 import secrets
 from collections.abc import Mapping as AbcMapping
-from types import ModuleType
 from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Tuple, Union
 
 if TYPE_CHECKING:
+    from ddprofiler import _native
     from ddprofiler.profile import Profile
 
     from . import profile_pb2
@@ -65,11 +65,7 @@ def encode_profiles(profile: Profile, group_of: AbcMapping[int, int], groups: in
     Raises ValueError for a frequency that is not positive, or a sampled pid without a
     group."""
     extra = {pid: list(items.items()) for pid, items in (labels or {}).items()}
-    native = profile.native
-    if native is not None:
-        out = native.encode_pprofs(dict(group_of), groups, extra)
-    else:
-        out = _load_native().encode_pprofs(*_tables(profile), dict(group_of), groups, extra)
+    out = _snapshot(profile).encode_pprofs(dict(group_of), groups, extra)
     return [Encoded(*e) for e in out]
 
 
@@ -79,11 +75,7 @@ def encode_otlp(profile: Profile, group_of: AbcMapping[int, int],
     (of ``group_of``, as for ``encode_profiles``) under a resource of ``resources[g]``'s
     attributes; the request's bytes and each group's sample total. Raises ValueError as
     ``encode_profiles``."""
-    native = profile.native
-    if native is not None:
-        body, totals = native.encode_otlp(dict(group_of), resources, version)
-    else:
-        body, totals = _load_native().encode_otlp(*_tables(profile), dict(group_of), resources, version)
+    body, totals = _snapshot(profile).encode_otlp(dict(group_of), resources, version)
     return body, list(totals)
 
 
@@ -134,16 +126,20 @@ def write_atomic(path: PathLike, data: bytes) -> None:
         raise
 
 
-def _load_native() -> ModuleType:
+def _snapshot(profile: Profile) -> _native.Snapshot:
+    """The core's snapshot of ``profile``: its own, or one of its (hand-made) tables."""
+    if profile.native is not None:
+        return profile.native
     from ddprofiler.profiler import load_native
 
-    return load_native()
+    snapshot: _native.Snapshot = load_native().Snapshot.from_tables(*_tables(profile))
+    return snapshot
 
 
 def _tables(profile: Profile) -> Tuple[object, ...]:
-    """A hand-made profile's tables as the extension's ``encode_pprofs`` takes them: every
-    mapping (``profile.mappings`` first, in order, then any other a frame holds), frames
-    with mapping indices (-1 for none), stacks, samples."""
+    """A hand-made profile's tables as ``Snapshot.from_tables`` takes them: every mapping
+    (``profile.mappings`` first, in order, then any other a frame holds), frames with
+    mapping indices (-1 for none), stacks, samples."""
     index: Dict[int, int] = {}
     mappings: List[Tuple[int, int, int, str, str, bool]] = []
     for m in [*profile.mappings, *(f.mapping for f in profile.frames if f.mapping is not None)]:

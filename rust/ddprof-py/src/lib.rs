@@ -352,8 +352,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<BinaryInfo>()?;
     m.add_class::<DebugFileStats>()?;
     m.add_function(wrap_pyfunction!(counter_specs, m)?)?;
-    m.add_function(wrap_pyfunction!(snapshot::encode_pprofs, m)?)?;
-    m.add_function(wrap_pyfunction!(snapshot::encode_otlp, m)?)?;
     m.add_function(wrap_pyfunction!(flamegraph_svg, m)?)?;
     m.add_function(wrap_pyfunction!(inspect, m)?)?;
     m.add_function(wrap_pyfunction!(symbolize_file, m)?)?;

@@ -4,8 +4,8 @@
 //! period's profiles from them in one pass ([`Snapshot::encode_pprofs`]) and asks only for
 //! the little it needs in Python (pids, processes, the sampled mappings). The tables cross
 //! as plain tuples only when asked for (`ddprofiler.Profile` asks on first use), built on
-//! each access. [`encode_pprofs`] encodes hand-made tables (a `Profile` built in Python, or
-//! a part of one) with the same encoder, so there is one pprof writer.
+//! each access. [`Snapshot::from_tables`] makes one of hand-made tables (a `Profile` built
+//! in Python, or a part of one), so there is one pprof writer and one OTLP writer.
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -192,6 +192,24 @@ impl Snapshot {
         Ok((PyBytes::new(py, &r.bytes), r.samples))
     }
 
+    /// A snapshot of hand-made tables (shaped as a snapshot's, the mappings without their
+    /// binary), so that a `Profile` built in Python is encoded by the same encoders.
+    #[staticmethod]
+    #[allow(clippy::too_many_arguments)]
+    fn from_tables(
+        py: Python<'_>,
+        start_ns: u64,
+        end_ns: u64,
+        frequency: u64,
+        mappings: Vec<RawMapping>,
+        frames: Vec<RawFrame>,
+        stacks: Vec<Vec<u32>>,
+        samples: Vec<RawSample>,
+    ) -> PyResult<Snapshot> {
+        let core = core_of(start_ns, end_ns, frequency, mappings, frames, stacks, samples).map_err(|e| to_py_err(py, e))?;
+        Ok(Snapshot { core: Arc::new(core) })
+    }
+
     fn __repr__(&self) -> String {
         let s = &self.core;
         format!(
@@ -281,48 +299,4 @@ fn core_of(
         snap.samples.push(SnapshotSample { pid, tid, cpu, stack, count, thread_name, process_name });
     }
     Ok(snap)
-}
-
-/// The profiles of hand-made tables, one per group: see `Snapshot.encode_pprofs`.
-#[pyfunction]
-#[pyo3(signature = (start_ns, end_ns, frequency, mappings, frames, stacks, samples, group_of, groups, labels = None))]
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn encode_pprofs<'py>(
-    py: Python<'py>,
-    start_ns: u64,
-    end_ns: u64,
-    frequency: u64,
-    mappings: Vec<RawMapping>,
-    frames: Vec<RawFrame>,
-    stacks: Vec<Vec<u32>>,
-    samples: Vec<RawSample>,
-    group_of: HashMap<u32, usize>,
-    groups: usize,
-    labels: Option<HashMap<u32, Vec<(String, String)>>>,
-) -> PyResult<Bound<'py, PyList>> {
-    let snap = core_of(start_ns, end_ns, frequency, mappings, frames, stacks, samples).map_err(|e| to_py_err(py, e))?;
-    let labels: ExtraLabels = labels.unwrap_or_default();
-    let out = blocking(py, move || encode_groups(&snap, &group_of, groups, &labels)).map_err(|e| to_py_err(py, e))?;
-    encoded_to_py(py, out)
-}
-
-/// The OTLP export request of hand-made tables: see `Snapshot.encode_otlp`.
-#[pyfunction]
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn encode_otlp<'py>(
-    py: Python<'py>,
-    start_ns: u64,
-    end_ns: u64,
-    frequency: u64,
-    mappings: Vec<RawMapping>,
-    frames: Vec<RawFrame>,
-    stacks: Vec<Vec<u32>>,
-    samples: Vec<RawSample>,
-    group_of: HashMap<u32, usize>,
-    resources: Resources,
-    version: String,
-) -> PyResult<(Bound<'py, PyBytes>, Vec<u64>)> {
-    let snap = core_of(start_ns, end_ns, frequency, mappings, frames, stacks, samples).map_err(|e| to_py_err(py, e))?;
-    let r = blocking(py, move || otlp::encode_request(&snap, &group_of, &resources, &version)).map_err(|e| to_py_err(py, e))?;
-    Ok((PyBytes::new(py, &r.bytes), r.samples))
 }
