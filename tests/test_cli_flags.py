@@ -360,7 +360,7 @@ def test_run_passes_symbolize_to_the_core_and_exports_the_last_period(tmp_path):
     assert (stack.count, stack.frames) == (5, ["fake+0x200", "fake_main"])
     # The period line counts from the kinds: read_errors is an error, fp_chain_failed is not.
     [period] = [line for line in stderr.splitlines() if "period:" in line]
-    assert "lost 1, unwind failures no_cfi 3, errors read_errors 2;" in period, period
+    assert "samples lost 1; stacks cut short 3 (no_cfi 3); errors 2 (read_errors 2);" in period, period
 
 
 def test_package_import_does_not_load_the_extension():

@@ -251,7 +251,8 @@ def test_agent_absent_then_started_gets_all_in_order(exporters, caplog):
     wait_until(lambda: exp.stats()["uploads_retried"] >= 3, what="retries")
     # An Agent that is down is said once, not once per retry, and not only at debug level.
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "retrying" in warnings[0] and str(port) in warnings[0], warnings
+    assert len(warnings) == 1 and "failing: connection refused" in warnings[0], warnings
+    assert str(port) in warnings[0] and "retried" in warnings[0]
     with FakeAgent(port=port) as agent:
         exp.close(10)
         assert seqs(agent) == ["0", "1", "2", "3"]

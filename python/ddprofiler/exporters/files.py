@@ -18,7 +18,7 @@ import itertools
 import logging
 import os
 import re
-from typing import Dict, Tuple, Union
+from typing import Any, Dict, Tuple, Union
 
 from ..pprof.builder import write_atomic
 from .payload import ProfilePayload
@@ -87,3 +87,7 @@ class FileExporter:
 
     def stats(self) -> Dict[str, int]:
         return self._uploader.stats()
+
+    def health(self) -> Dict[str, Any]:
+        """The destination's state (``uploader.Uploader.health``)."""
+        return self._uploader.health()
