@@ -158,10 +158,11 @@ def test_file_exporter_writes_gzip_pprof_atomically(tmp_path, monkeypatch):
         exp.submit(payload(pprof=pprof, service=service))
     exp.close(10)
     assert exp.stats()["uploads_ok"] == 3 and exp.stats()["queue_len"] == 0
-    names = sorted(os.listdir(tmp_path / "out"))
+    names = sorted(n for n in os.listdir(tmp_path / "out") if n.endswith(".pprof"))
     assert names == sorted(["web-20251125T200000Z-0.pprof",
                             "_odd_service__-20251125T200000Z-1.pprof",
                             "hidden-20251125T200000Z-2.pprof"]), names
+    replaced = [(src, dst) for src, dst in replaced if dst.endswith(".pprof")]
     assert [os.path.basename(dst) for _, dst in replaced] == [
         "web-20251125T200000Z-0.pprof", "_odd_service__-20251125T200000Z-1.pprof",
         "hidden-20251125T200000Z-2.pprof"]
@@ -170,6 +171,44 @@ def test_file_exporter_writes_gzip_pprof_atomically(tmp_path, monkeypatch):
         assert data[:2] == b"\x1f\x8b" and gzip.decompress(data) == pprof
         profile = profile_pb2.Profile.FromString(gzip.decompress(data))
         assert sum(s.count for s in stacks(profile)) == pprofs.index(pprof) + 1
+
+
+def test_file_exporter_writes_the_tags_beside_each_profile(tmp_path):
+    exp = FileExporter(tmp_path)
+    exp.submit(payload(3, tags=["service:web", "env:prod", "version:1.2", "host:h1", "team:core"],
+                       container_id="c" * 64))
+    exp.close(10)
+    [meta] = [json.loads(p.read_text()) for p in tmp_path.glob("*.json")]
+    assert (meta["service"], meta["env"], meta["version"], meta["host"]) == ("web", "prod", "1.2", "h1")
+    assert "team:core" in meta["tags"] and meta["container_id"] == "c" * 64
+    assert meta["start"] == "2025-11-25T20:00:00.123456789Z"
+    [pprof] = tmp_path.glob("*.pprof")
+    assert pprof.with_suffix(".json").exists()
+
+
+def test_output_dir_retention_removes_the_oldest(tmp_path):
+    # Profiles of an earlier run count too: the oldest of them go first.
+    old = [tmp_path / f"old-20200101T00000{i}Z-{i}.pprof" for i in range(3)]
+    for i, f in enumerate(old):
+        f.write_bytes(b"x" * 100)
+        f.with_suffix(".json").write_text("{}")
+        os.utime(f, ns=(i * 10**9, i * 10**9))
+    (tmp_path / "notes.txt").write_text("not ours: never removed")
+    exp = FileExporter(tmp_path, max_files=4, max_bytes=1 << 30)
+    for seq in range(3):
+        exp.submit(payload(seq, service="web"))
+    exp.close(10)
+    left = sorted(p.name for p in tmp_path.glob("*.pprof"))
+    assert left == ["old-20200101T000002Z-2.pprof", "web-20251125T200000Z-0.pprof",
+                    "web-20251125T200000Z-1.pprof", "web-20251125T200000Z-2.pprof"], left
+    assert not (tmp_path / "old-20200101T000000Z-0.json").exists()
+    assert (tmp_path / "notes.txt").exists() and exp.stats()["files_removed"] == 2
+    # A bound in bytes: only the newest fits.
+    exp = FileExporter(tmp_path, max_files=100, max_bytes=1)
+    exp.submit(payload(9, service="api"))
+    exp.close(10)
+    assert [p.name for p in tmp_path.glob("*.pprof")] == ["api-20251125T200000Z-0.pprof"]
+    assert len(list(tmp_path.glob("*.json"))) == 1
 
 
 def test_file_exporter_counts_write_failures(tmp_path, caplog):

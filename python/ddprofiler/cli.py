@@ -211,7 +211,7 @@ def _run(flags: Dict[str, Any], verbose: bool) -> None:
 
 def _startup_details(settings: config.Settings) -> str:
     """The start-up line's settings: what an operator checks first (no secret)."""
-    return (f"env {settings.environment or '(unset: the processes own DD_ENV)'}, host {settings.node}, "
+    return (f"env {settings.environment or '(none but each process own DD_ENV)'}, host {settings.node}, "
             f"tags {','.join(settings.tags) or '(none)'}"
             + (f", version {settings.version}" if settings.version else "")
             + f", sampling {settings.sampling_rate} Hz per CPU, symbolize {settings.symbolize}, "
@@ -226,7 +226,7 @@ def _exit_summary(stats: Dict[str, int], dest: Dict[str, Any]) -> None:
     dropped, unsent = stats.get("uploads_dropped", 0), stats.get("uploads_abandoned", 0)
     level = logging.INFO if failed + dropped + unsent == 0 else logging.WARNING
     log.log(level, "stopped: %d profiles produced: %d sent, %d failed (rejected or retried too "
-            "often), %d dropped (queue full), %d not sent at exit%s; %d retries", produced, sent,
+            "often), %d dropped (queue full, or after the stop), %d not sent at exit%s; %d retries", produced, sent,
             failed, dropped, unsent,
             f" (destination failing: {dest.get('reason')})" if dest.get("state") == "failing" else "",
             stats.get("uploads_retried", 0))

@@ -50,7 +50,8 @@ class OneLineFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         record.agent_level = _NAMES.get(record.levelno, record.levelname)
         name = record.name[len("ddprofiler."):] if record.name.startswith("ddprofiler.") else record.name
-        record.where = f"{name}:{record.lineno} in {record.funcName}"
+        func = record.funcName  # None for records of the Rust core (pyo3_log)
+        record.where = f"{name}:{record.lineno}" + (f" in {func}" if func and func != "<module>" else "")
         text = super().format(record)
         if record.levelno > TRACE:
             text = text.rstrip("\n").replace("\r", "").replace("\n", "\\n")

@@ -147,8 +147,8 @@ class Runner:
     def _key(self, t: ProcessTags) -> GroupKey:
         s = self.settings
         if not s.split_by_service:
-            return GroupKey(s.host_service or "", s.environment, None, None, None, False)
-        return GroupKey(t.service, t.env or s.environment, t.version, t.container_id,
+            return GroupKey(s.host_service or "", s.environment, s.version, None, None, False)
+        return GroupKey(t.service, t.env or s.environment, t.version or s.version, t.container_id,
                         None if t.container_id else t.cgroup_inode, t.service_inferred)
 
     def _tags(self, key: GroupKey, seq: int, remote_symbols: bool) -> List[str]:

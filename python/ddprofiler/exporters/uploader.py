@@ -113,6 +113,7 @@ class Uploader:
         self._failing_since = 0.0  # wall clock
         self._last_ok = 0.0        # wall clock of the last delivered job
         self._give_up = False      # closing and the destination is unreachable
+        self._unsent = 0           # abandoned jobs not yet logged
         self._stats = dict.fromkeys(
             ("uploads_submitted", "uploads_ok", "uploads_failed", "uploads_dropped",
              "uploads_retried", "uploads_abandoned", "bytes_sent", "attempts_failed"), 0)
@@ -211,11 +212,15 @@ class Uploader:
             self._episode = 0
 
     def _abandon_queue(self) -> None:
+        """Under the lock: gives up the queue; says once how many were not sent."""
         n = len(self._queue)
         if n:
             self._stats["uploads_abandoned"] += n
             self._bytes -= sum(job.size for job in self._queue)
             self._queue.clear()
+        n += self._unsent
+        self._unsent = 0
+        if n:
             log.warning("upload to %s: %d profiles not sent %s", self._target, n, self._why_unsent())
 
     def _why_unsent(self) -> str:
@@ -335,10 +340,10 @@ class Uploader:
             self._sleep(job, delay)
 
     def _abandon(self, job: Job) -> None:
-        """Under the lock: ``job`` will not be sent (closing: deadline passed, or down)."""
+        """Under the lock: ``job`` will not be sent (closing: deadline passed, or down);
+        ``_abandon_queue`` says it with the rest."""
         self._stats["uploads_abandoned"] += 1
-        log.warning("upload to %s: profile of %r not sent %s", self._target, job.label,
-                    self._why_unsent())
+        self._unsent += 1
 
     def _sleep(self, job: Job, delay: float) -> None:
         """Back off for ``delay`` s, less if the job is dropped or the deadline comes."""
