@@ -174,6 +174,21 @@ def test_timeout_s_int_is_one_stop_request_and_keeps_the_partial_period(tmp_path
     assert json.loads(pprofs[0].with_suffix(".json").read_text())["service"] == "fakesvc"
 
 
+def test_two_signals_of_one_stop_request_count_once(tmp_path):
+    # What `timeout -s INT` does when the race goes the other way: the second signal (to
+    # the group) arrives after the first was handled. Still one request.
+    # An Agent that never answers keeps the profiler in its shutdown drain meanwhile.
+    with FakeAgent(default="hang") as agent:
+        with Run("--agent-url", agent.url, "--upload-period", "60", "--shutdown-timeout", "2") as run:
+            run.wait_for("starting")
+            time.sleep(1)
+            run.proc.send_signal(signal.SIGINT)
+            time.sleep(0.1)  # well within the window; sooner, the kernel merges the two
+            run.stop(signal.SIGINT)
+    assert run.proc.returncode == 0 and "second signal" not in run.text, run.text
+    assert "1 not sent at exit" in run.text and len(agent.requests) == 1, run.text
+
+
 @pytest.mark.parametrize("delay", [0.15, 0.3, 0.6])
 def test_ctrl_c_at_start_is_no_traceback(tmp_path, delay):
     env = dict(cli_env())
