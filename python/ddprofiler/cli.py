@@ -29,7 +29,7 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Dict, Iterator, Optional, T
 import click
 
 import ddprofiler
-from ddprofiler import config, errors, health, logs, privileges
+from ddprofiler import _startup, config, errors, health, logs, privileges
 from ddprofiler.profiler import SymbolizeMode, load_native
 from ddprofiler.status import StatusLine, summary_lines
 
@@ -61,6 +61,7 @@ class _Group(click.Group):
     def main(self, args: Any = None, prog_name: Optional[str] = None,
              complete_var: Optional[str] = None, standalone_mode: bool = True,
              **extra: Any) -> Any:
+        _startup.release()  # from here on, click turns a Ctrl-C into Abort
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         try:
