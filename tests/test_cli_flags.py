@@ -354,7 +354,7 @@ def test_run_passes_symbolize_to_the_core_and_exports_the_last_period(tmp_path):
     assert started == "STARTED frequency=49 pids=None stack_bytes=16384 symbolize=backend"
     assert proc.returncode == 0, stderr
     assert "Traceback" not in stderr
-    files = sorted(p.name for p in out.iterdir())
+    files = sorted(p.name for p in out.iterdir() if p.suffix == ".pprof")  # with a .json each
     assert len(files) == 1 and files[0].startswith("fakesvc-"), files  # the partial period
     [stack] = stacks(read_pprof(out / files[0]))
     assert (stack.count, stack.frames) == (5, ["fake+0x200", "fake_main"])
