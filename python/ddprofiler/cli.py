@@ -503,7 +503,7 @@ def symbols_upload(paths: Tuple[str, ...], api_key: Optional[str], app_key: Opti
     are better than what Datadog has."""
     _configure_logging(verbose, default=logging.INFO)
     try:
-        key = config.SPEC_BY_NAME["api_key"].parse(api_key) if api_key else None
+        key = config.check_api_key(api_key) if api_key else None
         site = config.SPEC_BY_NAME["site"].parse(site)
     except ValueError as e:
         raise click.UsageError(f"--api-key/--site: {e}") from None

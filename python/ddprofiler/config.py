@@ -178,7 +178,9 @@ def _site(text: str) -> str:
     return site
 
 
-def _api_key(text: str) -> str:
+def check_api_key(text: str) -> str:
+    """The key, stripped, if it looks like a Datadog API key. Raises ValueError (which
+    never holds the value)."""
     key = text.strip()
     if not _API_KEY.match(key):
         # Never echo the value: it may be a real key with a typo.
@@ -371,7 +373,7 @@ def resolve(flags: Mapping[str, Any], environ: Mapping[str, str]) -> Tuple[Setti
         # Checked only here: a DD_API_KEY meant for another component must not stop a
         # profiler that sends through the Agent and never reads it.
         try:
-            _api_key(settings.api_key)
+            check_api_key(settings.api_key)
         except ValueError as e:
             raise ConfigError(f"{_origin('api_key', sources)}: {e}") from None
     return settings, sources

@@ -41,7 +41,7 @@ def level_of(name: str) -> int:
 class OneLineFormatter(logging.Formatter):
     """The Agent's layout; one line per record below the trace level."""
 
-    converter = time.gmtime
+    converter = staticmethod(time.gmtime)  # UTC, as the line says
 
     def __init__(self) -> None:
         super().__init__(fmt="%(asctime)s UTC | " + COMPONENT + " | %(agent_level)s | "
