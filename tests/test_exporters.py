@@ -362,6 +362,46 @@ def test_close_deadline_is_honored(exporters):
     assert (stats["uploads_abandoned"], stats["uploads_ok"], stats["queue_len"]) == (2, 0, 0)
     exp.submit(payload(2))  # after close: dropped, never raised
     assert exp.stats()["uploads_dropped"] == 1
+    assert_counts_add_up(exp.stats())
+
+
+def assert_counts_add_up(stats):
+    assert stats["uploads_submitted"] == (stats["uploads_ok"] + stats["uploads_failed"] + stats["uploads_dropped"]
+                                          + stats["uploads_abandoned"]), stats
+
+
+def test_close_gives_up_at_once_on_an_agent_known_down(exporters, caplog):
+    port = free_port()
+    exp = exporters(agent_url=f"http://127.0.0.1:{port}", max_retries=1000, backoff_base=30,
+                    backoff_max=30)
+    for seq in range(3):
+        exp.submit(payload(seq))
+    wait_until(lambda: exp.stats()["attempts_failed"] >= 1, what="a failed attempt")
+    assert exp.health()["state"] == "failing" and "connection refused" in exp.health()["reason"]
+    started = time.monotonic()
+    exp.close(30)  # one more attempt at once (not after the 30 s backoff), then give up
+    assert time.monotonic() - started < 5
+    stats = exp.stats()
+    assert (stats["uploads_abandoned"], stats["queue_len"], stats["queue_bytes"]) == (3, 0, 0)
+    assert_counts_add_up(stats)
+    unsent = [r.getMessage() for r in caplog.records if "not sent" in r.getMessage()]
+    assert len(unsent) == 1 and "3 profiles not sent at exit: it is unreachable" in unsent[0], unsent
+
+
+def test_failing_then_recovered_is_said_once_each(exporters, caplog):
+    answers = iter([503, 503])
+    with FakeAgent(default=lambda req: (next(answers, 200), b"overloaded\nmore")) as agent:
+        exp = exporters(agent_url=agent.url, max_retries=5)
+        exp.submit(payload(0))
+        wait_until(lambda: exp.stats()["uploads_ok"] == 1, what="the upload")
+        exp.submit(payload(1))
+        exp.close(10)
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(said) == 2, said
+    assert "failing: HTTP 503" in said[0] and ": overloaded;" in said[0] and "more" not in said[0]
+    assert "recovered after" in said[1]
+    health = exp.health()
+    assert health["state"] == "ok" and health["last_ok"] > 0 and exp.stats()["attempts_failed"] == 2
 
 
 def test_bad_payload_is_counted_not_raised(exporters):

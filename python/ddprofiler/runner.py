@@ -218,7 +218,7 @@ def _total(d: Mapping[str, int]) -> str:
 
 def _destination(health: Mapping[str, Any]) -> str:
     if health.get("state") != "failing":
-        return "ok"
+        return "ok" if health.get("last_ok") or not health else "not contacted yet"
     since = time.strftime("%H:%M:%S UTC", time.gmtime(health.get("failing_since") or 0))
     return f"FAILING since {since}: {health.get('reason', '')}"
 

@@ -170,6 +170,13 @@ class Uploader:
                 abort()
             self._thread.join(0.2)
         with self._cond:
+            job = self._inflight
+            if self._thread.is_alive() and job is not None and not job.dropped:
+                # Still on the wire after the abort: counted here, once, so that the
+                # counts add up when close returns; the worker skips it when it wakes.
+                job.dropped = True
+                self._bytes -= job.size
+                self._abandon(job)
             self._abandon_queue()
             self._end_overflow()
 
@@ -305,6 +312,8 @@ class Uploader:
                 result = Result(Outcome.UNREACHABLE, type(e).__name__, f"{type(e).__name__}: {e}")
             with self._cond:
                 self._on_wire = False
+                if job.dropped:  # close gave it up while on the wire, and counted it
+                    return
                 if result.outcome is Outcome.OK:
                     self._stats["uploads_ok"] += 1
                     self._stats["bytes_sent"] += job.size
