@@ -69,6 +69,12 @@ class Job:
     dropped: bool = False
 
 
+def _dropped(job: Job) -> bool:
+    """``job.dropped``, read again: another thread (``close``) may have set it since the
+    last look (a plain re-read is "unreachable" to mypy's narrowing)."""
+    return job.dropped
+
+
 class RateLimitedLog:
     """Log a message at most once per key per ``interval`` seconds."""
 
@@ -312,7 +318,7 @@ class Uploader:
                 result = Result(Outcome.UNREACHABLE, type(e).__name__, f"{type(e).__name__}: {e}")
             with self._cond:
                 self._on_wire = False
-                if job.dropped:  # close gave it up while on the wire, and counted it
+                if _dropped(job):  # close gave it up while on the wire, and counted it
                     return
                 if result.outcome is Outcome.OK:
                     self._stats["uploads_ok"] += 1
