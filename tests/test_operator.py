@@ -302,3 +302,22 @@ def test_operations_doc_explains_every_counter():
     doc = (Path(__file__).resolve().parents[1] / "docs" / "operations.md").read_text()
     missing = [name for name, _, _ in specs if f"`{name}`" not in doc]
     assert not missing, f"counters not explained in docs/operations.md: {missing}"
+
+
+def test_status_verdict_and_capabilities():
+    from ddprofiler import health
+
+    now = 1_000_000.0
+    doc = {"format": 1, "pid": os.getpid(), "state": "running", "upload_period_s": 60,
+           "updated_at": now - 10, "destination": {"state": "ok"}}
+    assert health.verdict(doc, now) == []
+    assert "no period for 200 s" in health.verdict({**doc, "updated_at": now - 200}, now)[0]
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    assert "is not running any more" in health.verdict({**doc, "pid": dead.pid}, now)[0]
+    failing = {**doc, "destination": {"state": "failing", "reason": "HTTP 503", "failing_since": now - 5}}
+    assert health.verdict(failing, now) == ["uploads failing since 1970-01-12 13:46:35 UTC (5s ago): HTTP 503"]
+    mask, names = health.capabilities("Name:\tx\nCapEff:\t000000c000200000\n")
+    assert mask == 0xC000200000 and names == ["CAP_SYS_ADMIN", "CAP_BPF", "CAP_PERFMON"]
+    assert health.describe_capabilities("CapEff:\t000001ffffffffff\n").startswith("all (CapEff 0x")
+    assert health.describe_capabilities("CapEff:\t0000000000000000\n") == "none relevant (CapEff 0x0000000000000000)"

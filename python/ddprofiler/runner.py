@@ -6,8 +6,9 @@ symbol uploader (``offer(mappings)``). Output: one profile per (service, env, ve
 container) per period, submitted to the exporter, its samples labelled with their
 container and pod; the file-backed native mappings of the period offered for symbol
 upload; a telemetry line per period at info level (its words are explained in
-docs/operations.md), whose figures also go to ``on_period`` (the status file). The period is ``upload_period`` with a
-few percent of jitter, so that a fleet started together does not upload together.
+docs/operations.md), whose figures also go to ``on_period`` (the status file). The period
+is ``upload_period`` with a few percent of jitter, so that a fleet started together does
+not upload together.
 Closing a period is one ``snapshot(reset=True)``: the core swaps the aggregate, so there
 is no gap and no sample is counted twice. Where frames get their names is the core's
 business (``Profiler(symbolize=...)``); this module only tags a profile that carries
