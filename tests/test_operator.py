@@ -321,3 +321,32 @@ def test_status_verdict_and_capabilities():
     assert mask == 0xC000200000 and names == ["CAP_SYS_ADMIN", "CAP_BPF", "CAP_PERFMON"]
     assert health.describe_capabilities("CapEff:\t000001ffffffffff\n").startswith("all (CapEff 0x")
     assert health.describe_capabilities("CapEff:\t0000000000000000\n") == "none relevant (CapEff 0x0000000000000000)"
+
+
+def test_dogstatsd_metrics_per_period():
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(20)
+        url = f"udp://127.0.0.1:{sock.getsockname()[1]}"
+        with FakeAgent(default=lambda req: (503, b"busy")) as agent:
+            with Run("--agent-url", agent.url, "--shutdown-timeout", "1", DD_DOGSTATSD_URL=url,
+                     DD_ENV="e2e") as run:
+                metrics: dict = {}
+                while "ddprofiler.destination.failing" not in metrics or \
+                        metrics["ddprofiler.destination.failing"][0] != "1":
+                    for line in sock.recv(8192).decode().splitlines():
+                        name, _, rest = line.partition(":")
+                        value, kind, tags = rest.split("|", 2)
+                        metrics[name] = (value, kind, tags)
+                run.stop()
+    assert metrics["ddprofiler.samples"][:2] == ("5", "c")
+    assert metrics["ddprofiler.queue.bytes"][1] == "g" and int(metrics["ddprofiler.queue.bytes"][0]) > 0
+    assert {"ddprofiler.uploads.sent", "ddprofiler.uploads.retries", "ddprofiler.samples_lost",
+            "ddprofiler.queue.profiles", "ddprofiler.errors"} <= set(metrics)
+    tags = metrics["ddprofiler.samples"][2]
+    assert tags.startswith("#") and "env:e2e" in tags and "service:ddprofiler" in tags, tags
+    r = subprocess.run(fake_cmd("run"), env=dict(cli_env(), DD_DOGSTATSD_URL="tcp://x:1"),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "DD_DOGSTATSD_URL" in r.stderr, r.stderr

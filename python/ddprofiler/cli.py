@@ -34,6 +34,7 @@ from ddprofiler.profiler import SymbolizeMode, load_native
 from ddprofiler.status import StatusLine, summary_lines
 
 if TYPE_CHECKING:
+    from ddprofiler.dogstatsd import Metrics as DogStatsdMetrics
     from ddprofiler.symbols.background import BackgroundSymbolUpload
 
 log = logging.getLogger(__name__)
@@ -183,6 +184,12 @@ def _run(flags: Dict[str, Any], verbose: bool) -> None:
     status = health.StatusFile(settings.status_file, version=ddprofiler.__version__,
                                upload_period=settings.upload_period, profiles_go_to=destination)
     status.start()
+    metrics = _metrics(settings)
+
+    def on_period(figures: Dict[str, Any]) -> None:
+        status.period(figures)
+        if metrics is not None:
+            metrics.period(figures)
     with _stop_on_signals(second_exits=True) as stop_requested:
         profiler = ddprofiler.Profiler(frequency=settings.sampling_rate,
                                        stack_bytes=settings.stack_bytes,
@@ -195,7 +202,7 @@ def _run(flags: Dict[str, Any], verbose: bool) -> None:
         with profiler:
             symbols = _symbol_upload(settings)
             Runner(settings, profiler, exporter, symbols=symbols,
-                   on_period=status.period).run(stop_requested)
+                   on_period=on_period).run(stop_requested)
             if symbols is not None:
                 symbols.close(0)
         if stop_requested.signum is not None:
@@ -207,7 +214,22 @@ def _run(flags: Dict[str, Any], verbose: bool) -> None:
         exporter.close(settings.shutdown_timeout)
         stats, dest = exporter.stats(), exporter.health()
         status.stopped(stats, dest)
+        if metrics is not None:
+            metrics.close()
         _exit_summary(stats, dest)
+
+
+def _metrics(settings: config.Settings) -> Optional[DogStatsdMetrics]:
+    """The DogStatsD sender, when --dogstatsd-url asks for one."""
+    if not settings.dogstatsd_url:
+        return None
+    from ddprofiler.dogstatsd import Metrics
+
+    tags = ["service:ddprofiler", f"profiler_version:{ddprofiler.__version__}"]
+    if settings.environment:
+        tags.append(f"env:{settings.environment}")
+    log.info("sending the figures of each period to DogStatsD at %s", settings.dogstatsd_url)
+    return Metrics(settings.dogstatsd_url, tags + list(settings.tags))
 
 
 def _startup_details(settings: config.Settings) -> str:

@@ -76,6 +76,7 @@ class Settings:
     output_max_files: int = 1000
     output_max_bytes: int = 1 << 30
     log_level: str = "info"
+    dogstatsd_url: Optional[str] = None
     # Not settings of their own: `version:` of the tags (fallback of the processes' own
     # DD_VERSION), and reserved tags that had to be left out, for the start-up log.
     version: Optional[str] = None
@@ -223,6 +224,13 @@ def _log_level(text: str) -> str:
     return "warning" if level == "warn" else level
 
 
+def _dogstatsd_url(text: str) -> str:
+    from ddprofiler.dogstatsd import parse_url
+
+    parse_url(text)
+    return text.strip()
+
+
 def _port(text: str) -> int:
     try:
         port = int(text.strip())
@@ -301,6 +309,9 @@ SPECS: Tuple[Spec, ...] = (
          _positive_int(1 << 20, 1 << 50), "With --output-dir: bytes kept; the oldest profiles are removed."),
     Spec("log_level", "--log-level", ("DD_HOST_PROFILING_LOG_LEVEL", "DD_LOG_LEVEL"), _log_level,
          "trace, debug, info, warn, error, critical or off (-v is debug)."),
+    Spec("dogstatsd_url", "--dogstatsd-url", ("DD_HOST_PROFILING_DOGSTATSD_URL", "DD_DOGSTATSD_URL"),
+         _dogstatsd_url, "Send the period's figures as metrics to DogStatsD: udp://host:8125 or "
+         "unix:///path/dsd.socket. Default: off."),
 )
 SPEC_BY_NAME: Dict[str, Spec] = {s.name: s for s in SPECS}
 
