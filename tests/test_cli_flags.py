@@ -374,13 +374,13 @@ def test_run_passes_symbolize_to_the_core_and_exports_the_last_period(tmp_path):
     assert started == "STARTED frequency=49 pids=None stack_bytes=16384 symbolize=backend"
     assert proc.returncode == 0, stderr
     assert "Traceback" not in stderr
-    files = sorted(p.name for p in out.iterdir())
+    files = sorted(p.name for p in out.iterdir() if p.suffix == ".pprof")  # with a .json each
     assert len(files) == 1 and files[0].startswith("fakesvc-"), files  # the partial period
     [stack] = stacks(read_pprof(out / files[0]))
     assert (stack.count, stack.frames) == (5, ["fake+0x200", "fake_main"])
     # The period line counts from the kinds: read_errors is an error, fp_chain_failed is not.
     [period] = [line for line in stderr.splitlines() if "period:" in line]
-    assert "lost 1, unwind failures no_cfi 3, errors read_errors 2;" in period, period
+    assert "samples lost 1; stacks cut short 3 (no_cfi 3); errors 2 (read_errors 2);" in period, period
 
 
 def test_package_import_does_not_load_the_extension():

@@ -61,7 +61,13 @@ def test_durations_booleans_and_tags():
 @pytest.mark.parametrize("flags, env, needle", [
     ({"agent_url": "ftp://x"}, {}, "--agent-url"),
     ({}, {"DD_SITE": "datadoghq.org"}, "DD_SITE"),
-    ({}, {"DD_API_KEY": "short"}, "DD_API_KEY"),
+    ({"agentless": True}, {"DD_API_KEY": "short"}, "DD_API_KEY"),
+    ({}, {"DD_API_KEY": "short", "DD_HOST_PROFILING_UPLOAD_SYMBOLS": "1"}, "DD_API_KEY"),
+    ({}, {"DD_TRACE_AGENT_PORT": "http"}, "DD_TRACE_AGENT_PORT"),
+    ({}, {"DD_TRACE_AGENT_PORT": "70000"}, "DD_TRACE_AGENT_PORT"),
+    ({}, {"DD_AGENT_HOST": "h", "DD_TRACE_AGENT_PORT": "0"}, "DD_TRACE_AGENT_PORT"),
+    ({}, {"DD_LOG_LEVEL": "loud"}, "DD_LOG_LEVEL"),
+    ({}, {"DD_HOST_PROFILING_STATUS_FILE": "relative.json"}, "DD_HOST_PROFILING_STATUS_FILE"),
     ({}, {"DD_HOST_PROFILING_SAMPLING_RATE": "0"}, "DD_HOST_PROFILING_SAMPLING_RATE"),
     ({}, {"DD_HOST_PROFILING_UPLOAD_PERIOD": "soon"}, "DD_HOST_PROFILING_UPLOAD_PERIOD"),
     ({"split_by_service": False}, {}, "--host-service"),
@@ -85,8 +91,58 @@ def test_key_is_masked_everywhere():
     assert ("api_key", "****cdef", "env DD_API_KEY") in rows
     assert all(KEY not in v for _, v, _ in rows)
     with pytest.raises(config.ConfigError) as e:
-        resolve(DD_API_KEY=KEY.upper())
+        resolve(DD_API_KEY=KEY.upper(), DD_HOST_PROFILING_AGENTLESS="1")
     assert KEY.upper() not in str(e.value)
+
+
+def test_api_key_is_checked_only_where_it_is_used():
+    # Through the Agent the key is never read: another component's key must not stop us.
+    s, _ = resolve(DD_API_KEY="not-a-key")
+    assert not s.agentless and not s.upload_symbols
+    with pytest.raises(config.ConfigError, match="DD_API_KEY"):
+        resolve(DD_API_KEY="not-a-key", DD_HOST_PROFILING_AGENTLESS="true")
+    s, _ = resolve({"output_dir": "/tmp/x", "agentless": True}, DD_API_KEY="not-a-key")
+    assert s.output_dir  # files: the key is not used either
+
+
+def test_trace_agent_port_alone_means_localhost():
+    s, src = resolve(DD_TRACE_AGENT_PORT="9126")
+    assert s.agent_url == "http://localhost:9126" and src["agent_url"] == "env DD_TRACE_AGENT_PORT"
+    s, src = resolve(DD_AGENT_HOST="agent.local")
+    assert s.agent_url == "http://agent.local:8126" and src["agent_url"] == "env DD_AGENT_HOST"
+    s, _ = resolve(DD_AGENT_HOST="fd00::1", DD_TRACE_AGENT_PORT=" 8127 ")
+    assert s.agent_url == "http://[fd00::1]:8127"
+    s, _ = resolve(DD_TRACE_AGENT_URL="http://a:1", DD_TRACE_AGENT_PORT="9126")
+    assert s.agent_url == "http://a:1"  # the URL wins, as in the tracers
+
+
+def test_dd_hostname_sets_the_host_tag():
+    s, src = resolve(DD_HOSTNAME="web-1", NODE_NAME="k8s-node")
+    assert s.node == "web-1" and src["node"] == "env DD_HOSTNAME"
+    s, _ = resolve(DD_HOST_PROFILING_NODE="hp", DD_HOSTNAME="web-1")
+    assert s.node == "hp"
+
+
+def test_reserved_keys_of_dd_tags_are_fallbacks_never_sent_twice():
+    # As dd-trace-py: DD_ENV (and the dedicated settings) win over env: in DD_TAGS.
+    s, src = resolve(DD_ENV="prod", DD_TAGS="env:staging,team:core,version:1.2,host:tagged,service:api")
+    assert s.environment == "prod" and s.version == "1.2" and s.node == "tagged"
+    assert s.tags == ("team:core",)
+    assert set(s.unused_tags) == {"env:staging", "service:api"}  # split by service: each its own
+    assert src["node"] == "env DD_TAGS (host:)"
+    s, _ = resolve(DD_TAGS="env:staging,Service:batch", DD_HOST_PROFILING_SPLIT_BY_SERVICE="false")
+    assert s.environment == "staging" and s.host_service == "batch" and s.unused_tags == ()
+    s, _ = resolve({"node": "flag-host"}, DD_TAGS="host:tagged")
+    assert s.node == "flag-host" and s.unused_tags == ("host:tagged",)
+
+
+def test_repeated_tags_flag_adds():
+    r = _cli("--tags", "team:core", "--tags", "tier:1,zone:a", "config")
+    assert r.returncode == 0, r.stderr
+    lines = {line.split()[0]: line for line in r.stdout.splitlines()}
+    assert lines["tags"].split()[1] == "team:core,tier:1,zone:a", lines["tags"]
+    r = _cli("config", "--tags", "a:1", "--tags", "b:2", DD_TAGS="c:3")
+    assert {line.split()[0]: line for line in r.stdout.splitlines()}["tags"].split()[1] == "a:1,b:2"
 
 
 def _cli(*args, **env):
@@ -109,7 +165,7 @@ def test_config_command_shows_sources_and_masks_the_key():
 
 
 def test_bad_setting_is_one_line_exit_2():
-    r = _cli("config", DD_API_KEY="not-a-key")
+    r = _cli("config", DD_API_KEY="not-a-key", DD_HOST_PROFILING_AGENTLESS="true")
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and "DD_API_KEY" in r.stderr and "Traceback" not in r.stderr
     r = _cli("--agent-url", "http://[::1", "config")

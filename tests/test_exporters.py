@@ -158,10 +158,11 @@ def test_file_exporter_writes_gzip_pprof_atomically(tmp_path, monkeypatch):
         exp.submit(payload(pprof=pprof, service=service))
     exp.close(10)
     assert exp.stats()["uploads_ok"] == 3 and exp.stats()["queue_len"] == 0
-    names = sorted(os.listdir(tmp_path / "out"))
+    names = sorted(n for n in os.listdir(tmp_path / "out") if n.endswith(".pprof"))
     assert names == sorted(["web-20251125T200000Z-0.pprof",
                             "_odd_service__-20251125T200000Z-1.pprof",
                             "hidden-20251125T200000Z-2.pprof"]), names
+    replaced = [(src, dst) for src, dst in replaced if dst.endswith(".pprof")]
     assert [os.path.basename(dst) for _, dst in replaced] == [
         "web-20251125T200000Z-0.pprof", "_odd_service__-20251125T200000Z-1.pprof",
         "hidden-20251125T200000Z-2.pprof"]
@@ -170,6 +171,44 @@ def test_file_exporter_writes_gzip_pprof_atomically(tmp_path, monkeypatch):
         assert data[:2] == b"\x1f\x8b" and gzip.decompress(data) == pprof
         profile = profile_pb2.Profile.FromString(gzip.decompress(data))
         assert sum(s.count for s in stacks(profile)) == pprofs.index(pprof) + 1
+
+
+def test_file_exporter_writes_the_tags_beside_each_profile(tmp_path):
+    exp = FileExporter(tmp_path)
+    exp.submit(payload(3, tags=["service:web", "env:prod", "version:1.2", "host:h1", "team:core"],
+                       container_id="c" * 64))
+    exp.close(10)
+    [meta] = [json.loads(p.read_text()) for p in tmp_path.glob("*.json")]
+    assert (meta["service"], meta["env"], meta["version"], meta["host"]) == ("web", "prod", "1.2", "h1")
+    assert "team:core" in meta["tags"] and meta["container_id"] == "c" * 64
+    assert meta["start"] == "2025-11-25T20:00:00.123456789Z"
+    [pprof] = tmp_path.glob("*.pprof")
+    assert pprof.with_suffix(".json").exists()
+
+
+def test_output_dir_retention_removes_the_oldest(tmp_path):
+    # Profiles of an earlier run count too: the oldest of them go first.
+    old = [tmp_path / f"old-20200101T00000{i}Z-{i}.pprof" for i in range(3)]
+    for i, f in enumerate(old):
+        f.write_bytes(b"x" * 100)
+        f.with_suffix(".json").write_text("{}")
+        os.utime(f, ns=(i * 10**9, i * 10**9))
+    (tmp_path / "notes.txt").write_text("not ours: never removed")
+    exp = FileExporter(tmp_path, max_files=4, max_bytes=1 << 30)
+    for seq in range(3):
+        exp.submit(payload(seq, service="web"))
+    exp.close(10)
+    left = sorted(p.name for p in tmp_path.glob("*.pprof"))
+    assert left == ["old-20200101T000002Z-2.pprof", "web-20251125T200000Z-0.pprof",
+                    "web-20251125T200000Z-1.pprof", "web-20251125T200000Z-2.pprof"], left
+    assert not (tmp_path / "old-20200101T000000Z-0.json").exists()
+    assert (tmp_path / "notes.txt").exists() and exp.stats()["files_removed"] == 2
+    # A bound in bytes: only the newest fits.
+    exp = FileExporter(tmp_path, max_files=100, max_bytes=1)
+    exp.submit(payload(9, service="api"))
+    exp.close(10)
+    assert [p.name for p in tmp_path.glob("*.pprof")] == ["api-20251125T200000Z-0.pprof"]
+    assert len(list(tmp_path.glob("*.json"))) == 1
 
 
 def test_file_exporter_counts_write_failures(tmp_path, caplog):
@@ -251,7 +290,8 @@ def test_agent_absent_then_started_gets_all_in_order(exporters, caplog):
     wait_until(lambda: exp.stats()["uploads_retried"] >= 3, what="retries")
     # An Agent that is down is said once, not once per retry, and not only at debug level.
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "retrying" in warnings[0] and str(port) in warnings[0], warnings
+    assert len(warnings) == 1 and "failing: connection refused" in warnings[0], warnings
+    assert str(port) in warnings[0] and "retried" in warnings[0]
     with FakeAgent(port=port) as agent:
         exp.close(10)
         assert seqs(agent) == ["0", "1", "2", "3"]
@@ -322,6 +362,46 @@ def test_close_deadline_is_honored(exporters):
     assert (stats["uploads_abandoned"], stats["uploads_ok"], stats["queue_len"]) == (2, 0, 0)
     exp.submit(payload(2))  # after close: dropped, never raised
     assert exp.stats()["uploads_dropped"] == 1
+    assert_counts_add_up(exp.stats())
+
+
+def assert_counts_add_up(stats):
+    assert stats["uploads_submitted"] == (stats["uploads_ok"] + stats["uploads_failed"] + stats["uploads_dropped"]
+                                          + stats["uploads_abandoned"]), stats
+
+
+def test_close_gives_up_at_once_on_an_agent_known_down(exporters, caplog):
+    port = free_port()
+    exp = exporters(agent_url=f"http://127.0.0.1:{port}", max_retries=1000, backoff_base=30,
+                    backoff_max=30)
+    for seq in range(3):
+        exp.submit(payload(seq))
+    wait_until(lambda: exp.stats()["attempts_failed"] >= 1, what="a failed attempt")
+    assert exp.health()["state"] == "failing" and "connection refused" in exp.health()["reason"]
+    started = time.monotonic()
+    exp.close(30)  # one more attempt at once (not after the 30 s backoff), then give up
+    assert time.monotonic() - started < 5
+    stats = exp.stats()
+    assert (stats["uploads_abandoned"], stats["queue_len"], stats["queue_bytes"]) == (3, 0, 0)
+    assert_counts_add_up(stats)
+    unsent = [r.getMessage() for r in caplog.records if "not sent" in r.getMessage()]
+    assert len(unsent) == 1 and "3 profiles not sent at exit: it is unreachable" in unsent[0], unsent
+
+
+def test_failing_then_recovered_is_said_once_each(exporters, caplog):
+    answers = iter([503, 503])
+    with FakeAgent(default=lambda req: (next(answers, 200), b"overloaded\nmore")) as agent:
+        exp = exporters(agent_url=agent.url, max_retries=5)
+        exp.submit(payload(0))
+        wait_until(lambda: exp.stats()["uploads_ok"] == 1, what="the upload")
+        exp.submit(payload(1))
+        exp.close(10)
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(said) == 2, said
+    assert "failing: HTTP 503" in said[0] and ": overloaded;" in said[0] and "more" not in said[0]
+    assert "recovered after" in said[1]
+    health = exp.health()
+    assert health["state"] == "ok" and health["last_ok"] > 0 and exp.stats()["attempts_failed"] == 2
 
 
 def test_bad_payload_is_counted_not_raised(exporters):

@@ -1,6 +1,7 @@
 """The continuous profiler (`python -m ddprofiler`) end to end against Datadog's agent
 emulator: periods, the split by service, tags, labels, headers, the partial period at
-SIGTERM, and an agent that is down when the profiler starts.
+SIGTERM, an agent that is down when the profiler starts (and what the log says of it),
+and the log at -v and at the trace level.
 
 A chain workload runs with DD_SERVICE set; the profiler uploads every 2 s to
 ddapm-test-agent on loopback; the test decodes what the agent recorded.
@@ -8,6 +9,7 @@ ddapm-test-agent on loopback; the test decodes what the agent recorded.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -132,6 +134,11 @@ def test_agent_down_at_start_then_up(tmp_path, workloads):
     # What was queued while the agent was down arrives first, in order, none lost.
     assert len(seqs) >= 5 and seqs == sorted(seqs) and seqs == list(range(seqs[0], seqs[0] + len(seqs))), (seqs, err)
     assert seqs[0] == 1, f"profiles queued while the agent was down were lost: {seqs}\n{err}"
+    # The operator was told: once when it failed (with why), once when it recovered.
+    warns = [ln for ln in err.splitlines() if "| WARN |" in ln and "uploader" in ln]
+    assert len(warns) == 2, err
+    assert "failing: connection refused" in warns[0] and "recovered after" in warns[1], warns
+    assert re.search(r"stopped: (\d+) profiles produced: \1 sent, 0 failed", err), err
 
 
 def test_container_headers_and_labels(agent, workloads):
@@ -212,3 +219,22 @@ def test_shutdown_deadline_and_second_signal(workloads):
         assert time.monotonic() - t0 < 5
         assert prof.returncode == 128 + signal.SIGTERM, err
         assert "second signal" in err
+
+
+def test_verbose_log_is_one_line_each_and_keeps_the_bpf_loader_for_trace(tmp_path):
+    line = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC \| DDPROF \| (TRACE|DEBUG|INFO|WARN|ERROR) \| \(")
+
+    def run(*args, **env):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ddprofiler", "--output-dir", str(tmp_path), "--upload-period", "1",
+             "--status-file", "off", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **env})
+        time.sleep(3)
+        return stop(proc)
+
+    err = run("-v")
+    assert "| DEBUG |" in err and "period:" in err, err
+    assert all(line.match(ln) for ln in err.splitlines()), err
+    assert "aya" not in err, "the BPF loader's lines belong to the trace level"
+    err = run(DD_LOG_LEVEL="trace")
+    assert "(aya_obj.relocation:" in err, err[:2000]  # at trace, they are there

@@ -163,11 +163,11 @@ def test_telemetry_uses_counter_kinds_and_deltas(caplog):
         runner.export(first)
         runner.export(second)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("period:")]
-    assert lines[0].startswith(
-        "period: 10 samples in 2 profiles, lost 1, unwind failures stuck 2, errors elf_errors 1;")
+    assert lines[0].startswith("period: 10 samples in 2 profiles over ")
+    assert "; samples lost 1; stacks cut short 2 (stuck 2); errors 1 (elf_errors 1); " in lines[0]
     # The second period: differences of counts; stuck did not move; the gauge is no error.
-    assert lines[1].startswith("period: 10 samples in 2 profiles, lost 3, unwind failures 0, "
-                               "errors elf_errors 5;")
+    assert "; samples lost 3; stacks cut short 0; errors 5 (elf_errors 5); " in lines[1]
+    assert lines[1].endswith("0 waiting in the queue (0 B); destination ok")
 
 
 class Offers:

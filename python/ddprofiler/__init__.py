@@ -19,7 +19,11 @@ work without them.
 """
 from __future__ import annotations
 
-from importlib import import_module
+from ddprofiler import _startup
+
+_startup.guard()  # first: a Ctrl-C while `ddprofiler` loads is no traceback
+
+from importlib import import_module  # noqa: E402
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 

@@ -22,17 +22,19 @@ import os
 import signal
 import sys
 import tempfile
+import time
 from types import FrameType
 from typing import IO, TYPE_CHECKING, Any, Callable, Dict, Iterator, Optional, Tuple, TypeVar
 
 import click
 
 import ddprofiler
-from ddprofiler import config, errors, privileges
+from ddprofiler import _startup, config, errors, health, logs, privileges
 from ddprofiler.profiler import SymbolizeMode, load_native
 from ddprofiler.status import StatusLine, summary_lines
 
 if TYPE_CHECKING:
+    from ddprofiler.dogstatsd import Metrics as DogStatsdMetrics
     from ddprofiler.symbols.background import BackgroundSymbolUpload
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,7 @@ class _Group(click.Group):
     def main(self, args: Any = None, prog_name: Optional[str] = None,
              complete_var: Optional[str] = None, standalone_mode: bool = True,
              **extra: Any) -> Any:
+        _startup.release()  # from here on, click turns a Ctrl-C into Abort
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         try:
@@ -94,6 +97,9 @@ def _setting_options(f: F) -> F:
         help_text = f"{spec.help} [env: {envs}; default: {shown}]"
         if "/" in spec.flag:
             f = click.option(spec.flag, spec.name, default=None, help=help_text)(f)
+        elif spec.name == "tags":  # repeatable: each adds
+            f = click.option(spec.flag, spec.name, multiple=True, metavar="VALUE",
+                             help=help_text + " Repeatable: each adds.")(f)
         else:
             f = click.option(spec.flag, spec.name, default=None, metavar="VALUE", help=help_text)(f)
     return f
@@ -115,10 +121,15 @@ def main(ctx: click.Context, /, verbose: bool, **flags: Any) -> None:
     intake with --agentless, or files with --output-dir) until SIGTERM or SIGINT.
     """
     ctx.ensure_object(dict)
-    ctx.obj["flags"] = {k: v for k, v in flags.items() if v is not None}
+    ctx.obj["flags"] = _given(flags)
     ctx.obj["verbose"] = verbose
     if ctx.invoked_subcommand is None:
         _run(ctx.obj["flags"], verbose)
+
+
+def _given(flags: Dict[str, Any]) -> Dict[str, Any]:
+    """The flags given on the command line (an absent repeatable one is ``()``)."""
+    return {k: v for k, v in flags.items() if v is not None and v != ()}
 
 
 def _settings(flags: Dict[str, Any]) -> Tuple[config.Settings, Dict[str, str]]:
@@ -134,7 +145,7 @@ def _settings(flags: Dict[str, Any]) -> Tuple[config.Settings, Dict[str, str]]:
 @click.pass_context
 def run(ctx: click.Context, /, verbose: bool, **flags: Any) -> None:
     """Profile continuously and upload every period (the default command)."""
-    merged = {**ctx.obj.get("flags", {}), **{k: v for k, v in flags.items() if v is not None}}
+    merged = {**ctx.obj.get("flags", {}), **_given(flags)}
     _run(merged, verbose or ctx.obj.get("verbose", False))
 
 
@@ -143,7 +154,7 @@ def run(ctx: click.Context, /, verbose: bool, **flags: Any) -> None:
 @click.pass_context
 def config_command(ctx: click.Context, /, **flags: Any) -> None:
     """Show the effective settings and where each came from (secrets masked)."""
-    merged = {**ctx.obj.get("flags", {}), **{k: v for k, v in flags.items() if v is not None}}
+    merged = {**ctx.obj.get("flags", {}), **_given(flags)}
     settings, sources = _settings(merged)
     rows = config.describe(settings, sources)
     width = max(len(r[0]) for r in rows)
@@ -157,13 +168,28 @@ def _run(flags: Dict[str, Any], verbose: bool) -> None:
     symbolize = _symbolize_mode(settings.symbolize)
     if settings.output_dir:
         _check_output_dir(settings.output_dir)
-    _configure_logging(verbose, default=logging.INFO)
+    level = logs.level_of(settings.log_level)
+    logs.configure(min(level, logging.DEBUG) if verbose else level)
     _check_can_profile()
     from ddprofiler import exporters
     from ddprofiler.runner import Runner  # protobuf, zstandard: only from here on
 
     exporter = exporters.from_settings(settings)
-    log.info("ddprofiler %s: %s", ddprofiler.__version__, exporters.describe(settings))
+    destination = exporters.describe(settings)
+    log.info("ddprofiler %s starting: %s; %s", ddprofiler.__version__, destination,
+             _startup_details(settings))
+    if settings.unused_tags:
+        log.warning("tags not sent, a dedicated setting wins over them: %s (see `ddprofiler config`)",
+                    ", ".join(settings.unused_tags))
+    status = health.StatusFile(settings.status_file, version=ddprofiler.__version__,
+                               upload_period=settings.upload_period, profiles_go_to=destination)
+    status.start()
+    metrics = _metrics(settings)
+
+    def on_period(figures: Dict[str, Any]) -> None:
+        status.period(figures)
+        if metrics is not None:
+            metrics.period(figures)
     with _stop_on_signals(second_exits=True) as stop_requested:
         profiler = ddprofiler.Profiler(frequency=settings.sampling_rate,
                                        stack_bytes=settings.stack_bytes,
@@ -175,15 +201,58 @@ def _run(flags: Dict[str, Any], verbose: bool) -> None:
             raise _start_failure(e) from e
         with profiler:
             symbols = _symbol_upload(settings)
-            Runner(settings, profiler, exporter, symbols=symbols).run(stop_requested)
+            Runner(settings, profiler, exporter, symbols=symbols,
+                   on_period=on_period).run(stop_requested)
             if symbols is not None:
                 symbols.close(0)
-        log.info("stopping: waiting up to %gs for pending uploads", settings.shutdown_timeout)
+        if stop_requested.signum is not None:
+            log.info("stop requested by %s", signal.Signals(stop_requested.signum).name)
+        pending = exporter.stats().get("queue_len", 0)
+        if pending:
+            log.info("stopping: %d profiles to deliver, waiting up to %gs", pending,
+                     settings.shutdown_timeout)
         exporter.close(settings.shutdown_timeout)
-        stats = exporter.stats()
-        log.info("stopped: uploads ok %d, failed %d, dropped %d, not sent before the deadline %d",
-                 stats.get("uploads_ok", 0), stats.get("uploads_failed", 0),
-                 stats.get("uploads_dropped", 0), stats.get("uploads_abandoned", 0))
+        stats, dest = exporter.stats(), exporter.health()
+        status.stopped(stats, dest)
+        if metrics is not None:
+            metrics.close()
+        _exit_summary(stats, dest)
+
+
+def _metrics(settings: config.Settings) -> Optional[DogStatsdMetrics]:
+    """The DogStatsD sender, when --dogstatsd-url asks for one."""
+    if not settings.dogstatsd_url:
+        return None
+    from ddprofiler.dogstatsd import Metrics
+
+    tags = ["service:ddprofiler", f"profiler_version:{ddprofiler.__version__}"]
+    if settings.environment:
+        tags.append(f"env:{settings.environment}")
+    log.info("sending the figures of each period to DogStatsD at %s", settings.dogstatsd_url)
+    return Metrics(settings.dogstatsd_url, tags + list(settings.tags))
+
+
+def _startup_details(settings: config.Settings) -> str:
+    """The start-up line's settings: what an operator checks first (no secret)."""
+    return (f"env {settings.environment or '(none but each process own DD_ENV)'}, host {settings.node}, "
+            f"tags {','.join(settings.tags) or '(none)'}"
+            + (f", version {settings.version}" if settings.version else "")
+            + f", sampling {settings.sampling_rate} Hz per CPU, symbolize {settings.symbolize}, "
+            f"status file {settings.status_file or 'off'}, capabilities "
+            f"{health.describe_capabilities()}")
+
+
+def _exit_summary(stats: Dict[str, int], dest: Dict[str, Any]) -> None:
+    """One line whose numbers add up: produced = sent + failed + dropped + not sent."""
+    produced = stats.get("uploads_submitted", 0)
+    sent, failed = stats.get("uploads_ok", 0), stats.get("uploads_failed", 0)
+    dropped, unsent = stats.get("uploads_dropped", 0), stats.get("uploads_abandoned", 0)
+    level = logging.INFO if failed + dropped + unsent == 0 else logging.WARNING
+    log.log(level, "stopped: %d profiles produced: %d sent, %d failed (rejected or retried too "
+            "often), %d dropped (queue full, or after the stop), %d not sent at exit%s; %d retries", produced, sent,
+            failed, dropped, unsent,
+            f" (destination failing: {dest.get('reason')})" if dest.get("state") == "failing" else "",
+            stats.get("uploads_retried", 0))
 
 
 def _symbol_upload(settings: config.Settings) -> Optional[BackgroundSymbolUpload]:
@@ -404,18 +473,27 @@ def record(pids: Tuple[int, ...], subprocesses: bool, idle: bool, duration: Opti
 class _StopFlag:
     """Callable flag set by SIGINT/SIGTERM; remembers which signal."""
 
+    # `timeout -s INT`, `kill -INT -PGID` and a terminal deliver one stop request as a
+    # signal to the process and another to its group, microseconds apart: signals within
+    # this window are one request. A person asking twice takes longer than this.
+    SAME_REQUEST_S = 0.5
+
     def __init__(self, second_exits: bool = False) -> None:
         self.signum: Optional[int] = None
         self.second_exits = second_exits
+        self._at = 0.0
 
     def __call__(self) -> bool:
         return self.signum is not None
 
     def set(self, signum: int, frame: Optional[FrameType]) -> None:
-        if self.signum is not None and self.second_exits:
-            os.write(2, b"ddprofiler: second signal, exiting now\n")
-            os._exit(128 + signum)
-        self.signum = signum
+        now = time.monotonic()
+        if self.signum is not None:
+            if self.second_exits and now - self._at > self.SAME_REQUEST_S:
+                os.write(2, b"ddprofiler: second signal, exiting now\n")
+                os._exit(128 + signum)
+            return
+        self.signum, self._at = signum, now
 
 
 @contextlib.contextmanager
@@ -432,11 +510,33 @@ def _stop_on_signals(second_exits: bool = False) -> Iterator[_StopFlag]:
 
 
 def _configure_logging(verbose: bool, default: int = logging.WARNING) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else default,
-        format="ddprofiler: %(levelname)s: %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(logging.DEBUG if verbose else default)
+
+
+@main.command("status")
+@click.option("--status-file", type=click.Path(dir_okay=False), envvar="DD_HOST_PROFILING_STATUS_FILE",
+              default=config.DEFAULT_STATUS_FILE, show_default=True,
+              help="The running profiler's status file. [env: DD_HOST_PROFILING_STATUS_FILE]")
+@click.option("--json", "as_json", is_flag=True, help="Print the status file as it is.")
+def status_command(status_file: str, as_json: bool) -> None:
+    """Is the profiler alive and uploading? Exit 0 when healthy, 1 when not (a liveness
+    probe can run it): last upload, samples per period, queue, counters."""
+    import json
+
+    try:
+        doc = health.read(status_file)
+    except FileNotFoundError:
+        raise Failure(f"no status file at {status_file}: is `ddprofiler run` running "
+                      "(with this --status-file)?") from None
+    except (OSError, ValueError) as e:
+        raise Failure(f"cannot read {status_file}: {getattr(e, 'strerror', None) or e}") from None
+    if as_json:
+        click.echo(json.dumps(doc, indent=1, sort_keys=True))
+    else:
+        for line in health.format_status(doc):
+            click.echo(line)
+    if health.verdict(doc):
+        sys.exit(1)
 
 
 @main.command("top")
@@ -577,7 +677,7 @@ def symbols_upload(paths: Tuple[str, ...], api_key: Optional[str], app_key: Opti
     are better than what Datadog has."""
     _configure_logging(verbose, default=logging.INFO)
     try:
-        key = config.SPEC_BY_NAME["api_key"].parse(api_key) if api_key else None
+        key = config.check_api_key(api_key) if api_key else None
         site = config.SPEC_BY_NAME["site"].parse(site)
     except ValueError as e:
         raise click.UsageError(f"--api-key/--site: {e}") from None

@@ -5,7 +5,25 @@ Output: a frozen :class:`Settings` and, per setting, the source it came from (``
 --x``, ``env DD_X``, ``default``). Precedence: flag > ``DD_HOST_PROFILING_X`` > ``DD_X`` >
 default, with the names of ``datadog-contracts.md``. A malformed value raises
 :class:`ConfigError` (the CLI turns it into a one-line usage error, exit 2).
-Secrets (the API key) are only ever shown masked. Non-goals: reading config files.
+Secrets (the API key) are only ever shown masked; the API key is checked only where it is
+used (agentless upload, symbol upload). Datadog's own habits, as the tracers read them:
+
+- ``DD_AGENT_HOST`` and ``DD_TRACE_AGENT_PORT``, either alone, stand for
+  ``http://<host or localhost>:<port or 8126>``; ``DD_TRACE_AGENT_URL`` wins over both;
+  a port that is not 1..65535 is an error.
+- ``DD_HOSTNAME`` sets the host tag (after ``--node``/``DD_HOST_PROFILING_NODE``).
+- ``env``, ``service``, ``version`` and ``host`` inside the tags (``DD_TAGS``, ``--tags``)
+  are never sent as user tags, so no profile carries two values for one of them. They
+  are fallbacks, as in dd-trace-py (``ddtrace/settings/_config.py``:
+  ``self.env = _get_config("DD_ENV", self.tags.get("env"))``, the same for service
+  and version): the dedicated setting wins (a process's own ``DD_ENV``/``DD_VERSION``,
+  then ``--environment``/``DD_ENV``; ``--node``/``DD_HOSTNAME``/...; ``--host-service``),
+  the tag is used only where that is unset. ``service`` from the tags is the service
+  of the single profile without ``--split-by-service``; with it, each process's own
+  service wins and the tag is unused (``unused_tags`` says so).
+- A repeated ``--tags`` adds to the previous ones.
+
+Non-goals: reading config files.
 """
 from __future__ import annotations
 
@@ -20,6 +38,9 @@ from ddprofiler.tagging import parse_dd_tags
 SITES = ("datadoghq.com", "datadoghq.eu", "us3.datadoghq.com", "us5.datadoghq.com",
          "ap1.datadoghq.com", "ap2.datadoghq.com", "ddog-gov.com")
 _API_KEY = re.compile(r"^[0-9a-z]{32}$")
+DEFAULT_STATUS_FILE = "/run/ddprofiler/status.json"
+LOG_LEVELS = ("trace", "debug", "info", "warn", "warning", "error", "critical", "off")
+RESERVED_TAGS = ("env", "service", "version", "host")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
 
 
@@ -51,6 +72,15 @@ class Settings:
     symbols_dry_run: bool = False
     symbols_api_url: Optional[str] = None
     symbols_intake_url: Optional[str] = None
+    status_file: Optional[str] = DEFAULT_STATUS_FILE
+    output_max_files: int = 1000
+    output_max_bytes: int = 1 << 30
+    log_level: str = "info"
+    dogstatsd_url: Optional[str] = None
+    # Not settings of their own: `version:` of the tags (fallback of the processes' own
+    # DD_VERSION), and reserved tags that had to be left out, for the start-up log.
+    version: Optional[str] = None
+    unused_tags: Tuple[str, ...] = ()
 
     def __repr__(self) -> str:  # the key never shows, whatever prints a Settings
         fields = (f"{f.name}={mask(getattr(self, f.name)) if f.name in ('api_key', 'app_key') else getattr(self, f.name)!r}"
@@ -149,7 +179,9 @@ def _site(text: str) -> str:
     return site
 
 
-def _api_key(text: str) -> str:
+def check_api_key(text: str) -> str:
+    """The key, stripped, if it looks like a Datadog API key. Raises ValueError (which
+    never holds the value)."""
     key = text.strip()
     if not _API_KEY.match(key):
         # Never echo the value: it may be a real key with a typo.
@@ -174,6 +206,39 @@ def _text(text: str) -> Optional[str]:
 def _tags(text: str) -> Tuple[str, ...]:
     # As Datadog's libraries read DD_TAGS: split on commas when there are any, else spaces.
     return tuple(parse_dd_tags(text))
+
+
+def _status_file(text: str) -> Optional[str]:
+    path = text.strip()
+    if path.lower() in ("off", "none", "-"):
+        return None
+    if not path.startswith("/"):
+        raise ValueError(f"'{path}' is not an absolute path (or 'off')")
+    return path
+
+
+def _log_level(text: str) -> str:
+    level = text.strip().lower()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"'{text}' is not a log level ({', '.join(LOG_LEVELS)})")
+    return "warning" if level == "warn" else level
+
+
+def _dogstatsd_url(text: str) -> str:
+    from ddprofiler.dogstatsd import parse_url
+
+    parse_url(text)
+    return text.strip()
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text.strip())
+    except ValueError:
+        raise ValueError(f"'{text}' is not a port number") from None
+    if not 1 <= port <= 65535:
+        raise ValueError(f"{port} is not a port number (1..65535)")
+    return port
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,10 +267,10 @@ SPECS: Tuple[Spec, ...] = (
          ("DD_HOST_PROFILING_SPLIT_BY_SERVICE",), _bool, "One profile per service per period."),
     Spec("host_service", "--host-service", ("DD_HOST_PROFILING_SERVICE",), _text,
          "Service of the single profile when not splitting by service."),
-    Spec("node", "--node", ("DD_HOST_PROFILING_NODE", "KUBERNETES_NODE_NAME", "NODE_NAME"), _text,
-         "host tag. Default: the hostname."),
+    Spec("node", "--node", ("DD_HOST_PROFILING_NODE", "DD_HOSTNAME", "KUBERNETES_NODE_NAME", "NODE_NAME"),
+         _text, "host tag. Default: host: of the tags, else the hostname."),
     Spec("site", "--site", ("DD_HOST_PROFILING_SITE", "DD_SITE"), _site, "Datadog site, for agentless uploads."),
-    Spec("api_key", "--api-key", ("DD_HOST_PROFILING_API_KEY", "DD_API_KEY"), _api_key,
+    Spec("api_key", "--api-key", ("DD_HOST_PROFILING_API_KEY", "DD_API_KEY"), _text,
          "Datadog API key, for agentless uploads. Prefer the environment to the flag.", secret=True),
     Spec("agentless", "--agentless/--no-agentless", ("DD_HOST_PROFILING_AGENTLESS",), _bool,
          "Upload straight to the intake of --site instead of the Agent."),
@@ -236,6 +301,17 @@ SPECS: Tuple[Spec, ...] = (
     Spec("symbols_intake_url", "--symbols-intake-url",
          ("DD_HOST_PROFILING_SYMBOLS_INTAKE_URL", "DATADOG_SOURCEMAP_INTAKE_URL"), _http_url,
          "Base URL of the symbol intake (a proxy). Default: https://sourcemap-intake.<site>."),
+    Spec("status_file", "--status-file", ("DD_HOST_PROFILING_STATUS_FILE",), _status_file,
+         "Where the health figures are written every period, for `ddprofiler status` ('off': nowhere)."),
+    Spec("output_max_files", "--output-max-files", ("DD_HOST_PROFILING_OUTPUT_MAX_FILES",),
+         _positive_int(1, 10_000_000), "With --output-dir: profiles kept; the oldest are removed."),
+    Spec("output_max_bytes", "--output-max-bytes", ("DD_HOST_PROFILING_OUTPUT_MAX_BYTES",),
+         _positive_int(1 << 20, 1 << 50), "With --output-dir: bytes kept; the oldest profiles are removed."),
+    Spec("log_level", "--log-level", ("DD_HOST_PROFILING_LOG_LEVEL", "DD_LOG_LEVEL"), _log_level,
+         "trace, debug, info, warn, error, critical or off (-v is debug)."),
+    Spec("dogstatsd_url", "--dogstatsd-url", ("DD_HOST_PROFILING_DOGSTATSD_URL", "DD_DOGSTATSD_URL"),
+         _dogstatsd_url, "Send the period's figures as metrics to DogStatsD: udp://host:8125 or "
+         "unix:///path/dsd.socket. Default: off."),
 )
 SPEC_BY_NAME: Dict[str, Spec] = {s.name: s for s in SPECS}
 
@@ -250,7 +326,12 @@ def resolve(flags: Mapping[str, Any], environ: Mapping[str, str]) -> Tuple[Setti
         flag_value = flags.get(spec.name)
         if flag_value is not None and flag_value != ():
             try:
-                values[spec.name] = spec.parse(flag_value) if isinstance(flag_value, str) else flag_value
+                if isinstance(flag_value, str):
+                    values[spec.name] = spec.parse(flag_value)
+                elif spec.name == "tags":  # a repeated --tags adds
+                    values[spec.name] = tuple(t for text in flag_value for t in spec.parse(text))
+                else:
+                    values[spec.name] = flag_value
             except ValueError as e:
                 raise ConfigError(f"{spec.flag.split('/')[0]}: {e}") from None
             sources[spec.name] = f"flag {spec.flag.split('/')[0]}"
@@ -268,15 +349,23 @@ def resolve(flags: Mapping[str, Any], environ: Mapping[str, str]) -> Tuple[Setti
         else:
             sources[spec.name] = "default"
 
-    if "agent_url" not in values and environ.get("DD_AGENT_HOST"):
-        port = environ.get("DD_TRACE_AGENT_PORT") or "8126"
-        host = environ["DD_AGENT_HOST"].strip()
+    host_env = (environ.get("DD_AGENT_HOST") or "").strip()
+    port_env = (environ.get("DD_TRACE_AGENT_PORT") or "").strip()
+    if "agent_url" not in values and (host_env or port_env):
+        # As the tracers: either alone stands for its half, the other is the default.
+        try:
+            port = _port(port_env) if port_env else 8126
+        except ValueError as e:
+            raise ConfigError(f"DD_TRACE_AGENT_PORT: {e}") from None
+        host = host_env or "localhost"
         host = f"[{host}]" if ":" in host and not host.startswith("[") else host
         try:
             values["agent_url"] = _agent_url(f"http://{host}:{port}")
         except ValueError as e:
-            raise ConfigError(f"DD_AGENT_HOST/DD_TRACE_AGENT_PORT: {e}") from None
-        sources["agent_url"] = "env DD_AGENT_HOST + DD_TRACE_AGENT_PORT"
+            raise ConfigError(f"DD_AGENT_HOST: {e}") from None
+        sources["agent_url"] = "env " + " + ".join(
+            name for name, v in (("DD_AGENT_HOST", host_env), ("DD_TRACE_AGENT_PORT", port_env)) if v)
+    _reserved_tags(values, sources)
     if "node" not in values:
         values["node"] = socket.gethostname()
         sources["node"] = "default (hostname)"
@@ -288,9 +377,46 @@ def resolve(flags: Mapping[str, Any], environ: Mapping[str, str]) -> Tuple[Setti
         raise ConfigError("--host-service (DD_HOST_PROFILING_SERVICE) is required with --no-split-by-service")
     if settings.upload_symbols and not settings.api_key:
         raise ConfigError("--upload-symbols needs an API key: set DD_API_KEY (or DD_HOST_PROFILING_API_KEY)")
+    key_used = settings.upload_symbols or (settings.agentless and not settings.output_dir)
     if settings.agentless and not settings.output_dir and not settings.api_key:
         raise ConfigError("--agentless needs an API key: set DD_API_KEY (or DD_HOST_PROFILING_API_KEY)")
+    if key_used and settings.api_key:
+        # Checked only here: a DD_API_KEY meant for another component must not stop a
+        # profiler that sends through the Agent and never reads it.
+        try:
+            check_api_key(settings.api_key)
+        except ValueError as e:
+            raise ConfigError(f"{_origin('api_key', sources)}: {e}") from None
     return settings, sources
+
+
+def _reserved_tags(values: Dict[str, Any], sources: Dict[str, str]) -> None:
+    """Moves env/service/version/host out of the tags into their settings, where those
+    are unset (the precedence of the module docstring)."""
+    tags = values.get("tags", ())
+    kept, reserved = [], {}
+    for tag in tags:
+        key, sep, value = tag.partition(":")
+        if sep and key.strip().lower() in RESERVED_TAGS:
+            reserved[key.strip().lower()] = value.strip()  # the last one wins, as in a dict
+        else:
+            kept.append(tag)
+    if not reserved:
+        return
+    origin = sources.get("tags", "tags")
+    unused = []
+    for key, value in reserved.items():
+        name = {"env": "environment", "host": "node", "service": "host_service", "version": "version"}[key]
+        if not value or name in values:
+            unused.append(f"{key}:{value}")
+            continue
+        if key == "service" and values.get("split_by_service", True):
+            unused.append(f"{key}:{value}")  # each process's service wins
+            continue
+        values[name] = value
+        sources[name] = f"{origin} ({key}:)"
+    values["tags"] = tuple(kept)
+    values["unused_tags"] = tuple(unused)
 
 
 def _origin(name: str, sources: Mapping[str, str]) -> str:
@@ -314,4 +440,8 @@ def describe(settings: Settings, sources: Mapping[str, str]) -> Sequence[Tuple[s
         else:
             shown = str(value)
         rows.append((spec.name, shown, sources.get(spec.name, "default")))
+    if settings.version:
+        rows.append(("version", settings.version, sources.get("version", "tags")))
+    if settings.unused_tags:
+        rows.append(("unused_tags", ",".join(settings.unused_tags), "tags (a dedicated setting wins)"))
     return rows

@@ -5,8 +5,10 @@ Input: settings, a started ``ddprofiler.Profiler`` (anything with ``snapshot(res
 symbol uploader (``offer(mappings)``). Output: one profile per (service, env, version,
 container) per period, submitted to the exporter, its samples labelled with their
 container and pod; the file-backed native mappings of the period offered for symbol
-upload; a telemetry line per period at info level. The period is ``upload_period`` with a
-few percent of jitter, so that a fleet started together does not upload together.
+upload; a telemetry line per period at info level (its words are explained in
+docs/operations.md), whose figures also go to ``on_period`` (the status file). The period
+is ``upload_period`` with a few percent of jitter, so that a fleet started together does
+not upload together.
 Closing a period is one ``snapshot(reset=True)``: the core swaps the aggregate, so there
 is no gap and no sample is counted twice. Where frames get their names is the core's
 business (``Profiler(symbolize=...)``); this module only tags a profile that carries
@@ -21,7 +23,7 @@ import platform
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Protocol, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Protocol, Tuple
 
 import ddprofiler
 from ddprofiler.config import Settings
@@ -41,6 +43,7 @@ JITTER = 0.05
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64"}  # Go's names, as Datadog's host profiler sends
 _LABELS = ("container_id", "container_name", "pod_name")  # per-sample labels from the tags
 _UNWIND_PREFIX = "unwind_"
+_UPLOAD_COUNTS = ("uploads_ok", "uploads_failed", "uploads_dropped", "uploads_retried")
 
 
 class Snapshots(Protocol):
@@ -72,7 +75,8 @@ class Runner:
     def __init__(self, settings: Settings, profiler: Optional[Snapshots], exporter: Exporter, *,
                  clock: Callable[[], float] = time.monotonic,
                  rng: Callable[[], float] = random.random,
-                 symbols: Optional[SymbolSink] = None) -> None:
+                 symbols: Optional[SymbolSink] = None,
+                 on_period: Optional[Callable[[Dict[str, Any]], None]] = None) -> None:
         self.settings = settings
         self.symbols = symbols
         self.profiler = profiler
@@ -82,6 +86,8 @@ class Runner:
         self.tag_cache = TagCache()
         self.profile_seq: Dict[str, int] = collections.Counter()
         self.last_stats: Optional[Stats] = None
+        self.last_uploads: Dict[str, int] = {}
+        self.on_period = on_period
         valid, invalid = validate_tags(settings.tags)
         if invalid:
             log.warning("dropped %d invalid tag(s): %s", len(invalid), ", ".join(invalid))
@@ -145,8 +151,8 @@ class Runner:
     def _key(self, t: ProcessTags) -> GroupKey:
         s = self.settings
         if not s.split_by_service:
-            return GroupKey(s.host_service or "", s.environment, None, None, None, False)
-        return GroupKey(t.service, t.env or s.environment, t.version, t.container_id,
+            return GroupKey(s.host_service or "", s.environment, s.version, None, None, False)
+        return GroupKey(t.service, t.env or s.environment, t.version or s.version, t.container_id,
                         None if t.container_id else t.cgroup_inode, t.service_inferred)
 
     def _resource(self, key: GroupKey) -> List[Tuple[str, str]]:
@@ -192,12 +198,24 @@ class Runner:
         unwind = {_reason(k): v for k, v in changed.items() if stats.kind(k) == "unwind_failure"}
         errors = {k: v for k, v in changed.items() if stats.kind(k) == "error"}
         up = self.exporter.stats()
+        moved = {k: up.get(k, 0) - self.last_uploads.get(k, 0) for k in _UPLOAD_COUNTS}
+        self.last_uploads = dict(up)
+        health_of = getattr(self.exporter, "health", None)
+        dest: Dict[str, Any] = health_of() if health_of is not None else {}
+        seconds = max(0, profile.end_ns - profile.start_ns) / 1e9
         log.info(
-            "period: %d samples in %d profiles, lost %d, unwind failures %s, errors %s; uploads ok %d "
-            "failed %d dropped %d, queue %d profiles %d B",
-            profile.total, profiles, lost, _fmt(unwind) or "0", _fmt(errors) or "0",
-            up.get("uploads_ok", 0), up.get("uploads_failed", 0), up.get("uploads_dropped", 0),
-            up.get("queue_len", 0), up.get("queue_bytes", 0))
+            "period: %d samples in %d profiles over %.1f s; samples lost %d; stacks cut short %s; "
+            "errors %s; uploads %d sent, %d failed, %d dropped, %d retries, %d waiting in the "
+            "queue (%d B); destination %s",
+            profile.total, profiles, seconds, lost, _total(unwind), _total(errors),
+            moved["uploads_ok"], moved["uploads_failed"], moved["uploads_dropped"],
+            moved["uploads_retried"], up.get("queue_len", 0), up.get("queue_bytes", 0),
+            _destination(dest))
+        if self.on_period is not None:
+            self.on_period({"period_s": round(seconds, 3), "samples": profile.total,
+                            "profiles": profiles, "samples_lost": lost,
+                            "stacks_cut_short": dict(unwind), "errors": dict(errors),
+                            "uploads": dict(up), "destination": dest})
 
 
 def labels_of(t: ProcessTags) -> Dict[str, str]:
@@ -220,6 +238,18 @@ def sampled_pids(profile: Profile) -> List[int]:
     if profile.native is not None:
         return profile.native.sampled_pids()
     return list(dict.fromkeys(s.pid for s in profile.samples if s.count > 0))
+
+
+def _total(d: Mapping[str, int]) -> str:
+    """``0``, or ``5 (no_cfi 3, bad_pc 2)``."""
+    return f"{sum(d.values())} ({_fmt(d)})" if d else "0"
+
+
+def _destination(health: Mapping[str, Any]) -> str:
+    if health.get("state") != "failing":
+        return "ok" if health.get("last_ok") or not health else "not contacted yet"
+    since = time.strftime("%H:%M:%S UTC", time.gmtime(health.get("failing_since") or 0))
+    return f"FAILING since {since}: {health.get('reason', '')}"
 
 
 def symbol_mappings(profile: Profile) -> List[ProfileMapping]:

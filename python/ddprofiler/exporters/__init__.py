@@ -26,7 +26,8 @@ def from_settings(settings: "Settings") -> Union[AgentExporter, FileExporter]:
     import ddprofiler
 
     if settings.output_dir:
-        return FileExporter(settings.output_dir, max_queue_bytes=settings.max_queue_bytes)
+        return FileExporter(settings.output_dir, max_queue_bytes=settings.max_queue_bytes,
+                            max_files=settings.output_max_files, max_bytes=settings.output_max_bytes)
     if settings.agentless:
         return AgentExporter(api_key=settings.api_key, agentless_site=settings.site,
                              profiler_version=ddprofiler.__version__,
@@ -38,7 +39,8 @@ def from_settings(settings: "Settings") -> Union[AgentExporter, FileExporter]:
 def describe(settings: "Settings") -> str:
     """Where profiles go, for the start-up log line (no secret in it)."""
     if settings.output_dir:
-        return f"writing profiles to {settings.output_dir} every {settings.upload_period:g}s"
+        return (f"writing profiles to {settings.output_dir} every {settings.upload_period:g}s "
+                f"(keeping at most {settings.output_max_files} profiles, {settings.output_max_bytes} bytes)")
     if settings.agentless:
         return f"uploading to the {settings.site} intake every {settings.upload_period:g}s"
     return f"uploading to the Agent at {settings.agent_url} every {settings.upload_period:g}s"

@@ -25,7 +25,7 @@ import socket
 import ssl
 import threading
 import time
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 from urllib.parse import urlsplit
 
 from .payload import ProfilePayload, base_headers, build_body, entity_headers
@@ -131,6 +131,20 @@ class HttpSender:
         key = self._api_key.reveal()
         return text.replace(key, mask_key(key)) if key else text
 
+    def _reason(self, e: BaseException) -> Tuple[str, str]:
+        """(key, one line) of a failure to reach the receiver, in an operator's words."""
+        where = self._unix_path if self.scheme == "unix" else f"{self._host}:{self._port or ''}".rstrip(":")
+        if isinstance(e, socket.gaierror):
+            return "dns", f"DNS lookup of {self._host!r} failed ({e.strerror or e})"
+        if isinstance(e, ConnectionRefusedError):
+            return "refused", f"connection refused by {where} (is the Agent running and listening there?)"
+        if isinstance(e, FileNotFoundError) and self.scheme == "unix":
+            return "no-socket", f"no socket at {where} (is the Agent running with this socket?)"
+        if isinstance(e, (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected)):
+            return "reset", f"connection to {where} closed by the receiver ({type(e).__name__})"
+        detail = getattr(e, "strerror", None) or str(e) or type(e).__name__
+        return type(e).__name__, f"cannot reach {where}: {type(e).__name__}: {detail}"
+
     def abort(self) -> None:
         """Shut down the connection of the request in progress, if any."""
         with self._lock:
@@ -162,10 +176,12 @@ class HttpSender:
             return Result(Outcome.FAIL, type(e).__name__, self._scrub(f"{type(e).__name__}: {e}"))
         except (OSError, http.client.HTTPException) as e:
             late = time.monotonic() >= deadline
-            if late:  # it took the connection and never answered: bounded retries, as 5xx
-                return Result(Outcome.RETRY, "timeout", f"timed out after {total:.3g} s")
+            if late or isinstance(e, TimeoutError):
+                # It took the connection and never answered: bounded retries, as 5xx.
+                return Result(Outcome.RETRY, "timeout", f"no answer: timed out after {total:.3g} s")
             # Nobody there (refused, reset, unreachable): kept and retried while it fits the queue.
-            return Result(Outcome.UNREACHABLE, type(e).__name__, self._scrub(f"{type(e).__name__}: {e}"))
+            key, message = self._reason(e)
+            return Result(Outcome.UNREACHABLE, key, self._scrub(message))
         except ValueError as e:  # an invalid header value: retrying cannot help
             return Result(Outcome.FAIL, "ValueError", self._scrub(f"invalid request: {e}"))
         finally:
@@ -233,3 +249,7 @@ class AgentExporter:
 
     def stats(self) -> Dict[str, int]:
         return self._uploader.stats()
+
+    def health(self) -> Dict[str, Any]:
+        """The destination's state (``uploader.Uploader.health``)."""
+        return self._uploader.health()

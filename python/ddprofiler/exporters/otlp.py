@@ -15,7 +15,7 @@ pprof payloads. Non-goals: gRPC, the JSON encoding, gzip.
 from __future__ import annotations
 
 import logging
-from typing import Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional
 
 from .datadog import HttpSender
 from .payload import ProfilePayload
@@ -79,3 +79,7 @@ class OtlpExporter:
 
     def stats(self) -> Dict[str, int]:
         return self._uploader.stats()
+
+    def health(self) -> Dict[str, Any]:
+        """The destination's state (``uploader.Uploader.health``)."""
+        return self._uploader.health()

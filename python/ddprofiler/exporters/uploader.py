@@ -19,10 +19,19 @@ Contract:
   ``uniform(0, min(backoff_max, backoff_base * 2**n))`` between attempts. An exception
   from the sender counts as ``RETRY``. Failures are logged at warning, at most once per
   distinct key (e.g. ``HTTP 403``) per ``log_interval`` seconds.
+- The destination has a state, ``ok`` or ``failing`` (with the reason of the last failed
+  attempt and since when): the first failed attempt, each change of reason and the
+  recovery are logged at warning, once each, whatever the number of jobs; ``health()``
+  gives the state, the last success (wall clock) and the failed attempts, for the
+  status file and the period line.
 - ``close(timeout)`` stops accepting (later jobs are dropped), delivers what is queued until
   the deadline (backoff sleeps and requests are cut short by it; ``sender.abort()``, when
   it exists, ends a request still running), then gives up: jobs never sent are counted as
-  ``uploads_abandoned`` and logged once.
+  ``uploads_abandoned`` and logged once. A destination known to be unreachable is tried
+  once more at once (a backoff sleep is cut short by ``close``); if that fails too, the
+  queue is given up without waiting for the deadline.
+- After ``close``, ``uploads_submitted == uploads_ok + uploads_failed + uploads_dropped +
+  uploads_abandoned``: every job is counted exactly once.
 """
 from __future__ import annotations
 
@@ -60,6 +69,12 @@ class Job:
     dropped: bool = False
 
 
+def _dropped(job: Job) -> bool:
+    """``job.dropped``, read again: another thread (``close``) may have set it since the
+    last look (a plain re-read is "unreachable" to mypy's narrowing)."""
+    return job.dropped
+
+
 class RateLimitedLog:
     """Log a message at most once per key per ``interval`` seconds."""
 
@@ -76,6 +91,10 @@ class RateLimitedLog:
             self._last.clear()
         self._last[key] = now
         self._logger.log(level, msg, *args)
+
+    def touch(self, key: str) -> None:
+        """As if ``key`` had just been logged (another message said it)."""
+        self._last[key] = time.monotonic()
 
 
 class Uploader:
@@ -96,9 +115,14 @@ class Uploader:
         self._closing = False
         self._deadline = math.inf
         self._episode = 0  # jobs dropped in the current overflow episode
+        self._failing: Optional[Result] = None  # the last failed attempt, while failing
+        self._failing_since = 0.0  # wall clock
+        self._last_ok = 0.0        # wall clock of the last delivered job
+        self._give_up = False      # closing and the destination is unreachable
+        self._unsent = 0           # abandoned jobs not yet logged
         self._stats = dict.fromkeys(
             ("uploads_submitted", "uploads_ok", "uploads_failed", "uploads_dropped",
-             "uploads_retried", "uploads_abandoned", "bytes_sent"), 0)
+             "uploads_retried", "uploads_abandoned", "bytes_sent", "attempts_failed"), 0)
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -152,6 +176,13 @@ class Uploader:
                 abort()
             self._thread.join(0.2)
         with self._cond:
+            job = self._inflight
+            if self._thread.is_alive() and job is not None and not job.dropped:
+                # Still on the wire after the abort: counted here, once, so that the
+                # counts add up when close returns; the worker skips it when it wakes.
+                job.dropped = True
+                self._bytes -= job.size
+                self._abandon(job)
             self._abandon_queue()
             self._end_overflow()
 
@@ -160,6 +191,17 @@ class Uploader:
             inflight = int(self._inflight is not None and not self._inflight.dropped)
             return {**self._stats, "queue_bytes": self._bytes,
                     "queue_len": len(self._queue) + inflight}
+
+    def health(self) -> Dict[str, Any]:
+        """``state`` (``ok``/``failing``), ``reason`` (of the last failed attempt, while
+        failing), ``failing_since`` and ``last_ok`` (Unix seconds, 0 when never), the
+        ``target``, and ``stats()``."""
+        with self._cond:
+            failing = self._failing
+            return {"target": self._target, "state": "failing" if failing else "ok",
+                    "reason": failing.message if failing else "",
+                    "failing_since": self._failing_since if failing else 0.0,
+                    "last_ok": self._last_ok}
 
     def count_failed(self) -> None:
         """Count a job that could not even be built (the caller logs why)."""
@@ -183,13 +225,52 @@ class Uploader:
             self._episode = 0
 
     def _abandon_queue(self) -> None:
+        """Under the lock: gives up the queue; says once how many were not sent."""
         n = len(self._queue)
         if n:
             self._stats["uploads_abandoned"] += n
             self._bytes -= sum(job.size for job in self._queue)
             self._queue.clear()
-            log.warning("upload to %s: %d profiles not sent before the close deadline",
-                        self._target, n)
+        n += self._unsent
+        self._unsent = 0
+        if n:
+            log.warning("upload to %s: %d profiles not sent %s", self._target, n, self._why_unsent())
+
+    def _why_unsent(self) -> str:
+        if self._give_up and self._failing is not None:
+            return f"at exit: it is unreachable ({self._failing.message})"
+        return "before the close deadline"
+
+    def _attempt_failed(self, result: Result) -> bool:
+        """Under the lock: a state change to failing (or a new reason) is logged once;
+        True when it was."""
+        self._stats["attempts_failed"] += 1
+        previous = self._failing
+        self._failing = result
+        if result.outcome is Outcome.FAIL:
+            then = "rejected, not retried: this profile is lost until the cause is fixed"
+        else:
+            then = (f"profiles wait in the queue ({len(self._queue) + 1} now, {self._bytes} B) "
+                    "and are retried")
+        if previous is None:
+            self._failing_since = time.time()
+            log.warning("upload to %s failing: %s; %s", self._target, result.message, then)
+        elif previous.key != result.key:
+            log.warning("upload to %s still failing, now: %s; %s", self._target, result.message, then)
+        else:
+            return False
+        self._log.touch(result.key)
+        return True
+
+    def _attempt_ok(self) -> None:
+        """Under the lock: the recovery from failing is logged once."""
+        self._last_ok = time.time()
+        if self._failing is not None:
+            log.warning("upload to %s recovered after %.0f s of failures (last: %s); "
+                        "%d profiles still queued", self._target,
+                        max(0.0, self._last_ok - self._failing_since), self._failing.message,
+                        len(self._queue))
+            self._failing = None
 
     # ------------------------------------------------------------------ worker thread
 
@@ -198,7 +279,7 @@ class Uploader:
             with self._cond:
                 while not self._queue and not self._closing:
                     self._cond.wait()
-                if not self._queue or time.monotonic() >= self._deadline:
+                if not self._queue or time.monotonic() >= self._deadline or self._give_up:
                     self._abandon_queue()
                     return
                 job = self._inflight = self._queue.popleft()
@@ -224,28 +305,40 @@ class Uploader:
                 if job.dropped:
                     return
                 left = self._deadline - time.monotonic()
-                if left <= 0:
+                if left <= 0 or self._give_up:
                     self._abandon(job)
                     return
                 self._on_wire = True
+                # Only an attempt begun after close can say "down at exit": one begun
+                # before may have failed just before the receiver came up.
+                closing = self._closing
             try:
                 result = self._sender.send(job.data, left)
             except Exception as e:  # noqa: BLE001 - counted and retried like a network error
                 result = Result(Outcome.UNREACHABLE, type(e).__name__, f"{type(e).__name__}: {e}")
             with self._cond:
                 self._on_wire = False
+                if _dropped(job):  # close gave it up while on the wire, and counted it
+                    return
                 if result.outcome is Outcome.OK:
                     self._stats["uploads_ok"] += 1
                     self._stats["bytes_sent"] += job.size
+                    self._attempt_ok()
                     return
+                said = self._attempt_failed(result)
                 transient = result.outcome in (Outcome.RETRY, Outcome.UNREACHABLE)
-                if transient and time.monotonic() >= self._deadline:
+                if closing and result.outcome is Outcome.UNREACHABLE:
+                    # Known down at exit: waiting for the deadline would only delay the exit.
+                    self._give_up = True
+                if transient and (time.monotonic() >= self._deadline or self._give_up):
                     self._abandon(job)
                     return
                 give_up = result.outcome is Outcome.FAIL or (
                     result.outcome is Outcome.RETRY and attempt >= self._max_retries)
                 self._stats["uploads_failed" if give_up else "uploads_retried"] += 1
             if result.outcome is Outcome.FAIL:
+                if said:
+                    return
                 self._log(result.key, logging.WARNING, "upload to %s rejected (not retried): %s",
                           self._target, result.message)
                 return
@@ -254,12 +347,6 @@ class Uploader:
                           "upload to %s failed after %d attempts: %s", self._target,
                           attempt + 1, result.message)
                 return
-            if attempt == 0:
-                # The first failed attempt of a job says why, at most once per kind per
-                # log_interval: an Agent that is down must not look like a quiet success.
-                self._log("retrying " + result.key, logging.WARNING,
-                          "upload to %s: %s; retrying with backoff, profiles wait in the queue "
-                          "(%d B now)", self._target, result.message, self._bytes)
             attempt += 1
             delay = random.uniform(0, min(self._backoff_max,
                                           self._backoff_base * 2 ** (attempt - 1)))
@@ -268,16 +355,17 @@ class Uploader:
             self._sleep(job, delay)
 
     def _abandon(self, job: Job) -> None:
-        """Under the lock: ``job`` will not be sent, the close deadline has passed."""
+        """Under the lock: ``job`` will not be sent (closing: deadline passed, or down);
+        ``_abandon_queue`` says it with the rest."""
         self._stats["uploads_abandoned"] += 1
-        log.warning("upload to %s: profile of %r not sent before the close deadline",
-                    self._target, job.label)
+        self._unsent += 1
 
     def _sleep(self, job: Job, delay: float) -> None:
         """Back off for ``delay`` s, less if the job is dropped or the deadline comes."""
         end = time.monotonic() + delay
         with self._cond:
-            while not job.dropped:
+            while not job.dropped and not (self._closing and self._failing is not None
+                                           and self._failing.outcome is Outcome.UNREACHABLE):
                 left = min(end, self._deadline) - time.monotonic()
                 if left <= 0:
                     return
