@@ -216,6 +216,12 @@ def _check_can_profile() -> None:
     problem = privileges.problem()
     if problem:
         raise Failure(problem)
+    # Enough to start, maybe not to see everything: each capability missing, and its cost.
+    shortfalls = privileges.shortfalls()
+    for line in shortfalls:
+        log.warning("%s", line)
+    if shortfalls:
+        log.warning("%s", privileges.shortfall_hint())
 
 
 def _start_failure(e: BaseException) -> Failure:

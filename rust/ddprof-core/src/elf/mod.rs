@@ -532,9 +532,11 @@ pub fn bias_for(segments: &[LoadSegment], start: Avma, offset: FileOffset) -> Bi
 }
 
 /// Parsed files by identity, bounded in count. Failures are remembered too, so a corrupt or
-/// unreadable file costs one attempt, not one per sample.
+/// unreadable file costs one attempt, not one per sample. A failure remembers whether it was
+/// a permission refused (`Err(true)`), which the unwinder reports apart: that one is fixed by
+/// a capability, not by the file.
 pub struct FileCache {
-    files: HashMap<FileKey, Result<Arc<ElfFile>, ()>>,
+    files: HashMap<FileKey, Result<Arc<ElfFile>, bool>>,
     limit: usize,
     /// Counts files that could not be opened or parsed (`elf_errors`).
     counters: Arc<Counters>,
@@ -564,14 +566,24 @@ impl FileCache {
         }
         let entry = match open().map_err(ElfError::Open).and_then(|f| ElfFile::open(f, key, origin())) {
             Ok(f) => Ok(Arc::new(f)),
+            Err(ElfError::Open(e)) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                self.counters.incr(Counter::FilesDenied);
+                log::debug!("file {key:?}: {e}");
+                Err(true)
+            }
             Err(e) => {
                 self.counters.incr(Counter::ElfErrors);
                 log::debug!("file {key:?}: {e}");
-                Err(())
+                Err(false)
             }
         };
         self.files.insert(key, entry.clone());
         entry.ok()
+    }
+
+    /// The last attempt to open `key` was refused for lack of permission.
+    pub fn denied(&self, key: &FileKey) -> bool {
+        matches!(self.files.get(key), Some(Err(true)))
     }
 
     pub fn len(&self) -> usize {

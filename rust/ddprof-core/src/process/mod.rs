@@ -45,6 +45,9 @@ pub struct Mapping {
     pub file: Option<Arc<ElfFile>>,
     /// AVMA - SVMA for this mapping (AVMA - file offset when there is no file).
     pub bias: Bias,
+    /// A file mapping whose file the profiler was not allowed to open (`file` is None): its
+    /// code cannot be unwound for lack of a capability, not for lack of unwind information.
+    pub denied: bool,
 }
 
 impl Mapping {
@@ -102,6 +105,8 @@ pub struct Registry {
     last_sweep: Instant,
     /// The missing CAP_SYS_PTRACE was logged.
     told_ptrace: bool,
+    /// A mapped file refused for lack of permission was logged.
+    told_files_denied: bool,
     last_load_denied: bool,
 }
 
@@ -116,6 +121,7 @@ impl Registry {
             next_generation: 1,
             last_sweep: Instant::now(),
             told_ptrace: false,
+            told_files_denied: false,
             last_load_denied: false,
         }
     }
@@ -256,8 +262,22 @@ impl Registry {
             } else {
                 MapKind::File
             };
+            let mut denied = false;
             let file = match kind {
-                MapKind::File => self.open_file(pid, l),
+                MapKind::File => {
+                    let file = self.open_file(pid, l);
+                    denied = file.is_none() && self.files.denied(&FileKey { dev: l.dev, inode: l.inode });
+                    if denied && !self.told_files_denied {
+                        self.told_files_denied = true;
+                        log::warn!(
+                            "cannot open {} of pid {pid} (permission denied): the code of other users' processes \
+                             needs CAP_SYS_PTRACE, and files this user may not read need CAP_DAC_READ_SEARCH (or root); \
+                             their stacks stop at the first such frame, marked and counted in unwind_no_access",
+                            l.path
+                        );
+                    }
+                    file
+                }
                 MapKind::Vdso => self.vdso.get_or_insert_with(|| load_vdso().map(Arc::new)).clone(),
                 MapKind::Anon => None,
             };
@@ -265,7 +285,7 @@ impl Registry {
                 Some(f) => f.bias_for(l.range.start, l.range.offset),
                 None => Bias(l.range.start.0.wrapping_sub(l.range.offset.0)),
             };
-            mappings.push(Mapping { range: l.range, path: l.path.clone(), kind, file, bias });
+            mappings.push(Mapping { range: l.range, path: l.path.clone(), kind, file, bias, denied });
         }
         mappings.sort_by_key(|m| m.range.start);
         let info = Arc::new(ProcessInfo::read(pid, &read_comm(pid)));
@@ -310,7 +330,7 @@ impl Registry {
             let offset = FileOffset(seg.file_offset.0.wrapping_add(start.0.wrapping_sub(seg.svma.0)));
             let range = MappedRange { start: anon.range.start, end: anon.range.end, offset };
             log::debug!("pid {pid}: anonymous code at {:?} is {}'s (remapped)", anon.range.start, n.path);
-            return Some(Mapping { range, path: n.path.clone(), kind: MapKind::File, file: Some(file), bias });
+            return Some(Mapping { range, path: n.path.clone(), kind: MapKind::File, file: Some(file), bias, denied: false });
         }
         None
     }
