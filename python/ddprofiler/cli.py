@@ -213,6 +213,7 @@ def _check_can_profile() -> None:
         load_native()
     except errors.NativeExtensionError as e:
         raise Failure(str(e)) from e
+    privileges.raise_effective()  # the image's interpreter holds them as +p file capabilities
     problem = privileges.problem()
     if problem:
         raise Failure(problem)

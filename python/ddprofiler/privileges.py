@@ -19,6 +19,11 @@ part of every profile, one line each saying what is lost (warnings at start):
   (not needed when ``kptr_restrict=0`` and ``perf_event_paranoid <= 1``).
 - CAP_SYS_RESOURCE: only below Linux 5.11, which charges BPF maps to RLIMIT_MEMLOCK.
 
+``raise_effective()`` makes the permitted set effective. An image's dedicated interpreter
+carries its capabilities as permitted-only file capabilities (``setcap ...+p``: a container
+runtime runs a non-root user with none of its own, and with ``+ep`` the exec would fail
+outright wherever one of them was not granted), so the process raises them itself at start.
+
 The fix offered is never ``setcap`` on the interpreter: a capability on a shared
 ``python3`` file is granted to every script any user runs with it. Root, or a dedicated
 user holding the capabilities as ambient ones (systemd ``AmbientCapabilities=``,
@@ -26,9 +31,14 @@ user holding the capabilities as ambient ones (systemd ``AmbientCapabilities=``,
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import logging
 import os
 import resource
 from typing import List, Optional, Tuple
+
+log = logging.getLogger(__name__)
 
 CAP_DAC_READ_SEARCH = 2
 CAP_SYS_PTRACE = 19
@@ -189,7 +199,9 @@ def shortfall_hint(euid: Optional[int] = None) -> str:
     them is a container's root)."""
     if euid is None:
         euid = os.geteuid()
-    return "to profile fully, grant the missing capabilities: " + (CONTAINER_HINT if euid == 0 else AMBIENT_HINT)
+    if euid == 0:
+        return "to profile fully, grant the missing capabilities: " + CONTAINER_HINT
+    return "to profile fully, grant the missing capabilities: " + AMBIENT_HINT + "; in a container, " + CONTAINER_HINT
 
 
 def _kernel_version() -> Optional[Tuple[int, int]]:
@@ -199,3 +211,44 @@ def _kernel_version() -> Optional[Tuple[int, int]]:
         return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
     except ValueError:
         return None
+
+
+# capget(2)/capset(2), version 3: two 32-bit words per set. By ctypes because the standard
+# library has no call for it, and the packages that wrap libcap need a compiler to install.
+_CAPABILITY_VERSION_3 = 0x20080522
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+def raise_effective() -> int:
+    """Makes every permitted capability of this thread effective (for an interpreter given
+    its capabilities as ``+p`` file capabilities); call it before any other thread starts.
+    Returns the effective mask afterwards; on any failure logs at debug level and changes
+    nothing (the privilege check that follows says what is missing)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        header = _CapHeader(_CAPABILITY_VERSION_3, 0)
+        data = (_CapData * 2)()
+        if libc.capget(ctypes.byref(header), data) != 0:
+            raise OSError(ctypes.get_errno(), "capget")
+        if all(d.effective == d.permitted for d in data):
+            return _mask(data)
+        for d in data:
+            d.effective = d.permitted
+        if libc.capset(ctypes.byref(header), data) != 0:
+            raise OSError(ctypes.get_errno(), "capset")
+        return _mask(data)
+    except (OSError, AttributeError) as e:
+        log.debug("could not raise the permitted capabilities: %s", e)
+        return 0
+
+
+def _mask(data: "ctypes.Array[_CapData]") -> int:
+    return int(data[0].effective) | int(data[1].effective) << 32
