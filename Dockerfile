@@ -39,7 +39,7 @@ FROM ${BASE}
 RUN apt-get update -qq \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3 ca-certificates \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /var/log/* \
- && useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin ddprofiler
+ && useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin ddprofiler
 COPY --from=install /opt/ddprofiler /opt/ddprofiler
 # Permitted-only file capabilities on the image's own interpreter: a container runtime
 # starts the non-root user with none of its own; the process raises what the runtime
@@ -60,6 +60,7 @@ RUN apt-get update -qq \
 ENV PATH=/opt/ddprofiler/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PYTHONDONTWRITEBYTECODE=1 \
     XDG_STATE_HOME=/var/lib/ddprofiler
-USER ddprofiler
+# Numeric, so that Kubernetes can check runAsNonRoot.
+USER 10001:10001
 WORKDIR /var/lib/ddprofiler
 ENTRYPOINT ["python", "-m", "ddprofiler"]

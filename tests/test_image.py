@@ -41,12 +41,12 @@ def run_in_image(args: list[str], caps: tuple[str, ...] = GRANTED, entrypoint: b
     """`args` after the image's entrypoint (or alone), in the image's root, as its user,
     with its environment and `caps` as the bounding set (the runtime's grant)."""
     cfg = _config()
-    user = cfg.get("User") or "root"
+    user, _, group = (cfg.get("User") or "root").partition(":")
     env = dict(e.split("=", 1) for e in cfg.get("Env", []))
     argv = [*(cfg.get("Entrypoint") or [] if entrypoint else []), *args]
     bounding = "-all" + "".join(f",+{c}" for c in caps)
     inner = ["/usr/bin/env", "-i", *[f"{k}={v}" for k, v in env.items()],
-             "/usr/bin/setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups",
+             "/usr/bin/setpriv", f"--reuid={user}", f"--regid={group or user}", "--clear-groups",
              "--inh-caps=-all", f"--bounding-set={bounding}", "--",
              *argv]
     workdir = cfg.get("WorkingDir") or "/"
