@@ -24,12 +24,15 @@ from pathlib import Path
 
 import pytest
 
+from ddprofiler import privileges
+
 from helpers import Workload, find_seq, for_pid, format_stacks, kernel_function_names, load, \
     skip_or_fail, total
 
 pytestmark = pytest.mark.bpf
 
-LEAST = ("bpf", "perfmon", "sys_ptrace", "dac_read_search", "syslog")
+# setpriv names of privileges.LEAST_CAPABILITIES, the set the docs and deploy/ grant.
+LEAST = tuple(c.removeprefix("CAP_").lower() for c in privileges.LEAST_CAPABILITIES)
 CHAIN = ["leaf", "middle", "outer", "main"]
 NO_ACCESS = "[unwind failed: no access to the file]"
 # The packages `python -m ddprofiler record` imports, by import name.
