@@ -13,10 +13,14 @@
 # 3. buildah build --isolation chroot (no daemon; podman's run would need setrlimit, which
 #    this sandbox refuses).
 # 4. The test, against `buildah mount` of a working container of the image.
-# Root only (buildah's store, mounts, chroot). Env: PYTHON (pytest's), IMAGE (the tag).
+# Root only (buildah's store, mounts, chroot). Env: PYTHON (with pytest), IMAGE (the tag).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python3}
+# The interpreter `make install` installed into (pytest, pip): the Makefile's .venv when it
+# made one (Debian's python3 is externally managed), else python3.
+if [ -z "${PYTHON:-}" ]; then
+  if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
+fi
 IMAGE=${IMAGE:-localhost/ddprofiler:dev}
 BASE=docker.io/library/debian:bookworm-slim
 arch=$(uname -m)

@@ -246,7 +246,22 @@ impl Registry {
                 return None;
             }
         };
-        let lines = parse_maps(&text);
+        Some(self.from_maps(pid, map_gen, &text))
+    }
+
+    /// Loads `pid` from a maps text read elsewhere: a process whose own view of its maps
+    /// differs from /proc/PID/maps (a program run under qemu-user, whose emulated
+    /// /proc/self/maps is the guest's), for tests that unwind such a snapshot. Its files
+    /// are opened as for any process (`/proc/PID/map_files`, `/proc/PID/root`): it must be
+    /// alive. Replaces what the registry held for `pid`.
+    pub fn insert_from_maps(&mut self, pid: u32, maps: &str) -> &Process {
+        let p = self.from_maps(pid, 0, maps);
+        self.procs.insert(pid, p);
+        &self.procs[&pid]
+    }
+
+    fn from_maps(&mut self, pid: u32, map_gen: u32, text: &str) -> Process {
+        let lines = parse_maps(text);
         let mut mappings = Vec::new();
         for (i, l) in lines.iter().enumerate().filter(|(_, l)| l.exec) {
             if l.inode == 0 && l.path.is_empty() {
@@ -292,7 +307,7 @@ impl Registry {
         let runs_go = mappings.iter().any(|m| m.file.as_ref().is_some_and(|f| f.symbols.has_gopclntab));
         let generation = self.next_generation;
         self.next_generation += 1;
-        Some(Process { pid, info, mappings, generation, map_gen, runs_go, exe_inode: exe_inode(pid), refreshed: Instant::now() })
+        Process { pid, info, mappings, generation, map_gen, runs_go, exe_inode: exe_inode(pid), refreshed: Instant::now() }
     }
 }
 
