@@ -70,6 +70,8 @@ cp "$wheel" "$work/ctx/dist/"
 echo "image: $IMAGE from $(basename "$wheel")"
 buildah build --quiet --isolation chroot --pull=never --layers=false -t "$IMAGE" "$work/ctx" >/dev/null
 
+# The image this tag named before is dangling now: drop it (the store is this script's).
+buildah rmi --prune >/dev/null 2>&1 || true
 size=$(buildah images --format '{{.Size}}' "$IMAGE" | head -n1)
 echo "image size: $size (base $(buildah images --format '{{.Size}}' "$BASE" | head -n1))"
 

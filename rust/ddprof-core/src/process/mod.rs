@@ -246,7 +246,7 @@ impl Registry {
                 return None;
             }
         };
-        Some(self.from_maps(pid, map_gen, &text))
+        Some(self.load_maps(pid, map_gen, &text))
     }
 
     /// Loads `pid` from a maps text read elsewhere: a process whose own view of its maps
@@ -255,12 +255,12 @@ impl Registry {
     /// are opened as for any process (`/proc/PID/map_files`, `/proc/PID/root`): it must be
     /// alive. Replaces what the registry held for `pid`.
     pub fn insert_from_maps(&mut self, pid: u32, maps: &str) -> &Process {
-        let p = self.from_maps(pid, 0, maps);
+        let p = self.load_maps(pid, 0, maps);
         self.procs.insert(pid, p);
         &self.procs[&pid]
     }
 
-    fn from_maps(&mut self, pid: u32, map_gen: u32, text: &str) -> Process {
+    fn load_maps(&mut self, pid: u32, map_gen: u32, text: &str) -> Process {
         let lines = parse_maps(text);
         let mut mappings = Vec::new();
         for (i, l) in lines.iter().enumerate().filter(|(_, l)| l.exec) {
