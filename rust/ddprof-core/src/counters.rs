@@ -126,7 +126,7 @@ registry! {
     MapsRefreshes = "maps_refreshes", Count, None, "re-reads of /proc/PID/maps after an address outside the known mappings";
     MapsErrors = "maps_errors", Error, None, "/proc/PID/maps that could not be read (other than a process gone)";
     ElfErrors = "elf_errors", Error, None, "mapped files that could not be opened or parsed";
-    FilesDenied = "files_denied", Error, None, "mapped files the profiler may not open (other users' processes without CAP_SYS_PTRACE, unreadable files without CAP_DAC_READ_SEARCH)";
+    FilesDenied = "files_denied", Error, None, "opens of mapped files refused (once per process and file: another user's process without CAP_SYS_PTRACE, an unreadable file without CAP_DAC_READ_SEARCH)";
     FilesCached = "files_cached", Gauge, None, "ELF files held open now";
     // The symbolizer thread.
     SymbolizeFailures = "symbolize_failures", Error, None, "locations the symbolizer could not name";

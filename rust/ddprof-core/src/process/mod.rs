@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::addr::{Avma, Bias, FileOffset, MappedRange};
 use crate::counters::{Counter, Counters};
-use crate::elf::{load_vdso, ElfFile, FileCache, FileKey, Origin};
+use crate::elf::{load_vdso, ElfFile, FileCache, FileKey, OpenFailure, Origin};
 
 pub mod info;
 pub mod maps;
@@ -281,7 +281,7 @@ impl Registry {
             let file = match kind {
                 MapKind::File => {
                     let file = self.open_file(pid, l);
-                    denied = file.is_none() && self.files.denied(&FileKey { dev: l.dev, inode: l.inode });
+                    denied = matches!(file, Err(OpenFailure::Denied));
                     if denied && !self.told_files_denied {
                         self.told_files_denied = true;
                         log::warn!(
@@ -291,7 +291,7 @@ impl Registry {
                             l.path
                         );
                     }
-                    file
+                    file.ok()
                 }
                 MapKind::Vdso => self.vdso.get_or_insert_with(|| load_vdso().map(Arc::new)).clone(),
                 MapKind::Anon => None,
@@ -312,7 +312,7 @@ impl Registry {
 }
 
 impl Registry {
-    fn open_file(&mut self, pid: u32, l: &maps::MapsLine) -> Option<Arc<ElfFile>> {
+    fn open_file(&mut self, pid: u32, l: &maps::MapsLine) -> Result<Arc<ElfFile>, OpenFailure> {
         let key = FileKey { dev: l.dev, inode: l.inode };
         let (range, path) = (l.range, l.path.as_str());
         self.files.get_or_open(key, || Origin::in_process(pid, path), || open_mapped_file(pid, range, path))
@@ -333,7 +333,7 @@ impl Registry {
             if !adjacent || n.inode == 0 || n.path.is_empty() || n.path.starts_with('[') {
                 continue;
             }
-            let file = self.open_file(pid, n)?;
+            let file = self.open_file(pid, n).ok()?;
             let bias = file.bias_for(n.range.start, n.range.offset);
             let start = bias.svma(anon.range.start);
             let end = bias.svma(anon.range.end);
