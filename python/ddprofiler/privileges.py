@@ -116,7 +116,7 @@ def problem(
             + CONTAINER_HINT
         )
     else:
-        message += AMBIENT_HINT
+        message += AMBIENT_HINT + "; in a container, " + CONTAINER_HINT
     if not _has(cap_eff, CAP_PERFMON) and perf_event_paranoid is not None and perf_event_paranoid > 2:
         message += (
             f" (kernel.perf_event_paranoid={perf_event_paranoid} denies perf events to processes"
