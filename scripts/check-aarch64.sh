@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The aarch64 build, checked without arm64 hardware:
+# - clippy on the crate built for aarch64 (its aarch64-only code);
 # - the BPF sampler object built for arm64 (build.rs with __TARGET_ARCH_arm64: the
 #   user_pt_regs layout), checked in its BTF;
 # - the aarch64 unwinder on a real arm64 stack: tests/cases/aarch64-snapshot (C, built with
@@ -35,6 +36,8 @@ pid=$!
 read -r -t 30 line < "$work/ready"
 [ "$line" = ready ] || { echo "the snapshot program did not say ready" >&2; exit 1; }
 
+# The aarch64-only code (arch.rs, this test) is linted only when built for aarch64.
+cargo clippy -q -p ddprof-core --target "$target" --tests -- -D warnings
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L $sysroot"
 DDPROF_AARCH64_SNAPSHOT="$work/snapshot.bin" DDPROF_AARCH64_EXE="$work/snapshot" \
