@@ -44,7 +44,7 @@ DDPROF_AARCH64_SNAPSHOT="$work/snapshot.bin" DDPROF_AARCH64_EXE="$work/snapshot"
   cargo test -q -p ddprof-core --target "$target" --test aarch64_snapshot -- --nocapture
 
 # The BPF object that build went with: arm64's register layout.
-obj=$(ls -t target/$target/debug/build/ddprof-core-*/out/sampler.bpf.o | head -n1)
+obj=$(ls -t "${CARGO_TARGET_DIR:-target}/$target"/debug/build/ddprof-core-*/out/sampler.bpf.o | head -n1)
 btf=$(bpftool btf dump file "$obj")
 echo "$btf" | grep -q "STRUCT 'user_pt_regs'" \
   || { echo "$obj: no user_pt_regs in its BTF: not built for arm64" >&2; exit 1; }
