@@ -44,7 +44,7 @@ if ! buildah inspect --type image "$BASE" >/dev/null 2>&1; then
     --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
     --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
     --dpkgopt='path-exclude=/usr/share/info/*' \
-    bookworm "$work/base.tar"
+    bookworm "$work/base.tar" > "$work/mmdebstrap.log" 2>&1 || { cat "$work/mmdebstrap.log" >&2; exit 1; }
   base=$(buildah from scratch)
   buildah add "$base" "$work/base.tar" / >/dev/null
   buildah config --cmd '["bash"]' "$base"

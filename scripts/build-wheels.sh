@@ -38,7 +38,8 @@ for arch in "${arches[@]}"; do
     apt-get install -y -qq linux-libc-dev-arm64-cross >/dev/null
   fi
   rm -f dist/ddprofiler-*-manylinux*_"$arch".whl
-  maturin build --release --quiet --zig --compatibility manylinux2014 --target "$target" --out dist >/dev/null
+  maturin build --release --quiet --zig --compatibility manylinux2014 --target "$target" --out dist \
+    > "$tools/build.log" 2>&1 || { cat "$tools/build.log" >&2; exit 1; }
   wheel=$(ls dist/ddprofiler-*-cp39-abi3-manylinux*_"$arch".whl)
   show=$(auditwheel show "$wheel" | tr '\n' ' ')
   echo "$show" | grep -q "consistent with the following platform tag: \"manylinux_2_17_$arch\"" \
