@@ -1,8 +1,9 @@
 """The container image (issue 11), run the way a container runtime runs it, without one:
 its root file system (`buildah mount`, from scripts/build-image.sh, which sets
 DDPROF_IMAGE_ROOTFS and DDPROF_IMAGE_CONFIG, the image's OCI config) entered with chroot in
-a mount namespace of its own, with the host's /proc, /sys and /sys/fs/bpf (hostPID: the
-host's processes), as the image's user, its entrypoint and environment, and a bounding set
+a mount namespace of its own, read-only with tmpfs or host directories where the manifests
+mount volumes, with the host's /proc, /sys and /sys/fs/bpf (hostPID: the host's
+processes), as the image's user, its entrypoint and environment, and a bounding set
 of exactly the capabilities the manifests add: no ambient ones, as Docker and Kubernetes
 start a non-root user. It profiles a host process with full stacks.
 
@@ -40,9 +41,11 @@ def _config() -> dict:
 
 
 def run_in_image(args: list[str], caps: tuple[str, ...] = GRANTED, entrypoint: bool = True,
-                 timeout: float = 120) -> subprocess.CompletedProcess:
+                 volume: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     """`args` after the image's entrypoint (or alone), in the image's root, as its user,
-    with its environment and `caps` as the bounding set (the runtime's grant)."""
+    with its environment and `caps` as the bounding set (the runtime's grant). As the
+    manifests run it: the root file system read-only, /tmp a tmpfs, and /var/lib/ddprofiler
+    the host directory `volume` (an emptyDir there) or a tmpfs."""
     cfg = _config()
     user, _, group = (cfg.get("User") or "root").partition(":")
     env = dict(e.split("=", 1) for e in cfg.get("Env", []))
@@ -53,10 +56,16 @@ def run_in_image(args: list[str], caps: tuple[str, ...] = GRANTED, entrypoint: b
              "--inh-caps=-all", f"--bounding-set={bounding}", "--",
              *argv]
     workdir = cfg.get("WorkingDir") or "/"
+    state = f'mount --bind {shlex.quote(str(volume))} "$r/var/lib/ddprofiler"; ' if volume else \
+        'mount -t tmpfs -o mode=1777 tmpfs "$r/var/lib/ddprofiler"; '
     script = (
         f"set -e; r={shlex.quote(ROOTFS or '')}; "
+        'mount --bind "$r" "$r"; '
         'mount --rbind /proc "$r/proc"; mount --rbind /sys "$r/sys"; '
         'mountpoint -q "$r/sys/fs/bpf" || mount --bind /sys/fs/bpf "$r/sys/fs/bpf"; '
+        'mount -t tmpfs -o mode=1777 tmpfs "$r/tmp"; '
+        + state +
+        'mount -o remount,bind,ro "$r"; '
         f"exec chroot \"$r\" /bin/sh -c {shlex.quote('cd ' + shlex.quote(workdir) + ' && exec ' + shlex.join(inner))}"
     )
     return subprocess.run(["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script],
@@ -82,13 +91,22 @@ def test_image_runs_as_non_root_user():
     assert int(eff.split()[1], 16) == 0 and int(amb.split()[1], 16) == 0  # a shell gets none
 
 
-def test_image_profiles_a_host_process_with_full_stacks(workloads):
+def test_image_root_is_read_only_as_the_manifests_mount_it():
+    res = run_in_image(["/bin/sh", "-c", "touch /opt/x 2>&1; touch /var/lib/ddprofiler/x /tmp/x && echo ok"],
+                       entrypoint=False)
+    assert "Read-only file system" in res.stdout and res.stdout.strip().endswith("ok"), res.stdout + res.stderr
+
+
+def test_image_profiles_a_host_process_with_full_stacks(workloads, tmp_path):
+    volume = tmp_path / "state"
+    volume.mkdir()
+    volume.chmod(0o777)
     with Workload([workloads["chain"], "60"]) as chain:
         res = run_in_image(["record", "--pid", str(chain.pid), "--duration", "3",
-                            "-o", "/var/lib/ddprofiler/host.pprof"])
+                            "-o", "/var/lib/ddprofiler/host.pprof"], volume=volume)
     assert res.returncode == 0, res.stderr
     assert "missing CAP_" not in res.stderr, res.stderr
-    out = Path(ROOTFS or "") / "var/lib/ddprofiler/host.pprof"
+    out = volume / "host.pprof"
     _, stacks = load(out)
     mine = for_pid(stacks, chain.pid)
     full = sum(s.count for s in mine if find_seq(s.frames, CHAIN_FRAMES) >= 0)
