@@ -242,6 +242,7 @@ FAKE_MAIN = textwrap.dedent(
         privileges.problem = lambda **kw: "missing CAP_BPF and CAP_PERFMON (fake)"
     else:
         privileges.problem = lambda **kw: None
+    privileges.shortfalls = lambda **kw: []
 
     from ddprofiler.cli import main
     main(prog_name="ddprofiler")
@@ -410,7 +411,8 @@ def test_missing_perfmon_only():
     message = privileges.problem(cap_eff=BPF, cap_last_cap=40, perf_event_paranoid=2, euid=1000)
     assert message.startswith("missing CAP_PERFMON (or CAP_SYS_ADMIN)")
     assert "CAP_BPF and" not in message
-    assert "sudo" in message and privileges.setcap_command() in message
+    assert "sudo" in message and "--ambient-caps=+bpf,+perfmon" in message
+    assert "setcap" not in message  # never a capability on a shared interpreter
     assert "perf_event_paranoid" not in message
     assert "\n" not in message
 
@@ -419,15 +421,57 @@ def test_missing_both_with_locked_down_paranoid():
     message = privileges.problem(cap_eff=0, cap_last_cap=40, perf_event_paranoid=4, euid=1000)
     assert message.startswith("missing CAP_BPF and CAP_PERFMON")
     assert "kernel.perf_event_paranoid=4" in message
-    real = os.path.realpath(sys.executable)
-    assert f"sudo setcap cap_bpf,cap_perfmon,cap_sys_ptrace,cap_sys_resource+ep {real}" in message
+    assert "AmbientCapabilities=" in message and "setcap" not in message
     assert "\n" not in message
 
 
 def test_root_without_capabilities_is_a_container():
     message = privileges.problem(cap_eff=PERFMON, cap_last_cap=40, perf_event_paranoid=2, euid=0)
     assert message.startswith("missing CAP_BPF (or CAP_SYS_ADMIN)")
-    assert "--cap-add BPF" in message
+    assert "--cap-add BPF" in message and "--cap-add SYS_PTRACE" in message
+    assert "privileged container" in message and "setcap" not in message
+
+
+PTRACE, DAC, SYSLOG, RESOURCE = 1 << 19, 1 << 2, 1 << 34, 1 << 24
+LEAST = BPF | PERFMON | PTRACE | DAC | SYSLOG
+HOST = dict(kptr_restrict=0, perf_event_paranoid=2, kernel=(6, 1), memlock_hard=8 << 20)
+
+
+def test_least_set_has_no_shortfall():
+    assert privileges.shortfalls(cap_eff=LEAST, **HOST) == []
+    assert privileges.shortfalls(cap_eff=(1 << 41) - 1, **HOST) == []
+
+
+@pytest.mark.parametrize("name, bit, cost", [
+    ("CAP_SYS_PTRACE", PTRACE, "other users' processes"),
+    ("CAP_DAC_READ_SEARCH", DAC, "may not read"),
+    ("CAP_SYSLOG", SYSLOG, "kernel frames stay unsymbolized"),
+])
+def test_each_missing_capability_is_named_with_its_cost(name, bit, cost):
+    lines = privileges.shortfalls(cap_eff=LEAST & ~bit, **HOST)
+    assert len(lines) == 1 and lines[0].startswith(f"missing {name}: ") and cost in lines[0]
+    assert "\n" not in lines[0]
+
+
+def test_syslog_not_needed_when_the_kernel_shows_addresses_to_all():
+    # kallsyms shows addresses to everyone with kptr_restrict=0 and perf_event_paranoid <= 1.
+    open_host = {**HOST, "perf_event_paranoid": 1}
+    assert privileges.shortfalls(cap_eff=LEAST & ~SYSLOG, **open_host) == []
+    assert "kptr_restrict=2" in privileges.shortfalls(cap_eff=LEAST, **{**HOST, "kptr_restrict": 2})[0]
+
+
+def test_sys_resource_only_below_5_11_with_a_low_memlock_limit():
+    assert privileges.shortfalls(cap_eff=LEAST, **{**HOST, "kernel": (5, 11)}) == []
+    old = {**HOST, "kernel": (5, 10)}
+    (line,) = privileges.shortfalls(cap_eff=LEAST, **old)
+    assert line.startswith("missing CAP_SYS_RESOURCE: Linux 5.10") and "8192 KiB" in line
+    assert privileges.shortfalls(cap_eff=LEAST | RESOURCE, **old) == []
+
+
+def test_shortfall_hint_never_suggests_setcap():
+    assert "setcap" not in privileges.shortfall_hint(euid=1000)
+    assert "AmbientCapabilities=" in privileges.shortfall_hint(euid=1000)
+    assert "--cap-add SYS_PTRACE" in privileges.shortfall_hint(euid=0)
 
 
 def test_old_kernel_needs_sys_admin():

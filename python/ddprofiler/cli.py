@@ -282,9 +282,16 @@ def _check_can_profile() -> None:
         load_native()
     except errors.NativeExtensionError as e:
         raise Failure(str(e)) from e
+    privileges.raise_effective()  # the image's interpreter holds them as +p file capabilities
     problem = privileges.problem()
     if problem:
         raise Failure(problem)
+    # Enough to start, maybe not to see everything: each capability missing, and its cost.
+    shortfalls = privileges.shortfalls()
+    for line in shortfalls:
+        log.warning("%s", line)
+    if shortfalls:
+        log.warning("%s", privileges.shortfall_hint())
 
 
 def _start_failure(e: BaseException) -> Failure:

@@ -38,7 +38,7 @@ class PrivilegeError(ProfilerError, PermissionError):
     """The process lacks a privilege that sampling needs (``CAP_BPF``, ``CAP_PERFMON``,
     ``CAP_SYS_ADMIN`` on old kernels, a ``perf_event_paranoid`` level...). Raised by
     ``Profiler.start``; the message names what is missing and how to get it (run as
-    root, ``setcap``, ``--cap-add`` in a container)."""
+    root, ambient capabilities of a dedicated user, ``--cap-add`` in a container)."""
 
 
 class BpfUnavailableError(ProfilerError, RuntimeError):

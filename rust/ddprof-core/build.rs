@@ -57,10 +57,14 @@ fn main() {
         Ok(other) => panic!("unsupported target arch for the BPF sampler: {other}"),
         Err(_) => "x86",
     };
+    // The kernel's uapi headers (asm/*) of the target: the native multiarch directory, else
+    // Debian's cross headers (linux-libc-dev-arm64-cross, which gcc-aarch64-linux-gnu
+    // brings) when building for arm64 on another machine.
     let multiarch = match arch {
-        "x86" => "/usr/include/x86_64-linux-gnu",
-        _ => "/usr/include/aarch64-linux-gnu",
+        "x86" => ["/usr/include/x86_64-linux-gnu", "/usr/x86_64-linux-gnu/include"],
+        _ => ["/usr/include/aarch64-linux-gnu", "/usr/aarch64-linux-gnu/include"],
     };
+    let multiarch = multiarch.iter().find(|d| Path::new(d).join("asm").is_dir()).unwrap_or(&multiarch[0]);
     let clang = find_clang();
     let status = Command::new(&clang)
         .args(["-O2", "-g", "-target", "bpf", "-Wall", "-Werror"])

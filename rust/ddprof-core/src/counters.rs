@@ -101,6 +101,7 @@ registry! {
     UnwindTooDeep = "unwind_too_deep", Count, None, "stacks deeper than the depth cap: both ends kept, the middle behind one [elided frames] marker";
     UnwindNoUnwindInfo = "unwind_no_unwind_info", UnwindFailure, None, "walks that reached code with neither CFI nor a frame the heuristics could trust";
     UnwindUnknownAddress = "unwind_unknown_address", UnwindFailure, None, "walks that reached an address in no mapping (a bad return address, or code gone)";
+    UnwindNoAccess = "unwind_no_access", UnwindFailure, None, "walks that reached code in a file the profiler may not open (missing CAP_SYS_PTRACE or CAP_DAC_READ_SEARCH; see files_denied)";
     UnwindLostRegister = "unwind_lost_register", UnwindFailure, None, "walks whose CFI needed a register the callee did not preserve";
     UnwindBadCfi = "unwind_bad_cfi", UnwindFailure, None, "walks stopped by CFI that could not be parsed or evaluated";
     UnwindNoEntryPoint = "unwind_no_entry_point", UnwindFailure, None, "walks that ended (null return address, end-of-stack CFI) outside a known entry point";
@@ -127,6 +128,7 @@ registry! {
     MapsRefreshes = "maps_refreshes", Count, None, "re-reads of /proc/PID/maps after an address outside the known mappings";
     MapsErrors = "maps_errors", Error, None, "/proc/PID/maps that could not be read (other than a process gone)";
     ElfErrors = "elf_errors", Error, None, "mapped files that could not be opened or parsed";
+    FilesDenied = "files_denied", Error, None, "opens of mapped files refused (once per process and file: another user's process without CAP_SYS_PTRACE, an unreadable file without CAP_DAC_READ_SEARCH)";
     FilesCached = "files_cached", Gauge, None, "ELF files held open now";
     // The symbolizer thread.
     SymbolizeFailures = "symbolize_failures", Error, None, "locations the symbolizer could not name";

@@ -33,7 +33,7 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 pub const PERMISSION_HINT: &str = "ddprofiler needs root, or the capabilities CAP_BPF and \
-CAP_PERFMON (and CAP_SYS_PTRACE to read other users' processes): run it with sudo";
+CAP_PERFMON (and CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH and CAP_SYSLOG to see other users' processes and the kernel whole): run it with sudo";
 
 /// Classifies an OS error met while loading or attaching BPF.
 pub fn from_os(context: &str, err: &io::Error) -> Error {

@@ -546,12 +546,24 @@ pub fn bias_for(segments: &[LoadSegment], start: Avma, offset: FileOffset) -> Bi
     }
 }
 
+/// Why a mapped file is not available.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenFailure {
+    /// The open was refused for lack of permission (through this process; another may do).
+    Denied,
+    /// The file could not be opened or parsed (remembered).
+    Failed,
+}
+
 /// Parsed files by identity, bounded in count. Failures are remembered too, so a corrupt or
-/// unreadable file costs one attempt, not one per sample.
+/// unreadable file costs one attempt, not one per sample; except a permission refused: that
+/// depends on the process the file was opened through (another user's, without
+/// CAP_SYS_PTRACE), and the same file (a shared libc) may open through the next one.
 pub struct FileCache {
     files: HashMap<FileKey, Result<Arc<ElfFile>, ()>>,
     limit: usize,
-    /// Counts files that could not be opened or parsed (`elf_errors`).
+    /// Counts files that could not be opened or parsed (`elf_errors`), and refused opens
+    /// (`files_denied`).
     counters: Arc<Counters>,
 }
 
@@ -566,9 +578,9 @@ impl FileCache {
         key: FileKey,
         origin: impl FnOnce() -> Origin,
         open: impl FnOnce() -> Result<File, std::io::Error>,
-    ) -> Option<Arc<ElfFile>> {
+    ) -> Result<Arc<ElfFile>, OpenFailure> {
         if let Some(r) = self.files.get(&key) {
-            return r.as_ref().ok().cloned();
+            return r.as_ref().cloned().map_err(|_| OpenFailure::Failed);
         }
         if self.files.len() >= self.limit {
             // Drop what no live process holds any more; if that frees nothing, start over.
@@ -579,6 +591,11 @@ impl FileCache {
         }
         let entry = match open().map_err(ElfError::Open).and_then(|f| ElfFile::open(f, key, origin())) {
             Ok(f) => Ok(Arc::new(f)),
+            Err(ElfError::Open(e)) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                self.counters.incr(Counter::FilesDenied);
+                log::debug!("file {key:?}: {e}");
+                return Err(OpenFailure::Denied);
+            }
             Err(e) => {
                 self.counters.incr(Counter::ElfErrors);
                 log::debug!("file {key:?}: {e}");
@@ -586,7 +603,7 @@ impl FileCache {
             }
         };
         self.files.insert(key, entry.clone());
-        entry.ok()
+        entry.map_err(|_| OpenFailure::Failed)
     }
 
     pub fn len(&self) -> usize {
@@ -601,6 +618,26 @@ impl FileCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_open_is_not_remembered_but_a_failed_one_is() {
+        // Through another user's process the open is refused; through the next process
+        // the same file (a shared libc) opens: the refusal must not stick to the file.
+        let counters: Arc<Counters> = Arc::default();
+        let mut cache = FileCache::new(16, counters.clone());
+        let exe = std::fs::canonicalize("/proc/self/exe").expect("own executable");
+        let meta = std::fs::metadata(&exe).expect("metadata");
+        let key = FileKey { dev: meta.dev(), inode: meta.ino() };
+        let origin = || Origin::in_process(std::process::id(), exe.to_str().unwrap_or_default());
+        let denied = || Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied));
+        assert_eq!(cache.get_or_open(key, origin, denied).err(), Some(OpenFailure::Denied));
+        assert!(cache.get_or_open(key, origin, || File::open(&exe)).is_ok());
+        let other = FileKey { dev: key.dev, inode: key.inode.wrapping_add(1) };
+        let missing = || Err(std::io::Error::from(std::io::ErrorKind::NotFound));
+        assert_eq!(cache.get_or_open(other, origin, missing).err(), Some(OpenFailure::Failed));
+        assert_eq!(cache.get_or_open(other, origin, || File::open(&exe)).err(), Some(OpenFailure::Failed));
+        assert_eq!((counters.get(Counter::FilesDenied), counters.get(Counter::ElfErrors)), (1, 1));
+    }
 
     fn seg(file_offset: u64, vaddr: u64, file_size: u64) -> LoadSegment {
         LoadSegment { file_offset: FileOffset(file_offset), file_size, svma: Svma(vaddr) }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::addr::{Avma, Bias, FileOffset, MappedRange};
 use crate::counters::{Counter, Counters};
-use crate::elf::{load_vdso, ElfFile, FileCache, FileKey, Origin};
+use crate::elf::{load_vdso, ElfFile, FileCache, FileKey, OpenFailure, Origin};
 
 pub mod info;
 pub mod maps;
@@ -45,6 +45,9 @@ pub struct Mapping {
     pub file: Option<Arc<ElfFile>>,
     /// AVMA - SVMA for this mapping (AVMA - file offset when there is no file).
     pub bias: Bias,
+    /// A file mapping whose file the profiler was not allowed to open (`file` is None): its
+    /// code cannot be unwound for lack of a capability, not for lack of unwind information.
+    pub denied: bool,
 }
 
 impl Mapping {
@@ -102,6 +105,8 @@ pub struct Registry {
     last_sweep: Instant,
     /// The missing CAP_SYS_PTRACE was logged.
     told_ptrace: bool,
+    /// A mapped file refused for lack of permission was logged.
+    told_files_denied: bool,
     last_load_denied: bool,
 }
 
@@ -116,6 +121,7 @@ impl Registry {
             next_generation: 1,
             last_sweep: Instant::now(),
             told_ptrace: false,
+            told_files_denied: false,
             last_load_denied: false,
         }
     }
@@ -240,7 +246,22 @@ impl Registry {
                 return None;
             }
         };
-        let lines = parse_maps(&text);
+        Some(self.load_maps(pid, map_gen, &text))
+    }
+
+    /// Loads `pid` from a maps text read elsewhere: a process whose own view of its maps
+    /// differs from /proc/PID/maps (a program run under qemu-user, whose emulated
+    /// /proc/self/maps is the guest's), for tests that unwind such a snapshot. Its files
+    /// are opened as for any process (`/proc/PID/map_files`, `/proc/PID/root`): it must be
+    /// alive. Replaces what the registry held for `pid`.
+    pub fn insert_from_maps(&mut self, pid: u32, maps: &str) -> &Process {
+        let p = self.load_maps(pid, 0, maps);
+        self.procs.insert(pid, p);
+        &self.procs[&pid]
+    }
+
+    fn load_maps(&mut self, pid: u32, map_gen: u32, text: &str) -> Process {
+        let lines = parse_maps(text);
         let mut mappings = Vec::new();
         for (i, l) in lines.iter().enumerate().filter(|(_, l)| l.exec) {
             if l.inode == 0 && l.path.is_empty() {
@@ -256,8 +277,22 @@ impl Registry {
             } else {
                 MapKind::File
             };
+            let mut denied = false;
             let file = match kind {
-                MapKind::File => self.open_file(pid, l),
+                MapKind::File => {
+                    let file = self.open_file(pid, l);
+                    denied = matches!(file, Err(OpenFailure::Denied));
+                    if denied && !self.told_files_denied {
+                        self.told_files_denied = true;
+                        log::warn!(
+                            "cannot open {} of pid {pid} (permission denied): the code of other users' processes \
+                             needs CAP_SYS_PTRACE, and files this user may not read need CAP_DAC_READ_SEARCH (or root); \
+                             their stacks stop at the first such frame, marked and counted in unwind_no_access",
+                            l.path
+                        );
+                    }
+                    file.ok()
+                }
                 MapKind::Vdso => self.vdso.get_or_insert_with(|| load_vdso().map(Arc::new)).clone(),
                 MapKind::Anon => None,
             };
@@ -265,19 +300,19 @@ impl Registry {
                 Some(f) => f.bias_for(l.range.start, l.range.offset),
                 None => Bias(l.range.start.0.wrapping_sub(l.range.offset.0)),
             };
-            mappings.push(Mapping { range: l.range, path: l.path.clone(), kind, file, bias });
+            mappings.push(Mapping { range: l.range, path: l.path.clone(), kind, file, bias, denied });
         }
         mappings.sort_by_key(|m| m.range.start);
         let info = Arc::new(ProcessInfo::read(pid, &read_comm(pid)));
         let runs_go = mappings.iter().any(|m| m.file.as_ref().is_some_and(|f| f.symbols.has_gopclntab));
         let generation = self.next_generation;
         self.next_generation += 1;
-        Some(Process { pid, info, mappings, generation, map_gen, runs_go, exe_inode: exe_inode(pid), refreshed: Instant::now() })
+        Process { pid, info, mappings, generation, map_gen, runs_go, exe_inode: exe_inode(pid), refreshed: Instant::now() }
     }
 }
 
 impl Registry {
-    fn open_file(&mut self, pid: u32, l: &maps::MapsLine) -> Option<Arc<ElfFile>> {
+    fn open_file(&mut self, pid: u32, l: &maps::MapsLine) -> Result<Arc<ElfFile>, OpenFailure> {
         let key = FileKey { dev: l.dev, inode: l.inode };
         let (range, path) = (l.range, l.path.as_str());
         self.files.get_or_open(key, || Origin::in_process(pid, path), || open_mapped_file(pid, range, path))
@@ -298,7 +333,7 @@ impl Registry {
             if !adjacent || n.inode == 0 || n.path.is_empty() || n.path.starts_with('[') {
                 continue;
             }
-            let file = self.open_file(pid, n)?;
+            let file = self.open_file(pid, n).ok()?;
             let bias = file.bias_for(n.range.start, n.range.offset);
             let start = bias.svma(anon.range.start);
             let end = bias.svma(anon.range.end);
@@ -310,7 +345,7 @@ impl Registry {
             let offset = FileOffset(seg.file_offset.0.wrapping_add(start.0.wrapping_sub(seg.svma.0)));
             let range = MappedRange { start: anon.range.start, end: anon.range.end, offset };
             log::debug!("pid {pid}: anonymous code at {:?} is {}'s (remapped)", anon.range.start, n.path);
-            return Some(Mapping { range, path: n.path.clone(), kind: MapKind::File, file: Some(file), bias });
+            return Some(Mapping { range, path: n.path.clone(), kind: MapKind::File, file: Some(file), bias, denied: false });
         }
         None
     }

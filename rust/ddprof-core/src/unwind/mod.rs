@@ -66,6 +66,8 @@ pub enum Outcome {
     NoUnwindInfo,
     /// A return address in no mapping.
     UnknownAddress,
+    /// Code in a file the profiler was not allowed to open (a missing capability).
+    NoAccess,
     /// The CFI needed a register the callee did not preserve.
     LostRegister,
     /// The CFI could not be parsed or evaluated.
@@ -86,6 +88,7 @@ impl Outcome {
             Outcome::Stuck => Counter::UnwindStuck,
             Outcome::NoUnwindInfo => Counter::UnwindNoUnwindInfo,
             Outcome::UnknownAddress => Counter::UnwindUnknownAddress,
+            Outcome::NoAccess => Counter::UnwindNoAccess,
             Outcome::LostRegister => Counter::UnwindLostRegister,
             Outcome::BadCfi => Counter::UnwindBadCfi,
             Outcome::NoEntryPoint => Counter::UnwindNoEntryPoint,
@@ -102,6 +105,7 @@ impl Outcome {
             Outcome::Stuck => "[unwind failed: stuck]",
             Outcome::NoUnwindInfo => "[unwind failed: no unwind info]",
             Outcome::UnknownAddress => "[unwind failed: unknown address]",
+            Outcome::NoAccess => "[unwind failed: no access to the file]",
             Outcome::LostRegister => "[unwind failed: register not saved]",
             Outcome::BadCfi => "[unwind failed: bad CFI]",
             Outcome::NoEntryPoint => "[unwind failed: no entry point]",
@@ -304,6 +308,7 @@ impl StackUnwinder {
             let mapping = process.mapping(addr);
             let next = match mapping {
                 Some(m) if m.file.is_some() => self.file_frame(process, m, addr, &r, first, &mut read),
+                Some(m) if m.denied => break Outcome::NoAccess,
                 Some(_) => match known_code(addr, first) {
                     Some(rule) => apply_known_rule(&rule, &r, &mut read),
                     None => frame_pointer_step(&r, &mut read),
