@@ -136,3 +136,43 @@ def test_real_profile_of_the_chain(otlp, workloads):
     mapping_attrs = {d.string_table[d.attribute_table[i].key_strindex] for m in d.mapping_table[1:]
                      for i in m.attribute_indices}
     assert "process.executable.build_id.gnu" in mapping_attrs
+
+
+@pytest.mark.bpf
+def test_run_exports_otlp_to_a_collector(otlp, workloads, tmp_path):
+    """`ddprofiler run --exporter otlp`: the continuous profiler's requests, decoded."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from helpers import Workload
+
+    with FakeAgent() as receiver, Workload([workloads["chain"], 60]) as w:
+        env = {**os.environ, "DD_SERVICE": "ignored-by-the-profiler"}
+        proc = subprocess.Popen([sys.executable, "-m", "ddprofiler", "run", "--exporter", "otlp",
+                                 "--otlp-endpoint", receiver.url, "--otlp-headers", "x-token=s3cret",
+                                 "--upload-period", "2", "-r", "99", "--status-file", "off"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            receiver.wait_requests(1, timeout=60)
+            time.sleep(0.5)
+        finally:
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "s3cret" not in err
+    assert f"sending OTLP profiles to {receiver.url}/v1development/profiles" in err
+    req, names, attrs = decode(otlp, receiver.requests[0].body)
+    assert receiver.requests[0].headers["x-token"] == "s3cret"
+    services = set()
+    chain = 0
+    for rp in req.resource_profiles:
+        res = {kv.key: attr_value(kv.value) for kv in rp.resource.attributes}
+        services.add(res["service.name"])
+        for p in rp.scope_profiles[0].profiles:
+            for s in p.samples:
+                if attrs(s.attribute_indices).get("process.pid") == w.pid:
+                    assert names(s.stack_index)[-1] in ("_start", "main", "__libc_start_call_main")
+                    chain += s.values[0]
+    assert "chain" in services and chain > 0

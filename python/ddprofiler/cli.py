@@ -101,7 +101,9 @@ def _setting_options(f: F) -> F:
             f = click.option(spec.flag, spec.name, multiple=True, metavar="VALUE",
                              help=help_text + " Repeatable: each adds.")(f)
         else:
-            f = click.option(spec.flag, spec.name, default=None, metavar="VALUE", help=help_text)(f)
+            # The names py-spy and perf users guess, beside the settings' own (record's too).
+            aliases = {"sampling_rate": ("-r", "--rate")}.get(spec.name, ())
+            f = click.option(*aliases, spec.flag, spec.name, default=None, metavar="VALUE", help=help_text)(f)
     return f
 
 

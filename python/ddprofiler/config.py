@@ -77,15 +77,21 @@ class Settings:
     output_max_bytes: int = 1 << 30
     log_level: str = "info"
     dogstatsd_url: Optional[str] = None
+    exporter: str = "datadog"
+    otlp_endpoint: str = "http://localhost:4318"
+    otlp_headers: Optional[str] = dataclasses.field(default=None, repr=False)
     # Not settings of their own: `version:` of the tags (fallback of the processes' own
     # DD_VERSION), and reserved tags that had to be left out, for the start-up log.
     version: Optional[str] = None
     unused_tags: Tuple[str, ...] = ()
 
     def __repr__(self) -> str:  # the key never shows, whatever prints a Settings
-        fields = (f"{f.name}={mask(getattr(self, f.name)) if f.name in ('api_key', 'app_key') else getattr(self, f.name)!r}"
+        fields = (f"{f.name}={mask(getattr(self, f.name)) if f.name in _SECRETS else getattr(self, f.name)!r}"
                   for f in dataclasses.fields(self))
         return f"Settings({', '.join(fields)})"
+
+
+_SECRETS = ("api_key", "app_key", "otlp_headers")
 
 
 def mask(secret: Optional[str]) -> str:
@@ -231,6 +237,23 @@ def _dogstatsd_url(text: str) -> str:
     return text.strip()
 
 
+EXPORTERS = ("datadog", "otlp")
+
+
+def _exporter(text: str) -> str:
+    name = text.strip().lower()
+    if name not in EXPORTERS:
+        raise ValueError(f"'{text}' is not one of {', '.join(EXPORTERS)}")
+    return name
+
+
+def _otlp_headers(text: str) -> str:
+    from ddprofiler.exporters.otlp import parse_headers
+
+    parse_headers(text)  # its errors never hold a value
+    return text.strip()
+
+
 def _port(text: str) -> int:
     try:
         port = int(text.strip())
@@ -312,6 +335,17 @@ SPECS: Tuple[Spec, ...] = (
     Spec("dogstatsd_url", "--dogstatsd-url", ("DD_HOST_PROFILING_DOGSTATSD_URL", "DD_DOGSTATSD_URL"),
          _dogstatsd_url, "Send the period's figures as metrics to DogStatsD: udp://host:8125 or "
          "unix:///path/dsd.socket. Default: off."),
+    Spec("exporter", "--exporter", ("DD_HOST_PROFILING_EXPORTER",), _exporter,
+         "Where profiles go: datadog (the Agent, or the intake with --agentless) or otlp (OTLP/HTTP "
+         "profiles, to --otlp-endpoint). --output-dir writes files instead of either."),
+    Spec("otlp_endpoint", "--otlp-endpoint",
+         ("DD_HOST_PROFILING_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+         _http_url, "With --exporter otlp: the collector's OTLP/HTTP base URL (/v1development/profiles "
+         "is added)."),
+    Spec("otlp_headers", "--otlp-headers",
+         ("DD_HOST_PROFILING_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_PROFILES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS"),
+         _otlp_headers, "With --exporter otlp: extra headers, key=value,key2=value2 (never logged).",
+         secret=True),
 )
 SPEC_BY_NAME: Dict[str, Spec] = {s.name: s for s in SPECS}
 

@@ -27,6 +27,11 @@ PATH = "/v1development/profiles"
 CONTENT_TYPE = "application/x-protobuf"
 
 
+def profiles_url(endpoint: str) -> str:
+    """Where requests go: ``endpoint`` + ``/v1development/profiles``, unless it has it."""
+    return endpoint if endpoint.rstrip("/").endswith(PATH) else endpoint.rstrip("/") + PATH
+
+
 def parse_headers(text: Optional[str]) -> Dict[str, str]:
     """``k=v,k2=v2`` (OTEL_EXPORTER_OTLP_HEADERS' form) as a dict. Raises ValueError naming
     the entry (never its value) that has no ``=``."""
@@ -50,7 +55,7 @@ class OtlpExporter:
                  backoff_max: float = 30.0) -> None:
         if not endpoint.startswith(("http://", "https://")):
             raise ValueError(f"the OTLP endpoint must be an http:// or https:// URL, not {endpoint!r}")
-        url = endpoint if endpoint.rstrip("/").endswith(PATH) else endpoint.rstrip("/") + PATH
+        url = profiles_url(endpoint)
         self._sender = HttpSender(url, connect_timeout=connect_timeout, request_timeout=request_timeout)
         self._headers = {"Content-Type": CONTENT_TYPE, **(headers or {})}
         self._uploader = Uploader(self._sender, target=f"OTLP {url}", max_queue_bytes=max_queue_bytes,
