@@ -18,7 +18,7 @@ import pytest
 
 from agent_fixtures import FakeAgent
 from ddprofiler import config
-from ddprofiler.exporters.otlp import OtlpExporter, parse_headers
+from ddprofiler.exporters.otlp import OtlpExporter, parse_headers, profiles_url
 from ddprofiler.runner import Runner
 from test_runner import profile_two_services
 
@@ -67,7 +67,7 @@ def decode(otlp, body):
 
 def export(profile, receiver, **settings):
     s, _ = config.resolve(settings, {"DD_ENV": "prod", "DD_TAGS": "team:core"})
-    exporter = OtlpExporter(receiver.url, headers={"Authorization": "Bearer t0ken"})
+    exporter = OtlpExporter(profiles_url(receiver.url), headers={"Authorization": "Bearer t0ken"})
     Runner(s, profiler=None, exporter=exporter).export(profile)
     exporter.close(10)
     return exporter
@@ -103,6 +103,27 @@ def test_hand_made_two_services(otlp):
     assert names(sample.stack_index) == ["leaf", "main"] and list(sample.values) == [7]
     assert attrs(sample.attribute_indices) == {"process.pid": 4242, "thread.id": 4243, "thread.name": "worker",
                                                "process.executable.name": "app"}
+
+
+def test_endpoint_rules_follow_opentelemetry():
+    def url(**env):
+        return config.resolve({}, env)[0].otlp_endpoint
+
+    assert url() == "http://localhost:4318/v1development/profiles"
+    assert url(OTEL_EXPORTER_OTLP_ENDPOINT="http://c:4318/base") == "http://c:4318/base/v1development/profiles"
+    # A signal-specific endpoint is used as it is.
+    assert url(OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT="http://c:9/custom/profiles") == "http://c:9/custom/profiles"
+    s, _ = config.resolve({"otlp_endpoint": "http://c:4318/v1development/profiles"}, {})
+    assert s.otlp_endpoint == "http://c:4318/v1development/profiles"
+
+
+def test_a_collector_down_is_named_as_such():
+    exporter = OtlpExporter(profiles_url("http://127.0.0.1:9"), max_retries=0)
+    exporter.submit_request(b"x")
+    exporter.close(2)
+    health = exporter.health()
+    assert "is the OTLP collector running" in health.get("reason", ""), health
+    assert "Agent" not in health.get("reason", "")
 
 
 def test_headers_parse_and_bad_ones_never_show_their_value():

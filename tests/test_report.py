@@ -106,3 +106,15 @@ def test_a_file_that_is_no_profile_is_one_line_and_exit_1(tmp_path, content):
         return
     assert done.returncode == 1, done.stderr
     assert "is not a pprof profile" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_diff_refuses_an_output_that_is_not_svg(tmp_path):
+    base, new = tmp_path / "base.pprof", tmp_path / "new.pprof"
+    write_pprof(profile({"parse": 5}), base)
+    write_pprof(profile({"parse": 6}), new)
+    for out in ("d.pprof", "d.txt"):
+        done = report(new, "--diff", base, "-o", tmp_path / out)
+        assert done.returncode == 2 and "--diff draws an SVG flame graph" in done.stderr, done.stderr
+        assert not (tmp_path / out).exists()
+    done = report(new, "--diff", base, "-o", tmp_path / "d.svg")
+    assert done.returncode == 0 and f"wrote {tmp_path / 'd.svg'} (differential flame graph)" in done.stderr

@@ -323,10 +323,28 @@ def _check_output_dir(path: str) -> None:
         raise click.UsageError(f"--output-dir: '{path}' is not writable ({e.strerror or e})") from None
 
 
-def _check_duration(ctx: click.Context, param: click.Parameter, value: Optional[float]) -> Optional[float]:
-    if value is not None and not math.isfinite(value):
-        raise click.BadParameter(f"{value} is not a finite number of seconds.")
-    return value
+def _check_duration(ctx: click.Context, param: click.Parameter, value: Optional[str]) -> Optional[float]:
+    """Seconds: 10, 2.5, or with a unit as --upload-period takes them (500ms, 10s, 2m)."""
+    if value is None:
+        return None
+    try:
+        seconds = config.parse_duration(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise click.BadParameter(f"{value} is not a positive, finite number of seconds.")
+    return seconds
+
+
+def _suffix_format(path: str) -> Optional[str]:
+    from ddprofiler import formats
+
+    try:
+        return formats.format_of(path)
+    except ValueError:
+        return None
+
+
 
 
 def _check_stack_bytes(ctx: click.Context, param: click.Parameter, value: int) -> int:
@@ -375,13 +393,12 @@ def _check_output(ctx: click.Context, param: click.Parameter, value: str) -> str
 @click.option("--idle", is_flag=True,
               help="Keep the idle task's samples (the kernel's swapper/N, pid 0): dropped by default.")
 @click.option(
-    "-d", "--duration", type=click.FloatRange(min=0, min_open=True), default=None,
-    callback=_check_duration,
+    "-d", "--duration", default=None, metavar="SECONDS", callback=_check_duration,
     help="Seconds to record [default: 10; with -- CMD, until it exits]; Ctrl-C stops earlier.",
 )
 @click.option(
-    "-r", "--rate", "--frequency", "frequency", type=click.IntRange(1, 10000), default=99,
-    show_default=True, help="Samples per second on each CPU (--frequency: the old name).",
+    "-r", "-F", "--rate", "--frequency", "frequency", type=click.IntRange(1, 10000), default=99,
+    show_default=True, help="Samples per second on each CPU (-F as perf; --frequency: the old name).",
 )
 @click.option(
     "--stack-bytes", type=click.IntRange(1024, 65536), default=16384, show_default=True,
@@ -606,7 +623,7 @@ def report_command(profile: str, n: int, by: str, lines: bool, base: Optional[st
 
     if output is not None and output != "-":
         _check_output(click.get_current_context(), click.Option(["-o"]), output)
-    if output is not None and base is not None and formats.format_of(output, fmt or "svg") != "svg":
+    if output is not None and base is not None and (fmt or ("svg" if output == "-" else _suffix_format(output))) != "svg":
         raise click.UsageError("--diff draws an SVG flame graph: give -o with .svg (or -f svg)")
     if output is not None and base is None:
         try:
@@ -631,12 +648,15 @@ def report_command(profile: str, n: int, by: str, lines: bool, base: Optional[st
 
                     write_atomic(output, svg)
             else:
-                formats.write(new, output, fmt)
+                fmt = formats.write(new, output, fmt)
         except OSError as e:
             raise Failure(f"cannot write {output}: {e.strerror or e}") from e
     table = sys.stderr if output == "-" else sys.stdout
     for row in rows:
         click.echo(row, file=table)
+    if output is not None and output != "-":
+        what = "differential flame graph" if base is not None else fmt
+        click.echo(f"ddprofiler: wrote {output} ({what})", err=True)
 
 
 @main.group()

@@ -121,6 +121,9 @@ def _seconds(text: str) -> float:
     return value
 
 
+parse_duration = _seconds  # for the CLI's durations, with the same words
+
+
 def _positive_int(lo: int, hi: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
@@ -341,7 +344,7 @@ SPECS: Tuple[Spec, ...] = (
     Spec("otlp_endpoint", "--otlp-endpoint",
          ("DD_HOST_PROFILING_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
          _http_url, "With --exporter otlp: the collector's OTLP/HTTP base URL (/v1development/profiles "
-         "is added)."),
+         "is added; OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT is used as it is)."),
     Spec("otlp_headers", "--otlp-headers",
          ("DD_HOST_PROFILING_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_PROFILES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS"),
          _otlp_headers, "With --exporter otlp: extra headers, key=value,key2=value2 (never logged).",
@@ -400,6 +403,7 @@ def resolve(flags: Mapping[str, Any], environ: Mapping[str, str]) -> Tuple[Setti
         sources["agent_url"] = "env " + " + ".join(
             name for name, v in (("DD_AGENT_HOST", host_env), ("DD_TRACE_AGENT_PORT", port_env)) if v)
     _reserved_tags(values, sources)
+    _otlp_url(values, sources)
     if "node" not in values:
         values["node"] = socket.gethostname()
         sources["node"] = "default (hostname)"
@@ -422,6 +426,17 @@ def resolve(flags: Mapping[str, Any], environ: Mapping[str, str]) -> Tuple[Setti
         except ValueError as e:
             raise ConfigError(f"{_origin('api_key', sources)}: {e}") from None
     return settings, sources
+
+
+def _otlp_url(values: Dict[str, Any], sources: Dict[str, str]) -> None:
+    """The URL requests go to: a signal-specific variable's as it is (OpenTelemetry's rule),
+    else the base URL (flag, DD_HOST_PROFILING_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_ENDPOINT,
+    the default) + /v1development/profiles."""
+    from ddprofiler.exporters.otlp import profiles_url
+
+    base = values.get("otlp_endpoint", Settings.otlp_endpoint)
+    if sources.get("otlp_endpoint") != "env OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT":
+        values["otlp_endpoint"] = profiles_url(base)
 
 
 def _reserved_tags(values: Dict[str, Any], sources: Dict[str, str]) -> None:

@@ -33,6 +33,8 @@ class Top:
 
     frequency: int
     sort: Sort = "self"
+    keys: bool = True
+    """Show the keys in the header (the screen; not the tables of batch mode)."""
     interval_samples: int = 0
     interval_s: float = 0.0
     lost: int = 0
@@ -60,8 +62,9 @@ class Top:
         ranked = sorted(self.total_now, key=lambda k: (-first.get(k, 0), -second.get(k, 0), k))[:max(0, n)]
         grand = self.interval_samples
         rate = grand / self.interval_s if self.interval_s > 0 else 0.0
+        keys = "  [q]uit [s]elf [t]otal [p]ause" if self.keys else ""
         out = [f"ddprofiler top: {grand} samples in {self.interval_s:.1f} s ({rate:.0f}/s, "
-               f"{self.frequency} Hz a CPU), lost {self.lost}, by {self.sort}  [q]uit [s]elf [t]otal [p]ause",
+               f"{self.frequency} Hz a CPU), lost {self.lost}, by {self.sort} {keys}",
                f"{'%Self':>7} {'%Total':>7} {'Self(s)':>9} {'Total(s)':>9}  {'Where':<18} Function"]
         for key in ranked:
             s, t = self.self_now.get(key, 0), self.total_now.get(key, 0)
@@ -76,7 +79,7 @@ class Top:
 def run(profiler: Profiler, interval: float, sort: Sort, n: Optional[int],
         stop_requested: Callable[[], bool], stream: IO[str] = sys.stdout) -> None:
     """Until ``q`` (screen) or ``stop_requested()``: a snapshot per ``interval``, shown."""
-    top = Top(profiler.frequency, sort)
+    top = Top(profiler.frequency, sort, keys=stream.isatty())
     if stream.isatty():
         import curses
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Union
 
 from .datadog import AgentExporter, mask_key
 from .files import FileExporter
-from .otlp import OtlpExporter, parse_headers, profiles_url
+from .otlp import OtlpExporter, parse_headers
 from .payload import Exporter, ProfilePayload, build_request, rfc3339_ns
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ def describe(settings: "Settings") -> str:
         return (f"writing profiles to {settings.output_dir} every {settings.upload_period:g}s "
                 f"(keeping at most {settings.output_max_files} profiles, {settings.output_max_bytes} bytes)")
     if settings.exporter == "otlp":
-        return f"sending OTLP profiles to {profiles_url(settings.otlp_endpoint)} every {settings.upload_period:g}s"
+        return f"sending OTLP profiles to {settings.otlp_endpoint} every {settings.upload_period:g}s"
     if settings.agentless:
         return f"uploading to the {settings.site} intake every {settings.upload_period:g}s"
     return f"uploading to the Agent at {settings.agent_url} every {settings.upload_period:g}s"

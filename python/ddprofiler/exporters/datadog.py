@@ -95,8 +95,10 @@ class HttpSender:
     """POSTs (headers, body) to one URL; a ``Sender`` for ``uploader.Uploader``."""
 
     def __init__(self, url: str, *, api_key: Optional[str] = None, connect_timeout: float = 5,
-                 request_timeout: float = 30, ca_file: Optional[str] = None) -> None:
+                 request_timeout: float = 30, ca_file: Optional[str] = None,
+                 receiver: str = "the Agent") -> None:
         parts = urlsplit(url)
+        self.receiver = receiver  # named in failure hints: "is the Agent running ..."
         self.scheme = parts.scheme
         if parts.scheme == "unix":
             if not parts.path:
@@ -137,9 +139,9 @@ class HttpSender:
         if isinstance(e, socket.gaierror):
             return "dns", f"DNS lookup of {self._host!r} failed ({e.strerror or e})"
         if isinstance(e, ConnectionRefusedError):
-            return "refused", f"connection refused by {where} (is the Agent running and listening there?)"
+            return "refused", f"connection refused by {where} (is {self.receiver} running and listening there?)"
         if isinstance(e, FileNotFoundError) and self.scheme == "unix":
-            return "no-socket", f"no socket at {where} (is the Agent running with this socket?)"
+            return "no-socket", f"no socket at {where} (is {self.receiver} running with this socket?)"
         if isinstance(e, (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected)):
             return "reset", f"connection to {where} closed by the receiver ({type(e).__name__})"
         detail = getattr(e, "strerror", None) or str(e) or type(e).__name__

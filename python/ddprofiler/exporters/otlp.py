@@ -1,7 +1,8 @@
 """OTLP profiles exporter: each period as one OTLP/HTTP export request (protobuf).
 
-Contract: ``OtlpExporter(endpoint)`` posts to ``<endpoint>/v1development/profiles`` (the
-endpoint as given when it already ends with that path), ``Content-Type:
+Contract: ``OtlpExporter(url)`` posts to ``url`` (``profiles_url(base)`` is a collector's
+base URL + ``/v1development/profiles``, as OTEL_EXPORTER_OTLP_ENDPOINT is read; a
+signal-specific endpoint is used as it is), ``Content-Type:
 application/x-protobuf``, the body an ``ExportProfilesServiceRequest`` of
 opentelemetry-proto's profiles signal (``v1development``) that the core encodes
 (``rust/ddprof-core/src/otlp``): one profile per (service, env, version, container) under a
@@ -49,14 +50,14 @@ class OtlpExporter:
 
     kind = "otlp"
 
-    def __init__(self, endpoint: str, *, headers: Optional[Mapping[str, str]] = None,
+    def __init__(self, url: str, *, headers: Optional[Mapping[str, str]] = None,
                  max_queue_bytes: int = 64 << 20, connect_timeout: float = 5,
                  request_timeout: float = 30, max_retries: int = 5, backoff_base: float = 1.0,
                  backoff_max: float = 30.0) -> None:
-        if not endpoint.startswith(("http://", "https://")):
-            raise ValueError(f"the OTLP endpoint must be an http:// or https:// URL, not {endpoint!r}")
-        url = profiles_url(endpoint)
-        self._sender = HttpSender(url, connect_timeout=connect_timeout, request_timeout=request_timeout)
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"the OTLP endpoint must be an http:// or https:// URL, not {url!r}")
+        self._sender = HttpSender(url, connect_timeout=connect_timeout, request_timeout=request_timeout,
+                                  receiver="the OTLP collector")
         self._headers = {"Content-Type": CONTENT_TYPE, **(headers or {})}
         self._uploader = Uploader(self._sender, target=f"OTLP {url}", max_queue_bytes=max_queue_bytes,
                                   max_retries=max_retries, backoff_base=backoff_base,
