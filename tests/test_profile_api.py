@@ -333,7 +333,7 @@ def test_summary_lines_from_kinds():
         "samples: 11",
         "lost: 2 (15.4%)",
         "unwinding failures: 4 (stuck 3, truncated 1)",
-        "other errors: maps_errors 4, symbolize_failures 4",
+        "other errors: maps_errors 4, symbolize_failures 4 locations",
     ]
 
 

@@ -76,7 +76,9 @@ def summary_lines(stats: Stats) -> List[str]:
 
     errors = _largest_first(stats.errors())
     if errors:
-        lines.append("other errors: " + ", ".join(f"{name} {value}" for name, value in errors))
+        # symbolize_failures counts distinct addresses (locations), not samples.
+        units = {"symbolize_failures": " locations"}
+        lines.append("other errors: " + ", ".join(f"{name} {value}{units.get(name, '')}" for name, value in errors))
     return lines
 
 
