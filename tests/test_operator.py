@@ -192,7 +192,12 @@ def test_two_signals_of_one_stop_request_count_once(tmp_path):
 @pytest.mark.parametrize("delay", [0.1, 0.2, 0.3, 0.6])
 def test_ctrl_c_at_start_is_no_traceback(tmp_path, delay):
     env = dict(cli_env())
-    proc = subprocess.Popen([sys.executable, "-m", "ddprofiler", "run", "--output-dir", str(tmp_path),
+    # As from a terminal: SIGINT at its default disposition. A shell without job control
+    # starts background commands (CI's, `nohup ... &`) with SIGINT ignored, and a process
+    # that starts so ignores it until it sets its own handler, by POSIX and CPython's rules.
+    default_int = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                   "os.execv(sys.executable, [sys.executable, '-m', 'ddprofiler', *sys.argv[1:]])")
+    proc = subprocess.Popen([sys.executable, "-c", default_int, "run", "--output-dir", str(tmp_path),
                              "--status-file", "off"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     time.sleep(delay)
