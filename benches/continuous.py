@@ -90,10 +90,20 @@ int main(int argc, char **argv) {
 }
 """
 
+# The runner's period line and the exit summary (docs/operations.md): samples, profiles, lost,
+# stacks cut short, errors, uploads sent / failed / dropped in the period, queue bytes.
 PERIOD_RE = re.compile(
-    r"period: (\d+) samples in (\d+) profiles, lost (\d+), unwind failures (.*?), errors (.*?); "
-    r"uploads ok (\d+) failed (\d+) dropped (\d+), queue \d+ profiles (\d+) B")
-STOPPED_RE = re.compile(r"stopped: uploads ok (\d+), failed (\d+), dropped (\d+)")
+    r"period: (\d+) samples in (\d+) profiles over [\d.]+ s; samples lost (\d+); stacks cut short (.*?); "
+    r"errors (.*?); uploads (\d+) sent, (\d+) failed, (\d+) dropped, \d+ retries, \d+ waiting in the "
+    r"queue \((\d+) B\)")
+STOPPED_RE = re.compile(r"stopped: \d+ profiles produced: (\d+) sent, (\d+) failed .*?, (\d+) dropped")
+
+
+def breakdown(text: str) -> dict:
+    """`12 (truncated 10, stuck 2)` or `0` -> {"truncated": 10, "stuck": 2}."""
+    inner = re.search(r"\((.*)\)", text)
+    parts = [x.strip().rpartition(" ") for x in (inner.group(1) if inner else "").split(",") if x.strip()]
+    return {k: int(v) for k, _, v in parts if v.isdigit()}
 
 
 class Sink(http.server.BaseHTTPRequestHandler):
@@ -220,15 +230,14 @@ def soak(args, tmp: Path, port: int, spawn_log: Path, foreign: set) -> dict:
     all_lines = PERIOD_RE.findall(text)  # includes the final partial period after SIGTERM
     res["periods"] = len(all_lines)
     res["samples"], res["profiles"], res["lost"] = (sum(int(m[i]) for m in all_lines) for i in range(3))
-    for field, idx in (("unwind_failures", 3), ("errors", 4)):  # "name n, name n" or "0"
-        parts = [x.strip().rpartition(" ") for m in all_lines for x in m[idx].split(",") if x.strip() != "0"]
-        res[field] = dict(sum((collections.Counter({k: int(v)}) for k, _, v in parts), collections.Counter()))
+    for field, idx in (("unwind_failures", 3), ("errors", 4)):  # "n (name n, name n)" or "0"
+        res[field] = dict(sum((collections.Counter(breakdown(m[idx])) for m in all_lines), collections.Counter()))
     if all_lines:
         res["max_queue_b"] = max(int(m[8]) for m in all_lines)
     if m := STOPPED_RE.search(text):
         res["uploads_ok"], res["uploads_failed"], res["uploads_dropped"] = map(int, m.groups())
     res["warnings"] = [ln for ln in text.splitlines()
-                       if re.search(r"WARNING|ERROR|CRITICAL|Traceback|error:", ln)]
+                       if re.search(r"\| (WARN|ERROR|CRITICAL) \||WARNING|Traceback|error:", ln)]
     res["period_lines"] = periods
     return res
 
