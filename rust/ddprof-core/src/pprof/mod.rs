@@ -91,14 +91,6 @@ pub fn encode_groups(
         .collect()
 }
 
-/// One profile of every sample of `s`.
-pub fn encode_all(s: &Snapshot, extra: &ExtraLabels) -> Result<Encoded> {
-    let samples: Vec<usize> = (0..s.samples.len())
-        .filter(|&i| s.samples[i].count > 0)
-        .collect();
-    encode(s, &samples, extra)
-}
-
 /// The profile of the samples at `samples` (indices into `s.samples`, counts above 0).
 fn encode(s: &Snapshot, samples: &[usize], extra: &ExtraLabels) -> Result<Encoded> {
     if s.frequency == 0 {

@@ -110,6 +110,12 @@ fn snapshot() -> Snapshot {
     }
 }
 
+/// One profile of every sample (every pid in group 0).
+fn encode_all(s: &Snapshot, extra: &ExtraLabels) -> Result<Encoded> {
+    let pids: HashMap<u32, usize> = s.samples.iter().map(|x| (x.pid, 0)).collect();
+    Ok(encode_groups(s, &pids, 1, extra)?.remove(0))
+}
+
 fn decode(e: &Encoded) -> proto::Profile {
     proto::Profile::decode(e.pprof.as_slice()).expect("the encoder's output decodes")
 }
