@@ -360,14 +360,19 @@ def test_error_hierarchy():
         assert str(e) == "missing CAP_BPF"
 
 
+def printed_by(code: str) -> str:
+    """What a fresh interpreter running ``code`` (with this tree's package) prints."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "python")}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
 def test_import_loads_neither_the_extension_nor_protobuf():
     code = ("import sys, ddprofiler; ddprofiler.Profile; ddprofiler.Profiler(); "
             "print(sorted(m for m in sys.modules if m in ('ddprofiler._native', 'google.protobuf')"
             " or m.startswith('ddprofiler.pprof')))")
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "python")}
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]"
+    assert printed_by(code) == "[]"
 
 
 def test_the_continuous_profiler_never_imports_protobuf():
@@ -375,10 +380,7 @@ def test_the_continuous_profiler_never_imports_protobuf():
     code = ("import sys, ddprofiler.cli, ddprofiler.runner, ddprofiler.exporters.datadog, "
             "ddprofiler.exporters.files, ddprofiler.pprof; "
             "print([m for m in sys.modules if m.startswith('google')])")
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "python")}
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]"
+    assert printed_by(code) == "[]"
 
 
 def test_tables_of_a_snapshot_are_read_once_on_first_use():
