@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Protoco
 
 import ddprofiler
 from ddprofiler.config import Settings
-from ddprofiler.exporters import ProfilePayload
+from ddprofiler.exporters import OtlpExporter, ProfilePayload
 from ddprofiler.pprof.builder import encode_otlp, encode_profiles
 from ddprofiler.profile import Mapping as ProfileMapping
 from ddprofiler.profile import Profile
@@ -125,10 +125,10 @@ class Runner:
         key_of = {pid: self._key(t) for pid, t in tags_of.items()}
         keys = sorted(set(key_of.values()), key=lambda k: tuple(str(x) for x in k))
         index = {key: i for i, key in enumerate(keys)}
-        if getattr(self.exporter, "kind", "") == "otlp":
+        if isinstance(self.exporter, OtlpExporter):  # one request a period, not a pprof a group
             body, _ = encode_otlp(profile, {pid: index[k] for pid, k in key_of.items()},
                                   [self._resource(key) for key in keys], ddprofiler.__version__)
-            self.exporter.submit_request(body, f"{len(keys)} profiles")  # type: ignore[attr-defined]
+            self.exporter.submit_request(body, f"{len(keys)} profiles")
             self._telemetry(profile, len(keys))
             return len(keys)
         encoded = encode_profiles(profile, {pid: index[k] for pid, k in key_of.items()}, len(keys),

@@ -10,7 +10,7 @@ resource of its attributes, one dictionary for the request. ``submit_request`` n
 on I/O nor raises; queueing, retries and backoff are ``uploader.Uploader``'s (the same as
 the Datadog exporter's); ``close(timeout)`` and ``stats()`` as every exporter. Extra headers
 (``OTEL_EXPORTER_OTLP_HEADERS``-style ``k=v,k=v``) go with every request and never into a
-log. The runner asks ``kind == "otlp"`` and hands whole requests here instead of per-group
+log. The runner sees an ``OtlpExporter`` and hands whole requests here instead of per-group
 pprof payloads. Non-goals: gRPC, the JSON encoding, gzip.
 """
 from __future__ import annotations
@@ -47,8 +47,6 @@ def parse_headers(text: Optional[str]) -> Dict[str, str]:
 
 class OtlpExporter:
     """To an OpenTelemetry Collector (or any OTLP/HTTP profiles receiver)."""
-
-    kind = "otlp"
 
     def __init__(self, url: str, *, headers: Optional[Mapping[str, str]] = None,
                  max_queue_bytes: int = 64 << 20, connect_timeout: float = 5,
