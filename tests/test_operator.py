@@ -112,7 +112,7 @@ def test_closed_port_is_said_at_once_and_the_exit_does_not_wait():
         periods = run.wait_for("period:", count=2)
         # The first line may come before the first attempt; the second knows.
         assert "destination FAILING since" in periods[-1] and "connection refused" in periods[-1], periods
-        assert re.search(r"\d+ retries, [1-9]\d* waiting in the queue \(\d+ B\)", periods[-1]), periods[-1]
+        assert re.search(r"\d+ retries, [1-9]\d* waiting in the queue \(\d+(\.\d)? [KMG]?i?B\)", periods[-1]), periods[-1]
         took = run.stop()
     assert run.proc.returncode == 0, run.text
     assert took < 10, f"waited {took:.1f} s for an Agent known to be down"

@@ -433,7 +433,7 @@ class FakeNative:
 
         class FakeProfiler:
             def __init__(self, frequency=99, pids=None, stack_bytes=16384, symbolize="host", python=True,
-                         follow_children=False, idle=False):
+                         follow_children=False, idle=False, memory_budget=128 << 20):
                 self.args = dict(frequency=frequency, pids=pids, stack_bytes=stack_bytes,
                                  symbolize=symbolize)
                 self.calls = []

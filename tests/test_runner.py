@@ -167,7 +167,7 @@ def test_telemetry_uses_counter_kinds_and_deltas(caplog):
     assert "; samples lost 1; stacks cut short 2 (stuck 2); errors 1 (elf_errors 1); " in lines[0]
     # The second period: differences of counts; stuck did not move; the gauge is no error.
     assert "; samples lost 3; stacks cut short 0; errors 5 (elf_errors 5); " in lines[1]
-    assert lines[1].endswith("0 waiting in the queue (0 B); destination ok")
+    assert lines[1].endswith("0 waiting in the queue (0 B); memory not measured; destination ok")
 
 
 class Offers:

@@ -149,7 +149,11 @@ class Profiler:
         python: bool = True,
         follow_children: bool = False,
         idle: bool = False,
-    ) -> Profiler: ...
+        memory_budget: int = 134217728,
+    ) -> Profiler:
+        """``memory_budget``: bytes of resident memory to keep under (at least 64 MiB; see
+        docs/operations.md): it sizes the symbol caches, and a period that ends over 7/8 of
+        it drops every cache that can be rebuilt (counted in ``memory_sheds``)."""
     def start(self) -> None: ...
     def stop(self) -> None:
         """Stop sampling and detach the BPF program after a last drain; snapshots of what

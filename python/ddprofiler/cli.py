@@ -94,6 +94,10 @@ def _setting_options(f: F) -> F:
             if isinstance(default, (bool, tuple, type(None))) else default
         if spec.name == "node":
             shown = "the hostname"
+        elif spec.name == "max_queue_bytes":
+            shown = "a quarter of the memory budget"
+        elif spec.name in ("memory_budget", "output_max_bytes"):
+            shown = config.format_bytes(default).replace(" ", "")
         help_text = f"{spec.help} [env: {envs}; default: {shown}]"
         if "/" in spec.flag:
             f = click.option(spec.flag, spec.name, default=None, help=help_text)(f)
@@ -195,7 +199,8 @@ def _run(flags: Dict[str, Any], verbose: bool) -> None:
     with _stop_on_signals(second_exits=True) as stop_requested:
         profiler = ddprofiler.Profiler(frequency=settings.sampling_rate,
                                        stack_bytes=settings.stack_bytes,
-                                       symbolize=symbolize, python=settings.python)
+                                       symbolize=symbolize, python=settings.python,
+                                       memory_budget=settings.memory_budget)
         try:
             profiler.start()
         except _START_ERRORS as e:
@@ -240,7 +245,8 @@ def _startup_details(settings: config.Settings) -> str:
             f"tags {','.join(settings.tags) or '(none)'}"
             + (f", version {settings.version}" if settings.version else "")
             + f", sampling {settings.sampling_rate} Hz per CPU, symbolize {settings.symbolize}, "
-            f"status file {settings.status_file or 'off'}, capabilities "
+            f"memory budget {config.format_bytes(settings.memory_budget)} (queue "
+            f"{config.format_bytes(settings.max_queue_bytes)}), status file {settings.status_file or 'off'}, capabilities "
             f"{health.describe_capabilities()}")
 
 

@@ -39,6 +39,9 @@ SITES = ("datadoghq.com", "datadoghq.eu", "us3.datadoghq.com", "us5.datadoghq.co
          "ap1.datadoghq.com", "ap2.datadoghq.com", "ddog-gov.com")
 _API_KEY = re.compile(r"^[0-9a-z]{32}$")
 DEFAULT_STATUS_FILE = "/run/ddprofiler/status.json"
+# The native core's defaults (ddprof-core's `memory`): checked equal by the tests.
+DEFAULT_MEMORY_BUDGET = 128 << 20
+MIN_MEMORY_BUDGET = 64 << 20
 LOG_LEVELS = ("trace", "debug", "info", "warn", "warning", "error", "critical", "off")
 RESERVED_TAGS = ("env", "service", "version", "host")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
@@ -64,7 +67,9 @@ class Settings:
     output_dir: Optional[str] = None
     shutdown_timeout: float = 10.0
     stack_bytes: int = 16384
-    max_queue_bytes: int = 64 << 20
+    # A quarter of the memory budget unless set (the queue's compressed profiles count in it).
+    max_queue_bytes: int = DEFAULT_MEMORY_BUDGET // 4
+    memory_budget: int = DEFAULT_MEMORY_BUDGET
     symbolize: str = "host"
     python: bool = True
     upload_symbols: bool = False
@@ -134,6 +139,35 @@ def _positive_int(lo: int, hi: int) -> Callable[[str], int]:
             raise ValueError(f"{v} is outside {lo}..{hi}")
         return v
     return parse
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(|b|k|ki|kib|kb|m|mi|mib|mb|g|gi|gib|gb|t|ti|tib|tb)\s*$", re.IGNORECASE)
+_SIZE_SHIFT = {"": None, "b": 0, "k": 10, "m": 20, "g": 30, "t": 40}
+
+
+def _size(lo: int, hi: int, bare_shift: int) -> Callable[[str], int]:
+    """Bytes from '128MiB', '128M', '128Mi', '1GiB', '512KiB' (binary units, as Kubernetes'
+    'Mi'; 'MB' is taken as MiB too: these are budgets, not disk sizes); a bare number is in
+    units of ``1 << bare_shift`` bytes."""
+    def parse(text: str) -> int:
+        m = _SIZE.match(str(text))
+        if not m:
+            raise ValueError(f"'{text}' is not a size (such as 128MiB or 1GiB)")
+        shift = _SIZE_SHIFT[m.group(2)[:1].lower()]
+        v = int(float(m.group(1)) * (1 << (bare_shift if shift is None else shift)))
+        if not lo <= v <= hi:
+            raise ValueError(f"{format_bytes(v)} is outside {format_bytes(lo)}..{format_bytes(hi)}")
+        return v
+    return parse
+
+
+def format_bytes(n: int) -> str:
+    """'128 MiB', '1.5 GiB', '512 KiB', '100 B': what logs and errors show."""
+    for shift, unit in ((40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")):
+        if n >= 1 << shift:
+            v = n / (1 << shift)
+            return f"{v:.0f} {unit}" if v == int(v) or v >= 100 else f"{v:.1f} {unit}"
+    return f"{n} B"
 
 
 def _period(text: str) -> float:
@@ -307,7 +341,13 @@ SPECS: Tuple[Spec, ...] = (
     Spec("stack_bytes", "--stack-bytes", ("DD_HOST_PROFILING_STACK_BYTES",), _positive_int(1024, 65536),
          "Bytes of user stack copied per sample (a multiple of 8)."),
     Spec("max_queue_bytes", "--max-queue-bytes", ("DD_HOST_PROFILING_MAX_QUEUE_BYTES",),
-         _positive_int(1 << 20, 1 << 30), "Bound of the upload queue, in compressed bytes."),
+         _size(1 << 20, 1 << 30, 0), "Bound of the upload queue, compressed (bytes, or 32MiB). "
+         "At most half of --memory-budget."),
+    Spec("memory_budget", "--memory-budget", ("DD_HOST_PROFILING_MEMORY_BUDGET",),
+         _size(MIN_MEMORY_BUDGET, 64 << 30, 20),
+         "Resident memory to keep under (MiB, or 256MiB, 1GiB; at least 64 MiB). It sizes "
+         "the symbol caches and the upload queue; a period ending over 7/8 of it drops the "
+         "caches (memory_sheds). See docs/operations.md."),
     Spec("symbolize", "--symbolize", ("DD_HOST_PROFILING_SYMBOLIZE",), _symbolize,
          "Where native frames are symbolized: host (here), backend (sent as addresses with "
          "build ids, remote_symbols:yes), or both."),
@@ -332,7 +372,8 @@ SPECS: Tuple[Spec, ...] = (
     Spec("output_max_files", "--output-max-files", ("DD_HOST_PROFILING_OUTPUT_MAX_FILES",),
          _positive_int(1, 10_000_000), "With --output-dir: profiles kept; the oldest are removed."),
     Spec("output_max_bytes", "--output-max-bytes", ("DD_HOST_PROFILING_OUTPUT_MAX_BYTES",),
-         _positive_int(1 << 20, 1 << 50), "With --output-dir: bytes kept; the oldest profiles are removed."),
+         _size(1 << 20, 1 << 50, 0), "With --output-dir: bytes kept (bytes, or 512MiB, 2GiB); the oldest "
+         "profiles are removed."),
     Spec("log_level", "--log-level", ("DD_HOST_PROFILING_LOG_LEVEL", "DD_LOG_LEVEL"), _log_level,
          "trace, debug, info, warn, error, critical or off (-v is debug)."),
     Spec("dogstatsd_url", "--dogstatsd-url", ("DD_HOST_PROFILING_DOGSTATSD_URL", "DD_DOGSTATSD_URL"),
@@ -408,6 +449,13 @@ def resolve(flags: Mapping[str, Any], environ: Mapping[str, str]) -> Tuple[Setti
         values["node"] = socket.gethostname()
         sources["node"] = "default (hostname)"
 
+    budget = values.get("memory_budget", DEFAULT_MEMORY_BUDGET)
+    if "max_queue_bytes" not in values:
+        values["max_queue_bytes"] = budget // 4
+        sources["max_queue_bytes"] = "default (a quarter of memory_budget)"
+    elif values["max_queue_bytes"] > budget // 2:
+        raise ConfigError(f"{_origin('max_queue_bytes', sources)}: {format_bytes(values['max_queue_bytes'])} is "
+                          f"over half of the memory budget ({format_bytes(budget)}): raise --memory-budget too")
     settings = Settings(**values)
     if settings.stack_bytes % 8:
         raise ConfigError(f"{_origin('stack_bytes', sources)}: {settings.stack_bytes} is not a multiple of 8")

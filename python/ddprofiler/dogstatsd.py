@@ -80,6 +80,10 @@ class Metrics:
             self._line("queue.bytes", uploads.get("queue_bytes", 0), "g"),
             self._line("destination.failing", int(dest.get("state") == "failing"), "g"),
         ]
+        memory = figures.get("memory") or {}
+        if memory.get("resident_bytes"):
+            lines.append(self._line("memory.resident_bytes", memory["resident_bytes"], "g"))
+            lines.append(self._line("memory.budget_bytes", memory.get("budget_bytes", 0), "g"))
         self._send(lines)
 
     def close(self) -> None:

@@ -27,6 +27,8 @@ import tempfile
 import time
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+from ddprofiler.config import format_bytes
+
 log = logging.getLogger(__name__)
 
 FORMAT = 1
@@ -207,11 +209,17 @@ def format_status(doc: Mapping[str, Any], now: Optional[float] = None) -> List[s
         f"  last upload ok:   {_when(dest.get('last_ok'), now)}",
         "  destination:      " + (f"FAILING since {_when(dest.get('failing_since'), now)}: {dest.get('reason')}"
                                   if dest.get("state") == "failing" else "ok"),
-        f"  queue:            {up.get('queue_len', 0)} profiles, {up.get('queue_bytes', 0)} B",
+        f"  queue:            {up.get('queue_len', 0)} profiles, {format_bytes(up.get('queue_bytes', 0))}",
         f"  profiles:         {produced} produced: {up.get('uploads_ok', 0)} sent, "
         f"{up.get('uploads_failed', 0)} failed, {up.get('uploads_dropped', 0)} dropped, "
         f"{up.get('uploads_abandoned', 0)} not sent at exit; {up.get('uploads_retried', 0)} retries",
     ]
+    memory = last.get("memory") or {}
+    if memory.get("resident_bytes"):
+        lines.append(f"  memory:           {format_bytes(memory['resident_bytes'])} of a "
+                     f"{format_bytes(memory.get('budget_bytes', 0))} budget; caches shed "
+                     f"{memory.get('sheds_total', 0)} times, {memory.get('parses_evicted_total', 0)} "
+                     "symbol parses evicted")
     problems = verdict(doc, now)
     lines.append("health: " + ("OK" if not problems else "NOT OK: " + "; ".join(problems)))
     return lines

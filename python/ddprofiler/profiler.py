@@ -79,7 +79,10 @@ class Profiler:
     instruction, whatever they exec. ``idle``: keep the samples of the idle task (pid 0,
     the kernel's ``swapper/N``), dropped by default. ``frequency``: samples per second on each CPU, 1 to 10000. ``stack_bytes``: bytes of
     user stack copied per sample (a multiple of 8, 1024 to 65536). ``symbolize``: see the
-    module docstring. A bad argument raises ``ValueError`` here, before anything starts.
+    module docstring. ``memory_budget``: bytes of resident memory to keep under (at least
+    64 MiB, default 128 MiB): it sizes the symbol caches, and a period that ends over 7/8 of
+    it drops every cache that can be rebuilt (``memory_sheds``; see docs/operations.md).
+    A bad argument raises ``ValueError`` here, before anything starts.
 
     Use as a context manager (``with Profiler() as p:`` starts, leaving the block closes),
     or call ``start()`` and ``close()``. A profiler starts once: after ``close()``, make a
@@ -99,6 +102,7 @@ class Profiler:
         python: bool = True,
         follow_children: bool = False,
         idle: bool = False,
+        memory_budget: int = 128 << 20,
     ) -> None:
         self.pids: Optional[tuple[int, ...]] = tuple(pids) if pids else None
         _check_arguments(self.pids, frequency, stack_bytes, symbolize)
@@ -106,7 +110,10 @@ class Profiler:
             raise ValueError("follow_children needs pids to follow")
         self.python = python
         self.follow_children = follow_children
+        if memory_budget < 64 << 20:
+            raise ValueError(f"memory_budget {memory_budget} is below 64 MiB")
         self.idle = idle
+        self.memory_budget = memory_budget
         self.frequency = frequency
         self.stack_bytes = stack_bytes
         self.symbolize: SymbolizeMode = symbolize
@@ -133,7 +140,8 @@ class Profiler:
             profiler = _native.Profiler(
                 frequency=self.frequency, pids=list(self.pids) if self.pids else None,
                 stack_bytes=self.stack_bytes, symbolize=self.symbolize, python=self.python,
-                follow_children=self.follow_children, idle=self.idle)
+                follow_children=self.follow_children, idle=self.idle,
+                memory_budget=self.memory_budget)
             try:
                 profiler.start()
             except BaseException:

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Protocol, Tuple
 
 import ddprofiler
-from ddprofiler.config import Settings
+from ddprofiler.config import Settings, format_bytes
 from ddprofiler.exporters import OtlpExporter, ProfilePayload
 from ddprofiler.pprof.builder import encode_otlp, encode_profiles
 from ddprofiler.profile import Mapping as ProfileMapping
@@ -203,19 +203,27 @@ class Runner:
         health_of = getattr(self.exporter, "health", None)
         dest: Dict[str, Any] = health_of() if health_of is not None else {}
         seconds = max(0, profile.end_ns - profile.start_ns) / 1e9
+        resident = stats.get("resident_bytes", 0)
+        memory = (f"memory {format_bytes(resident)} of {format_bytes(self.settings.memory_budget)}"
+                  + (f", caches shed {changed['memory_sheds']} time(s)" if changed.get("memory_sheds") else "")
+                  if resident else "memory not measured")
         log.info(
             "period: %d samples in %d profiles over %.1f s; samples lost %d; stacks cut short %s; "
             "errors %s; uploads %d sent, %d failed, %d dropped, %d retries, %d waiting in the "
-            "queue (%d B); destination %s",
+            "queue (%s); %s; destination %s",
             profile.total, profiles, seconds, lost, _total(unwind), _total(errors),
             moved["uploads_ok"], moved["uploads_failed"], moved["uploads_dropped"],
-            moved["uploads_retried"], up.get("queue_len", 0), up.get("queue_bytes", 0),
-            _destination(dest))
+            moved["uploads_retried"], up.get("queue_len", 0), format_bytes(up.get("queue_bytes", 0)),
+            memory, _destination(dest))
         if self.on_period is not None:
             self.on_period({"period_s": round(seconds, 3), "samples": profile.total,
                             "profiles": profiles, "samples_lost": lost,
                             "stacks_cut_short": dict(unwind), "errors": dict(errors),
-                            "uploads": dict(up), "destination": dest})
+                            "uploads": dict(up), "destination": dest,
+                            "memory": {"resident_bytes": resident,
+                                       "budget_bytes": self.settings.memory_budget,
+                                       "sheds_total": stats.get("memory_sheds", 0),
+                                       "parses_evicted_total": stats.get("parses_evicted", 0)}})
 
 
 def labels_of(t: ProcessTags) -> Dict[str, str]:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Union
 
+from ddprofiler.config import format_bytes
+
 from .datadog import AgentExporter, mask_key
 from .files import FileExporter
 from .otlp import OtlpExporter, parse_headers
@@ -45,7 +47,7 @@ def describe(settings: "Settings") -> str:
     """Where profiles go, for the start-up log line (no secret in it)."""
     if settings.output_dir:
         return (f"writing profiles to {settings.output_dir} every {settings.upload_period:g}s "
-                f"(keeping at most {settings.output_max_files} profiles, {settings.output_max_bytes} bytes)")
+                f"(keeping at most {settings.output_max_files} profiles, {format_bytes(settings.output_max_bytes)})")
     if settings.exporter == "otlp":
         return f"sending OTLP profiles to {settings.otlp_endpoint} every {settings.upload_period:g}s"
     if settings.agentless:

@@ -45,6 +45,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Deque, Dict, NamedTuple, Optional
 
+from ddprofiler.config import format_bytes
+
 log = logging.getLogger(__name__)
 
 
@@ -250,7 +252,7 @@ class Uploader:
         if result.outcome is Outcome.FAIL:
             then = "rejected, not retried: this profile is lost until the cause is fixed"
         else:
-            then = (f"profiles wait in the queue ({len(self._queue) + 1} now, {self._bytes} B) "
+            then = (f"profiles wait in the queue ({len(self._queue) + 1} now, {format_bytes(self._bytes)}) "
                     "and are retried")
         if previous is None:
             self._failing_since = time.time()

@@ -17,7 +17,7 @@
 //!
 //! Shared vocabulary: `addr` (AVMA, SVMA, file offsets, bias), `arch` (the one place that
 //! names the target architecture), `counters` (the typed counter registry), `error`.
-//! `profiler` runs the threads. Dependencies point down the list `otlp`, `pprof`, `profiler`,
+//! `memory` (the memory budget and when caches are shed). `profiler` runs the threads. Dependencies point down the list `otlp`, `pprof`, `profiler`,
 //! `sampler`, `aggregate`, `symbolize`, `cpython`, `unwind`, `process`, `elf`, then the shared
 //! modules: no cycle.
 pub mod addr;
@@ -28,6 +28,7 @@ pub mod cpython;
 pub mod elf;
 pub mod error;
 pub mod flamegraph;
+pub mod memory;
 pub mod otlp;
 pub mod pprof;
 pub mod process;

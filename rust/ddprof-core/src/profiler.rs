@@ -13,6 +13,7 @@ use std::thread::JoinHandle;
 use crate::aggregate::Snapshot;
 use crate::counters::{Counters, Stats};
 use crate::error::{Error, Result};
+use crate::memory::MemoryBudget;
 use crate::sampler::drain::{drain_loop, Command, SymJob};
 use crate::sampler::{Sampler, SamplerConfig};
 use crate::symbolize::{SymbolizeMode, Symbolizer};
@@ -34,6 +35,8 @@ pub struct ProfilerConfig {
     /// Keep the samples of the idle task (the kernel's, pid 0: `swapper/N`), dropped by
     /// default as CPU time nobody spent.
     pub idle: bool,
+    /// Resident memory the profiler keeps under (see `memory`).
+    pub memory_budget: MemoryBudget,
 }
 
 impl Default for ProfilerConfig {
@@ -46,6 +49,7 @@ impl Default for ProfilerConfig {
             python: true,
             follow_children: false,
             idle: false,
+            memory_budget: MemoryBudget::default(),
         }
     }
 }
@@ -57,9 +61,12 @@ pub struct Profiler {
     counters: Arc<Counters>,
 }
 
-fn symbolize_loop(rx: Receiver<SymJob>, counters: Arc<Counters>, frequency: u64, mode: SymbolizeMode) {
-    let mut symbolizer = Symbolizer::new(mode, counters.clone());
+fn symbolize_loop(rx: Receiver<SymJob>, counters: Arc<Counters>, frequency: u64, mode: SymbolizeMode, budget: MemoryBudget) {
+    let mut symbolizer = Symbolizer::with_budget(mode, counters.clone(), budget);
     while let Ok(job) = rx.recv() {
+        if job.shed {
+            symbolizer.shed();
+        }
         let snap = job.aggregate.into_snapshot(frequency, |reqs| symbolizer.resolve(reqs), || counters.stats());
         let _ = job.reply.send(snap);
         // Parsing binaries leaves large freed blocks in this thread's malloc arena; hand them
@@ -89,16 +96,16 @@ impl Profiler {
         let (sym_tx, sym_rx) = mpsc::channel();
         let spawn_err = |e| Error::Io { context: "starting a profiler thread".into(), source: e };
         let c1 = counters.clone();
-        let python = cfg.python;
+        let (python, budget) = (cfg.python, cfg.memory_budget);
         let drain = std::thread::Builder::new()
             .name("ddprof-drain".into())
-            .spawn(move || drain_loop(sampler, rx, sym_tx, c1, python))
+            .spawn(move || drain_loop(sampler, rx, sym_tx, c1, python, budget))
             .map_err(spawn_err)?;
         let c2 = counters.clone();
         let (frequency, mode) = (cfg.frequency, cfg.symbolize);
         let symbolize = std::thread::Builder::new()
             .name("ddprof-symbols".into())
-            .spawn(move || symbolize_loop(sym_rx, c2, frequency, mode))
+            .spawn(move || symbolize_loop(sym_rx, c2, frequency, mode, budget))
             .map_err(spawn_err)?;
         Ok(Profiler { commands: Mutex::new(Some(tx)), threads: Mutex::new(vec![drain, symbolize]), counters })
     }

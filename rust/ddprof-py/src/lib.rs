@@ -79,7 +79,7 @@ impl Profiler {
 #[pymethods]
 impl Profiler {
     #[new]
-    #[pyo3(signature = (frequency = 99, pids = None, stack_bytes = 16384, symbolize = "host", python = true, follow_children = false, idle = false))]
+    #[pyo3(signature = (frequency = 99, pids = None, stack_bytes = 16384, symbolize = "host", python = true, follow_children = false, idle = false, memory_budget = ddprof_core::memory::DEFAULT_BUDGET))]
     #[allow(clippy::too_many_arguments)] // the keyword arguments of a Python constructor
     fn new(
         py: Python<'_>,
@@ -90,9 +90,20 @@ impl Profiler {
         python: bool,
         follow_children: bool,
         idle: bool,
+        memory_budget: u64,
     ) -> PyResult<Self> {
         let symbolize = symbolize.parse().map_err(|e| to_py_err(py, e))?;
-        let config = ProfilerConfig { frequency, pids: pids.unwrap_or_default(), stack_bytes, symbolize, python, follow_children, idle };
+        let memory_budget = ddprof_core::memory::MemoryBudget::new(memory_budget).map_err(|e| to_py_err(py, e))?;
+        let config = ProfilerConfig {
+            frequency,
+            pids: pids.unwrap_or_default(),
+            stack_bytes,
+            symbolize,
+            python,
+            follow_children,
+            idle,
+            memory_budget,
+        };
         Ok(Profiler { config, started: AtomicBool::new(false), core: OnceLock::new() })
     }
 

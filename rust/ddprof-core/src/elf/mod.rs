@@ -613,6 +613,20 @@ impl FileCache {
     pub fn is_empty(&self) -> bool {
         self.files.is_empty()
     }
+
+    /// Forgets the files no live process maps, and drops this process's hold on the pages
+    /// read of the others (the memory budget was exceeded: see `memory`). Failures stay
+    /// remembered: they cost nothing and would be retried on every sample.
+    pub fn shed(&mut self) {
+        self.files.retain(|_, v| match v {
+            Ok(f) => Arc::strong_count(f) > 1,
+            Err(()) => true,
+        });
+        self.files.shrink_to_fit();
+        for f in self.files.values().flatten() {
+            f.release_pages();
+        }
+    }
 }
 
 #[cfg(test)]

@@ -197,6 +197,12 @@ impl Registry {
         }
     }
 
+    /// Forgets exited processes now, then the files no process maps (see `FileCache::shed`).
+    pub fn shed_files(&mut self) {
+        self.sweep(true);
+        self.files.shed();
+    }
+
     /// Forgets processes that exited or exec'd; at most every 2 s unless forced. Returns
     /// true when it looked.
     pub fn sweep(&mut self, force: bool) -> bool {

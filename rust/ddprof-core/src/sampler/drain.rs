@@ -29,6 +29,7 @@ use crate::process::{MapKind, Mapping, Process, Registry};
 use crate::symbolize::perfmap::PerfMapFiles;
 use crate::symbolize::{self, SymRequest};
 use crate::elf::FileKey;
+use crate::memory::{self, MemoryBudget, ShedPolicy};
 use crate::unwind::go::{join_cgo, Code, JoinEnd, Joined, StackSwitch, WalkFrame};
 use crate::unwind::go_runtime::{self, GoRuntime};
 use crate::unwind::{Outcome, StackSnapshot, StackUnwinder, GAP, MAX_WALK_FRAMES};
@@ -71,6 +72,8 @@ pub enum Command {
 pub struct SymJob {
     pub aggregate: Aggregate,
     pub reply: Sender<Snapshot>,
+    /// The memory budget was exceeded: the symbolizer drops its caches first.
+    pub shed: bool,
 }
 
 pub struct Drain {
@@ -298,6 +301,17 @@ impl Drain {
         self.counters.set(Counter::FilesCached, self.registry.files.len() as u64);
         self.counters.set(Counter::PythonCodeObjects, self.codes.len() as u64);
         self.counters.set(Counter::PythonCodeBytes, self.codes.bytes() as u64);
+    }
+
+    /// Drops what the next samples can rebuild (the memory budget was exceeded: see
+    /// `memory`): unwind tables, files no live process maps, the pages of mapped files read
+    /// so far, Python code objects.
+    fn shed(&mut self) {
+        self.unwinder.shed();
+        self.registry.shed_files();
+        self.codes = CodeCache::default();
+        self.trampolines = Trampolines::default();
+        self.publish_gauges();
     }
 
     fn close_period(&mut self, reset: bool) -> Aggregate {
@@ -585,8 +599,39 @@ fn request_for(m: &Mapping, addr: Avma, pid: u32, perf_maps: &mut PerfMapFiles) 
 /// the timer does), ingest them, answer commands. After `Stop` (or when the handle is gone)
 /// the sampler is dropped at once (detaching the program), and snapshots of what was
 /// collected are served until the handle goes away.
-pub fn drain_loop(mut sampler: Sampler, rx: Receiver<Command>, sym: Sender<SymJob>, counters: Arc<Counters>, python: bool) {
+pub fn drain_loop(
+    mut sampler: Sampler,
+    rx: Receiver<Command>,
+    sym: Sender<SymJob>,
+    counters: Arc<Counters>,
+    python: bool,
+    budget: MemoryBudget,
+) {
     let mut drain = Drain::new(counters.clone(), python);
+    let mut shed_policy = ShedPolicy::new(budget);
+    let mut shed_logged = false;
+    // At a period's end, before the symbolization burst: over the budget, shed (see `memory`).
+    let mut shed_now = |drain: &mut Drain| {
+        let Some(resident) = memory::resident_bytes() else { return false };
+        counters.set(Counter::ResidentBytes, resident);
+        if !shed_policy.should_shed(resident) {
+            return false;
+        }
+        counters.incr(Counter::MemorySheds);
+        let msg = format!(
+            "resident memory {} MiB is over 7/8 of the memory budget ({} MiB): caches dropped and rebuilt as needed (memory_sheds)",
+            resident >> 20,
+            budget.bytes >> 20
+        );
+        if shed_logged {
+            log::debug!("{msg}");
+        } else {
+            log::warn!("{msg}; raise --memory-budget if memory_sheds keeps growing");
+            shed_logged = true;
+        }
+        drain.shed();
+        true
+    };
     // The BPF counters are one syscall each to read: once a second, and at every snapshot.
     let mut counters_read = Instant::now();
     let mut ingest_all = |sampler: &mut Sampler, drain: &mut Drain, exact: bool| {
@@ -610,7 +655,8 @@ pub fn drain_loop(mut sampler: Sampler, rx: Receiver<Command>, sym: Sender<SymJo
         match rx.recv_timeout(Duration::ZERO) {
             Ok(Command::Snapshot { reset, reply }) => {
                 ingest_all(&mut sampler, &mut drain, true);
-                let _ = sym.send(SymJob { aggregate: drain.close_period(reset), reply });
+                let shed = reset && shed_now(&mut drain);
+                let _ = sym.send(SymJob { aggregate: drain.close_period(reset), reply, shed });
             }
             Ok(Command::Stop) | Err(RecvTimeoutError::Disconnected) => break,
             Err(RecvTimeoutError::Timeout) => {}
@@ -621,7 +667,7 @@ pub fn drain_loop(mut sampler: Sampler, rx: Receiver<Command>, sym: Sender<SymJo
     drop(sampler);
     while let Ok(cmd) = rx.recv() {
         if let Command::Snapshot { reset, reply } = cmd {
-            let _ = sym.send(SymJob { aggregate: drain.close_period(reset), reply });
+            let _ = sym.send(SymJob { aggregate: drain.close_period(reset), reply, shed: false });
         }
     }
 }

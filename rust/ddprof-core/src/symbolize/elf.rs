@@ -101,11 +101,13 @@ pub struct Parses {
     clock: u64,
     batch: u64,
     kept: HashMap<Arc<str>, Parse>,
+    /// Kept parses dropped since the last [`Parses::take_evicted`].
+    evicted: u64,
 }
 
 impl Parses {
     pub fn new(budget: u64, cap: u64) -> Self {
-        Parses { budget, cap: cap.max(budget), used: 0, clock: 0, batch: 0, kept: HashMap::new() }
+        Parses { budget, cap: cap.max(budget), used: 0, clock: 0, batch: 0, kept: HashMap::new(), evicted: 0 }
     }
 
     /// Starts a batch (a period's symbolization): see [`Parse::batch`].
@@ -147,6 +149,7 @@ impl Parses {
             };
             if let Some(p) = self.kept.remove(&oldest) {
                 self.used -= p.bytes;
+                self.evicted += 1;
                 log::debug!("{}: parse dropped for {} ({} KiB)", p.file.origin.path, file.origin.path, p.bytes >> 10);
             }
         }
@@ -154,6 +157,18 @@ impl Parses {
         self.used += bytes;
         self.kept.insert(file.cache_key.clone(), Parse { blaze, file: file.clone(), dwarf, bytes, last_used: self.clock, batch });
         Ok((out, depth))
+    }
+
+    /// Drops every kept parse (the memory budget was exceeded).
+    pub fn clear(&mut self) {
+        self.evicted += self.kept.len() as u64;
+        self.kept = HashMap::new();
+        self.used = 0;
+    }
+
+    /// Kept parses dropped (for room, or by [`Parses::clear`]) since the last call.
+    pub fn take_evicted(&mut self) -> u64 {
+        std::mem::take(&mut self.evicted)
     }
 
     /// Bytes held by kept parses (estimated) and how many files.
@@ -256,5 +271,8 @@ mod tests {
         p.next_batch();
         p.symbolize(&libc, &[Svma(0x1000)]).expect("symbolizes");
         assert_eq!(p.usage(), (bl, 1), "a later batch evicts the least recently used");
+        assert_eq!(p.take_evicted(), 1, "the eviction is counted");
+        p.clear();
+        assert_eq!((p.usage(), p.take_evicted(), p.take_evicted()), ((0, 0), 1, 0), "a shed drops and counts all");
     }
 }

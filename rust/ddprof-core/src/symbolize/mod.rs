@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use crate::addr::{Avma, FileOffset, Svma};
 use crate::counters::{Counter, Counters};
 use crate::elf::ElfFile;
+use crate::memory::MemoryBudget;
 
 mod elf;
 pub mod gopclntab;
@@ -86,15 +87,13 @@ pub enum SymRequest {
 
 /// Entries of each result cache (~150 bytes each): a few MiB at most, then start over.
 const MAX_CACHED: usize = 32_768;
-/// Bytes of blazesym parses kept between periods (`elf::Parses`): libc's debug file (~13
-/// MiB estimated) and a libpython with its DWARF (~20 MiB), or several small ones; a file
-/// over it is parsed for its batch and dropped.
-pub const PARSE_BUDGET: u64 = 36 << 20;
-/// The largest parse made at all: a file whose DWARF would take more (a large Go or C++
-/// binary built with debug info: 100+ MiB) is named from its symbol tables only, without
-/// lines or inlined functions, so that one binary cannot raise the profiler's peak memory
-/// by that much.
-pub const PARSE_CAP: u64 = 64 << 20;
+// The bytes of blazesym parses kept between periods (`elf::Parses`) and the largest parse
+// made at all come from the memory budget (`MemoryBudget::parse_budget`, `parse_cap`): with
+// the default, 36 MiB (libc's debug file, ~13 MiB estimated, and a libpython with its
+// DWARF, ~20 MiB, or several small ones; a file over it is parsed for its batch and
+// dropped) and 64 MiB (a file whose DWARF would take more, such as a large Go or C++ binary
+// built with debug info, 100+ MiB, is named from its symbol tables only, without lines or
+// inlined functions, so that one binary cannot raise the profiler's peak by that much).
 const KALLSYMS_MAX_AGE: Duration = Duration::from_secs(600);
 
 pub struct Symbolizer {
@@ -112,14 +111,20 @@ pub struct Symbolizer {
 }
 
 impl Symbolizer {
+    /// A symbolizer within the default memory budget.
     pub fn new(mode: SymbolizeMode, counters: Arc<Counters>) -> Self {
+        Self::with_budget(mode, counters, MemoryBudget::default())
+    }
+
+    /// A symbolizer whose kept parses fit `budget` (see `memory`).
+    pub fn with_budget(mode: SymbolizeMode, counters: Arc<Counters>, budget: MemoryBudget) -> Self {
         Symbolizer {
             mode,
             counters,
             user: HashMap::new(),
             kernel: HashMap::new(),
             perf_maps: PerfMapCache::default(),
-            parses: elf::Parses::new(parse_budget(), PARSE_CAP),
+            parses: elf::Parses::new(parse_budget(&budget), budget.parse_cap()),
             empty: Arc::from(Vec::new()),
             ksyms: None,
             ksyms_loaded: None,
@@ -180,9 +185,7 @@ impl Symbolizer {
                 }
             }
         }
-        let (bytes, files) = self.parses.usage();
-        self.counters.set(Counter::SymbolParses, files as u64);
-        self.counters.set(Counter::SymbolParseBytes, bytes);
+        self.publish_usage();
         requests
             .iter()
             .map(|r| match r {
@@ -198,6 +201,23 @@ impl Symbolizer {
                 SymRequest::Fixed(l) => l.clone(),
             })
             .collect()
+    }
+
+    /// Drops every cache that the next period can rebuild (the memory budget was exceeded:
+    /// see `memory`): kept parses (counted in `parses_evicted`), results, perf maps.
+    pub fn shed(&mut self) {
+        self.parses.clear();
+        self.user = HashMap::new();
+        self.kernel = HashMap::new();
+        self.perf_maps = PerfMapCache::default();
+        self.publish_usage();
+    }
+
+    fn publish_usage(&mut self) {
+        let (bytes, files) = self.parses.usage();
+        self.counters.set(Counter::SymbolParses, files as u64);
+        self.counters.set(Counter::SymbolParseBytes, bytes);
+        self.counters.add(Counter::ParsesEvicted, self.parses.take_evicted());
     }
 
     /// Lines of SVMAs of one file: PLT entries by their own names, Go's table for a Go
@@ -304,10 +324,10 @@ pub fn symbolize_file(path: &str, addrs: &[u64]) -> crate::Result<Vec<Vec<Line>>
     Ok(sym.resolve_file(&Arc::new(file), &svmas).into_iter().map(Option::unwrap_or_default).collect())
 }
 
-/// [`PARSE_BUDGET`], or `DDPROF_PARSE_BUDGET_MB` MiB: benches compare budgets with it
-/// (0 drops every parse after its batch, as before parses were kept).
-fn parse_budget() -> u64 {
-    std::env::var("DDPROF_PARSE_BUDGET_MB").ok().and_then(|v| v.parse::<u64>().ok()).map_or(PARSE_BUDGET, |mb| mb << 20)
+/// The budget's share for parses, or `DDPROF_PARSE_BUDGET_MB` MiB: benches compare budgets
+/// with it (0 drops every parse after its batch, as before parses were kept).
+fn parse_budget(budget: &MemoryBudget) -> u64 {
+    std::env::var("DDPROF_PARSE_BUDGET_MB").ok().and_then(|v| v.parse::<u64>().ok()).map_or(budget.parse_budget(), |mb| mb << 20)
 }
 
 /// A JIT function named by a perf map.

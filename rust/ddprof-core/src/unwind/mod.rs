@@ -494,6 +494,15 @@ impl StackUnwinder {
     }
 
     /// Drops what was derived from files no process maps any more.
+    /// Drops every file's tables, rules and Go tables (the memory budget was exceeded): the
+    /// next frames in each file build them again.
+    pub fn shed(&mut self) {
+        self.files = HashMap::new();
+        self.rules = RuleCache::new();
+        self.go_files = GoFramesCache::default();
+        self.go_frames = GoFrameCache::new(4096);
+    }
+
     pub fn forget_stale(&mut self, _registry: &Registry) {
         self.files.retain(|_, t| t.file.strong_count() > 0);
         self.go_files.forget_dropped();
