@@ -13,16 +13,24 @@ rate) for --duration seconds while a loop keeps the machine busy the way a build
   library).
 
 Every second it reads the profiler's VmRSS (and VmHWM at the end), and at the end its
-smaps_rollup (anonymous memory against file pages) and the status file's totals. It prints
-the peak, the RSS at each quarter, the slope over the second half (MiB a minute: flat is near
-0) and those. It never asserts. Every process it starts is killed on
-the way out, Ctrl-C included.
+smaps_rollup (anonymous memory against file pages) and the status file's totals (resident
+size, caches shed, parses evicted). It prints the peak, the RSS at each quarter, the slope
+over the second half (MiB a minute: flat is near 0) and those. It never asserts. Every
+process it starts is killed on the way out, Ctrl-C included.
+
+`--agent-outage START` uploads to a receiver of its own on loopback (an HTTP server that
+answers 200 to `POST /profiling/v1/input` and counts what it got) instead of writing files,
+and closes that receiver's port for `--outage-periods` periods (5) from START seconds on:
+the profiler's queue holds what it cannot send, and what the receiver got in the end is
+compared with the profiler's exit summary (produced = sent + failed + dropped + not sent).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import http.server
 import json
+import re
 import os
 import shutil
 import signal
@@ -68,6 +76,44 @@ def slope(points: list[tuple[float, float]]) -> float | None:
     mm = statistics.fmean(m for _, m in points)
     den = sum((t - mt) ** 2 for t, _ in points)
     return 60 * sum((t - mt) * (m - mm) for t, m in points) / den if den else None
+
+
+class Receiver:
+    """The Agent's profiling endpoint on loopback: 200 to each upload, counted; `down()`
+    closes the port (connection refused), `up()` opens it again on the same port."""
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.bytes = 0
+        self.port = 0
+        self._server: http.server.ThreadingHTTPServer | None = None
+        self.up()
+
+    def up(self) -> None:
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.path.startswith("/profiling/v1/input"):
+                    receiver.received += 1
+                    receiver.bytes += len(body)
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        http.server.ThreadingHTTPServer.allow_reuse_address = True
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def down(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
 
 
 def build_host_load(tmp: Path, binaries: int, stop: threading.Event, counts: dict) -> None:
@@ -116,7 +162,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--binaries", type=int, default=200, help="distinct C programs (default 200)")
     ap.add_argument("--python", default=sys.executable, help="interpreter for -m ddprofiler")
     ap.add_argument("--json", help="also write the figures to this file")
+    ap.add_argument("--memory-budget", help="the profiler's --memory-budget (default: its own)")
+    ap.add_argument("--max-queue-bytes", help="the profiler's --max-queue-bytes (default: its own)")
+    ap.add_argument("--agent-outage", type=float, metavar="START",
+                    help="upload to a receiver here and close it for --outage-periods periods from START s")
+    ap.add_argument("--outage-periods", type=int, default=5)
     args = ap.parse_args(argv)
+    period = 10
     for tool in ("gcc", "cargo", "go"):
         if shutil.which(tool) is None:
             raise SystemExit(f"soak_build: {tool} is needed")
@@ -126,9 +178,17 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     counts = {"runs": 0, "cargo": 0, "go": 0}
     load = threading.Thread(target=build_host_load, args=(tmp, args.binaries, stop, counts), daemon=True)
-    prof = subprocess.Popen([args.python, "-m", "ddprofiler", "--output-dir", str(tmp / "out"),
-                             "--upload-period", "10", "--status-file", str(status)],
-                            stdout=subprocess.DEVNULL, stderr=open(tmp / "profiler.log", "w"))
+    receiver = Receiver() if args.agent_outage is not None else None
+    dest = (["--agent-url", f"http://127.0.0.1:{receiver.port}"] if receiver
+            else ["--output-dir", str(tmp / "out")])
+    extra = [*(["--memory-budget", args.memory_budget] if args.memory_budget else []),
+             *(["--max-queue-bytes", args.max_queue_bytes] if args.max_queue_bytes else [])]
+    log_path = tmp / "profiler.log"
+    prof = subprocess.Popen([args.python, "-m", "ddprofiler", *dest, "--upload-period", str(period),
+                             "--status-file", str(status), *extra],
+                            stdout=subprocess.DEVNULL, stderr=open(log_path, "w"))
+    outage = ((args.agent_outage, args.agent_outage + args.outage_periods * period)
+              if receiver else None)
     rss: list[tuple[float, float]] = []
     started = time.monotonic()
     try:
@@ -137,6 +197,11 @@ def main(argv: list[str] | None = None) -> int:
             kib = rss_kib(prof.pid)
             if kib is not None:
                 rss.append((elapsed, kib / 1024))
+            if outage and receiver:
+                if outage[0] <= elapsed < outage[1] and receiver._server is not None:
+                    receiver.down()
+                elif elapsed >= outage[1] and receiver._server is None:
+                    receiver.up()
             time.sleep(1.0)
         peak = (rss_kib(prof.pid, "VmHWM:") or 0) / 1024
         rollup = {}
@@ -149,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(OSError, ValueError):
             doc = json.loads(status.read_text())
             totals = {"periods": doc.get("periods"), "samples_total": doc.get("samples_total"),
+                      "memory": (doc.get("last_period") or {}).get("memory"),
                       "last_period": doc.get("last_period")}
     finally:
         stop.set()
@@ -157,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
             prof.wait(30)
         if prof.poll() is None:
             prof.kill()
+        if receiver:
+            receiver.down()
     second_half = [p for p in rss if p[0] >= args.duration / 2]
     res = {
         "duration_s": round(rss[-1][0] if rss else 0, 1), "peak_rss_mib": round(peak, 1),
@@ -165,6 +233,16 @@ def main(argv: list[str] | None = None) -> int:
         "slope_second_half_mib_per_min": round(s, 2) if (s := slope(second_half)) is not None else None,
         "load": counts, "smaps_rollup_at_end": rollup, "status": totals,
     }
+    text = log_path.read_text(errors="replace")
+    res["warnings"] = [ln.split(" | ", 4)[-1][:200] for ln in text.splitlines() if "| WARN |" in ln]
+    summary = next((ln.split(" | ", 4)[-1] for ln in text.splitlines() if "profiles produced" in ln), "")
+    res["exit_summary"] = summary
+    if receiver:
+        m = re.search(r"(\d+) profiles produced: (\d+) sent, (\d+) failed.*?, (\d+) dropped.*?, (\d+) not sent", summary)
+        res["outage"] = {"from_s": outage[0] if outage else None, "to_s": outage[1] if outage else None,
+                         "received": receiver.received, "received_bytes": receiver.bytes,
+                         **({k: int(v) for k, v in zip(("produced", "sent", "failed", "dropped", "not_sent"),
+                                                       m.groups())} if m else {})}
     print(json.dumps(res, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps({**res, "rss_series": rss}))

@@ -59,10 +59,11 @@ impl MemoryBudget {
         self.bytes / 32 * 9
     }
 
-    /// The largest single parse: half the budget (64 MiB of the default). A file whose DWARF
-    /// would take more is named from its symbol tables only.
+    /// What symbol parses may hold at once, the kept ones and the one being made: 3/8 of
+    /// the budget (48 MiB of the default). A file whose DWARF would take more on its own is
+    /// named from its symbol tables only; kept parses make room for one that fits.
     pub fn parse_cap(&self) -> u64 {
-        self.bytes / 2
+        self.bytes / 8 * 3
     }
 
     /// The resident size over which a period's end sheds the caches: 7/8 of the budget,
@@ -114,10 +115,10 @@ mod tests {
     fn the_default_divides_as_documented() {
         let b = MemoryBudget::default();
         assert_eq!(b.parse_budget(), 36 << 20);
-        assert_eq!(b.parse_cap(), 64 << 20);
+        assert_eq!(b.parse_cap(), 48 << 20);
         assert_eq!(b.shed_above(), 112 << 20);
         assert!(MemoryBudget::new(63 << 20).is_err(), "under the minimum");
-        assert_eq!(MemoryBudget::new(256 << 20).map(|b| b.parse_cap()).ok(), Some(128 << 20));
+        assert_eq!(MemoryBudget::new(256 << 20).map(|b| b.parse_cap()).ok(), Some(96 << 20));
     }
 
     #[test]

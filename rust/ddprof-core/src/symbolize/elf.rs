@@ -129,6 +129,13 @@ impl Parses {
         let dwarf = cost.tables + cost.dwarf <= self.cap;
         let bytes = cost.tables + if dwarf { cost.dwarf } else { 0 };
         let depth = if dwarf { Depth::Full } else { Depth::SymbolsOnly };
+        // What is held at once, the kept parses and this new one, stays within the cap: the
+        // least recently used kept parses make room first (this batch's too: each file is
+        // parsed once per batch, so none is needed again before the next).
+        while self.used + bytes > self.cap {
+            let Some(oldest) = self.kept.iter().min_by_key(|(_, p)| p.last_used).map(|(k, _)| k.clone()) else { break };
+            self.evict(&oldest, file);
+        }
         let blaze = new_blaze();
         let out = symbolize_with(&blaze, &file.fd_path(), dwarf, svmas)?;
         if bytes > self.budget {
@@ -147,16 +154,20 @@ impl Parses {
             else {
                 break;
             };
-            if let Some(p) = self.kept.remove(&oldest) {
-                self.used -= p.bytes;
-                self.evicted += 1;
-                log::debug!("{}: parse dropped for {} ({} KiB)", p.file.origin.path, file.origin.path, p.bytes >> 10);
-            }
+            self.evict(&oldest, file);
         }
         log::debug!("{}: parse kept ({} KiB estimated)", file.origin.path, bytes >> 10);
         self.used += bytes;
         self.kept.insert(file.cache_key.clone(), Parse { blaze, file: file.clone(), dwarf, bytes, last_used: self.clock, batch });
         Ok((out, depth))
+    }
+
+    fn evict(&mut self, key: &Arc<str>, for_file: &ElfFile) {
+        if let Some(p) = self.kept.remove(key) {
+            self.used -= p.bytes;
+            self.evicted += 1;
+            log::debug!("{}: parse dropped for {} ({} KiB)", p.file.origin.path, for_file.origin.path, p.bytes >> 10);
+        }
     }
 
     /// Drops every kept parse (the memory budget was exceeded).

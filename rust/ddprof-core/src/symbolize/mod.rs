@@ -87,13 +87,14 @@ pub enum SymRequest {
 
 /// Entries of each result cache (~150 bytes each): a few MiB at most, then start over.
 const MAX_CACHED: usize = 32_768;
-// The bytes of blazesym parses kept between periods (`elf::Parses`) and the largest parse
-// made at all come from the memory budget (`MemoryBudget::parse_budget`, `parse_cap`): with
-// the default, 36 MiB (libc's debug file, ~13 MiB estimated, and a libpython with its
+// The bytes of blazesym parses kept between periods (`elf::Parses`) and what parses may hold
+// at once come from the memory budget (`MemoryBudget::parse_budget`, `parse_cap`): with the
+// default, 36 MiB kept (libc's debug file, ~13 MiB estimated, and a libpython with its
 // DWARF, ~20 MiB, or several small ones; a file over it is parsed for its batch and
-// dropped) and 64 MiB (a file whose DWARF would take more, such as a large Go or C++ binary
-// built with debug info, 100+ MiB, is named from its symbol tables only, without lines or
-// inlined functions, so that one binary cannot raise the profiler's peak by that much).
+// dropped) and 48 MiB at once (a file whose DWARF would take more on its own, such as a
+// large Go or C++ binary built with debug info, is named from its symbol tables only,
+// without lines or inlined functions, so that one binary cannot raise the profiler's peak
+// by that much).
 const KALLSYMS_MAX_AGE: Duration = Duration::from_secs(600);
 
 pub struct Symbolizer {
