@@ -9,6 +9,7 @@ that recording stopped when the targets exited rather than at a fixed duration.
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -68,11 +69,16 @@ def test_a_command_killed_by_a_signal_exits_as_a_shell_says(tmp_path):
     assert done.returncode == 128 + 15, done.stderr
 
 
-def test_unknown_command_is_a_usage_error(tmp_path):
+def test_a_command_that_cannot_start_exits_as_env_does(tmp_path):
     done, stacks, _ = record(tmp_path, "--", "no-such-command-ddprof")
-    assert done.returncode == 2
-    assert "no-such-command-ddprof: command not found" in done.stderr
+    assert done.returncode == 127
+    assert done.stderr.strip().endswith("ddprofiler: error: no-such-command-ddprof: command not found "
+                                        f"(PATH={os.environ['PATH']})"), done.stderr
     assert not stacks and not list(tmp_path.iterdir())
+    script = tmp_path / "script.sh"
+    script.write_text("#!/bin/sh\n")
+    done, _, _ = record(tmp_path, "--", str(script))
+    assert done.returncode == 126 and f"{script}: not executable" in done.stderr
 
 
 def test_pid_and_command_together_is_a_usage_error(tmp_path):

@@ -56,6 +56,14 @@ class Failure(click.ClickException):
         click.echo(ERROR_PREFIX + self.format_message(), err=True)
 
 
+class _CommandFailure(Failure):
+    """The command after ``--`` cannot be started: exit 127 (not found) or 126."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class _Group(click.Group):
     """A click group whose usage errors are a single line, never a traceback."""
 
@@ -448,7 +456,9 @@ def record(pids: Tuple[int, ...], subprocesses: bool, idle: bool, duration: Opti
         raise click.UsageError("--subprocesses follows the processes of --pid (a command after -- is "
                                "always followed)")
     if command and (problem := launch.find_command(command)):
-        raise click.UsageError(problem)
+        # As env, nohup and timeout (POSIX's utilities that run a command): 127 when it is
+        # not found, 126 when it cannot run; the command's own status passes through otherwise.
+        raise _CommandFailure(problem, 126 if problem.endswith("not executable") else 127)
     if duration is None:
         duration = math.inf if command else 10.0
     _configure_logging(verbose)
