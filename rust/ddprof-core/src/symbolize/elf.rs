@@ -43,6 +43,17 @@ fn code_file(ci: Option<&CodeInfo<'_>>) -> (String, u32) {
     }
 }
 
+/// A demangled name as c++filt prints it. blazesym's demangler (cpp_demangle) prints an empty
+/// template parameter pack as an empty argument, `f<llvm::Function, >` where c++filt says
+/// `f<llvm::Function>`; no template argument is empty, so ", >" is always that.
+fn tidy_name(name: &str) -> String {
+    if name.contains(", >") {
+        name.replace(", >", ">")
+    } else {
+        name.to_string()
+    }
+}
+
 fn to_lines(sym: &Symbolized<'_>) -> Option<Vec<Line>> {
     let sym = sym.as_sym()?;
     // blazesym lists inlined calls outermost first; pprof wants the innermost first, each
@@ -51,10 +62,10 @@ fn to_lines(sym: &Symbolized<'_>) -> Option<Vec<Line>> {
     let mut lines = Vec::with_capacity(sym.inlined.len() + 1);
     for f in sym.inlined.iter().rev() {
         let (file, line) = code_file(f.code_info.as_ref());
-        lines.push(Line { function: f.name.to_string(), system_name: String::new(), file, line });
+        lines.push(Line { function: tidy_name(&f.name), system_name: String::new(), file, line });
     }
     let (file, line) = code_file(sym.code_info.as_deref());
-    lines.push(Line { function: sym.name.to_string(), system_name: String::new(), file, line });
+    lines.push(Line { function: tidy_name(&sym.name), system_name: String::new(), file, line });
     Some(lines)
 }
 
@@ -262,6 +273,16 @@ mod tests {
         assert_eq!(l.len(), 1);
         assert!(l[0].function.contains("some_function") && l[0].line == 0, "{l:?}");
         assert_eq!(capped.usage(), (0, 0), "nothing kept over the budget");
+    }
+
+    #[test]
+    fn an_empty_parameter_pack_prints_as_cxxfilt_does() {
+        // `template <typename T, typename... Rest> int f(T)` as f<int>: _Z1fIiJEEiT_ (the
+        // pack `JE` is empty) came out of blazesym as `int f<int, >(int)`; c++filt says
+        // `int f<int>(int)`.
+        assert_eq!(tidy_name("int f<int, >(int)"), "int f<int>(int)");
+        assert_eq!(tidy_name("llvm::cast<llvm::Function, >(llvm::Value*)"), "llvm::cast<llvm::Function>(llvm::Value*)");
+        assert_eq!(tidy_name("std::map<int, int>::at"), "std::map<int, int>::at");
     }
 
     /// Two files that do not fit together: the one kept first stays for its batch, so that
