@@ -1,11 +1,12 @@
-// Command otelcol-profiles is a real OpenTelemetry Collector receiving OTLP profiles, for
+// Command otelcol-profiles is a real OpenTelemetry Collector receiver of OTLP profiles, for
 // tests/test_otelcol.py: the collector's own OTLP receiver (go.opentelemetry.io/collector/
 // receiver/otlpreceiver, HTTP only, its /v1development/profiles route) feeds a profiles
 // consumer that writes, for each request the receiver accepted, one JSON line saying what
 // the collector understood of it, read with pdata's pprofile API: resource and scope, each
 // profile's sample and period types, sample count and value totals, the function names
 // resolved through the dictionary, the heaviest stacks, the totals per process.pid, and
-// any index that does not resolve.
+// what went wrong: an index that does not resolve, or a failure to merge the request into a
+// copy of itself as the collector's batching merges requests.
 //
 // Usage: otelcol-profiles -endpoint 127.0.0.1:PORT [-out FILE]
 // Once the receiver listens it prints {"event":"ready","endpoint":...} on stdout; it stops on
@@ -192,7 +193,13 @@ func summarize(n int, pd pprofile.Profiles) requestSummary {
 				for _, sv := range stacks {
 					ps.TopStacks = append(ps.TopStacks, *sv)
 				}
-				sort.Slice(ps.TopStacks, func(i, j int) bool { return ps.TopStacks[i].Value > ps.TopStacks[j].Value })
+				sort.Slice(ps.TopStacks, func(i, j int) bool {
+					a, b := ps.TopStacks[i], ps.TopStacks[j]
+					if a.Value != b.Value {
+						return a.Value > b.Value
+					}
+					return strings.Join(a.Frames, "\x00") < strings.Join(b.Frames, "\x00")
+				})
 				if len(ps.TopStacks) > topStacks {
 					ps.TopStacks = ps.TopStacks[:topStacks]
 				}
@@ -202,6 +209,26 @@ func summarize(n int, pd pprofile.Profiles) requestSummary {
 		}
 	}
 	return out
+}
+
+// checkMerge merges a copy of pd into another copy, as the collector's batching merges two
+// requests (pprofile's MergeTo re-interns every dictionary entry of the source into the
+// destination's and follows every index), and tells what went wrong: an error, or a merged
+// request that does not read as the request twice.
+func checkMerge(pd pprofile.Profiles, read requestSummary) string {
+	src, dst := pprofile.NewProfiles(), pprofile.NewProfiles()
+	pd.CopyTo(src)
+	pd.CopyTo(dst)
+	if err := src.MergeTo(dst); err != nil {
+		return fmt.Sprintf("merge: %v", err)
+	}
+	merged := summarize(read.Request, dst)
+	a, _ := json.Marshal(append(read.ResourceProfiles, read.ResourceProfiles...))
+	b, _ := json.Marshal(merged.ResourceProfiles)
+	if string(a) != string(b) || len(merged.Errors) > 0 {
+		return fmt.Sprintf("merge: the merged request does not read as the request twice (errors %v)", merged.Errors)
+	}
+	return ""
 }
 
 type nopHost struct{}
@@ -235,7 +262,11 @@ func run() error {
 		mu.Lock()
 		defer mu.Unlock()
 		n++
-		if err := enc.Encode(summarize(n, pd)); err != nil {
+		read := summarize(n, pd)
+		if problem := checkMerge(pd, read); problem != "" {
+			read.Errors = append(read.Errors, problem)
+		}
+		if err := enc.Encode(read); err != nil {
 			return err
 		}
 		if f, ok := out.(*os.File); ok {
