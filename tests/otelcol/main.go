@@ -53,12 +53,17 @@ type profileSummary struct {
 	SampleType  string           `json:"sample_type"` // "type/unit"
 	PeriodType  string           `json:"period_type"`
 	Period      int64            `json:"period"`
+	TimeUnixNs  uint64           `json:"time_unix_nano"`
+	DurationNs  uint64           `json:"duration_nano"`
+	ProfileID   string           `json:"profile_id"` // hex
 	Samples     int              `json:"samples"`
 	Total       int64            `json:"total"` // sum of every sample's values
 	Functions   []string         `json:"functions"`
 	TopStacks   []stackValue     `json:"top_stacks"`
 	PidTotals   map[string]int64 `json:"pid_totals"` // sample attribute process.pid -> total
 	SampleAttrs []string         `json:"sample_attribute_keys"`
+	FrameTypes  []string         `json:"frame_types"`            // profile.frame.type of the locations
+	MappingKeys []string         `json:"mapping_attribute_keys"` // of the locations' mappings
 	Attributes  map[string]any   `json:"attributes"`
 }
 
@@ -75,6 +80,15 @@ type requestSummary struct {
 	ResourceProfiles []resourceSummary `json:"resource_profiles"`
 	Dictionary       map[string]int    `json:"dictionary"` // table -> length
 	Errors           []string          `json:"errors"`     // what did not resolve
+}
+
+func sorted(set map[string]bool) []string {
+	out := make([]string, 0, len(set))
+	for k := range set {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
 }
 
 // summarize reads one request as the collector holds it (pprofile.Profiles).
@@ -110,6 +124,7 @@ func summarize(n int, pd pprofile.Profiles) requestSummary {
 	valueType := func(vt pprofile.ValueType) string {
 		return str(vt.TypeStrindex(), "value type") + "/" + str(vt.UnitStrindex(), "value unit")
 	}
+	var frameTypes, mappingKeys map[string]bool // of the profile being read
 	frames := func(stackIndex int32) []string {
 		if stackIndex < 0 || int(stackIndex) >= dict.StackTable().Len() {
 			fail("stack index %d out of [0, %d)", stackIndex, dict.StackTable().Len())
@@ -124,9 +139,17 @@ func summarize(n int, pd pprofile.Profiles) requestSummary {
 		for _, loc := range locs.All() {
 			if loc.MappingIndex() < 0 || int(loc.MappingIndex()) >= dict.MappingTable().Len() {
 				fail("mapping index %d out of [0, %d)", loc.MappingIndex(), dict.MappingTable().Len())
+			} else if attrs, err := pprofile.FromAttributeIndices(dict.AttributeTable(), dict.MappingTable().At(int(loc.MappingIndex())), dict); err != nil {
+				fail("mapping attributes: %v", err)
+			} else {
+				for k := range attrs.All() {
+					mappingKeys[k] = true
+				}
 			}
-			if _, err := pprofile.FromAttributeIndices(dict.AttributeTable(), loc, dict); err != nil {
+			if attrs, err := pprofile.FromAttributeIndices(dict.AttributeTable(), loc, dict); err != nil {
 				fail("location attributes: %v", err)
+			} else if v, ok := attrs.Get("profile.frame.type"); ok {
+				frameTypes[v.AsString()] = true
 			}
 			for _, line := range loc.Lines().All() {
 				fi := line.FunctionIndex()
@@ -146,7 +169,9 @@ func summarize(n int, pd pprofile.Profiles) requestSummary {
 				ps := profileSummary{
 					SampleType: valueType(p.SampleType()), PeriodType: valueType(p.PeriodType()),
 					Period: p.Period(), Samples: p.Samples().Len(), PidTotals: map[string]int64{},
+					TimeUnixNs: uint64(p.Time()), DurationNs: p.DurationNano(), ProfileID: p.ProfileID().String(),
 				}
+				frameTypes, mappingKeys = map[string]bool{}, map[string]bool{}
 				if attrs, err := pprofile.FromAttributeIndices(dict.AttributeTable(), p, dict); err != nil {
 					fail("profile attributes: %v", err)
 				} else {
@@ -182,14 +207,10 @@ func summarize(n int, pd pprofile.Profiles) requestSummary {
 						}
 					}
 				}
-				for name := range functions {
-					ps.Functions = append(ps.Functions, name)
-				}
-				sort.Strings(ps.Functions)
-				for k := range keys {
-					ps.SampleAttrs = append(ps.SampleAttrs, k)
-				}
-				sort.Strings(ps.SampleAttrs)
+				ps.Functions = sorted(functions)
+				ps.SampleAttrs = sorted(keys)
+				ps.FrameTypes = sorted(frameTypes)
+				ps.MappingKeys = sorted(mappingKeys)
 				for _, sv := range stacks {
 					ps.TopStacks = append(ps.TopStacks, *sv)
 				}
