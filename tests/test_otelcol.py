@@ -157,7 +157,8 @@ def profiles_of(summary: dict) -> dict[str, tuple[dict, dict]]:
 
 def test_the_collector_reads_two_services(collector, otlp):  # noqa: F811
     exporter = export(copy.deepcopy(profile_two_services()), collector, node="host-1")
-    assert exporter.stats()["uploads_ok"] == 1 and exporter.stats().get("uploads_failed", 0) == 0
+    stats = exporter.stats()
+    assert (stats["uploads_ok"], stats.get("uploads_failed", 0), stats["otlp_profiles_rejected"]) == (1, 0, 0)
     (summary,) = collector.wait_summaries(1, timeout=10)
     assert summary["errors"] == [], summary["errors"]
     assert summary["profile_count"] == 2
@@ -172,6 +173,7 @@ def test_the_collector_reads_two_services(collector, otlp):  # noqa: F811
     assert profile["functions"] == ["leaf", "main"]
     assert profile["top_stacks"] == [{"frames": ["leaf", "main"], "value": 7}]
     assert profile["pid_totals"] == {"4242": 7}
+    assert len(profile["profile_id"]) == 32 and int(profile["profile_id"], 16) != 0
     assert profile["sample_attribute_keys"] == ["process.executable.name", "process.pid", "thread.id",
                                                 "thread.name"]
 
@@ -199,6 +201,7 @@ def test_run_exports_to_the_collector(collector, workloads, tmp_path):
 
     # The workload's own DD_ENV/DD_SERVICE/DD_VERSION would win over the profiler's settings.
     quiet = {k: v for k, v in os.environ.items() if k not in ("DD_ENV", "DD_SERVICE", "DD_VERSION")}
+    started_ns = time.time_ns()
     with Workload([workloads["chain"], 60], env=quiet) as w:
         proc = subprocess.Popen([sys.executable, "-m", "ddprofiler", "run", "--exporter", "otlp",
                                  "--otlp-endpoint", collector.url, "--upload-period", "2", "-r", "99",
@@ -210,9 +213,11 @@ def test_run_exports_to_the_collector(collector, workloads, tmp_path):
         finally:
             proc.send_signal(signal.SIGINT)
             _, err = proc.communicate(timeout=60)
+    stopped_ns = time.time_ns()
     log = collector.close()
     assert proc.returncode == 0, err
     assert "upload to OTLP" not in err, err  # the uploader's warnings: failing, queue full, not sent
+    assert "partial success" not in err, err  # the exporter's warning of rejected profiles
     m = re.search(r"stopped: (\d+) profiles produced: (\d+) sent, (\d+) failed", err)
     assert m, err
     produced, sent, failed = map(int, m.groups())
@@ -228,10 +233,15 @@ def test_run_exports_to_the_collector(collector, workloads, tmp_path):
             assert profile["sample_type"] == "samples/count" and profile["period_type"] == "cpu/nanoseconds"
             assert profile["period"] == 1_000_000_000 // 99
             assert profile["total"] > 0 and profile["samples"] > 0
+            # Wall-clock times of the period (a boot-relative clock would read as 1970).
+            assert started_ns - 5e9 < profile["time_unix_nano"] < stopped_ns, (profile["time_unix_nano"], started_ns)
+            assert 0 < profile["duration_nano"] < 10e9 and int(profile["profile_id"], 16) != 0
             assert {"process.pid", "thread.id"} <= set(profile["sample_attribute_keys"])
             if str(w.pid) in profile["pid_totals"]:
                 assert service == "chain" and res["deployment.environment.name"] == "otelcol-test", res
                 assert {"leaf", "middle", "outer", "main"} <= set(profile["functions"])
+                assert "native" in profile["frame_types"], profile["frame_types"]
+                assert "process.executable.build_id.gnu" in profile["mapping_attribute_keys"]
                 heaviest = profile["top_stacks"][0]["frames"]
                 assert heaviest[:4] == ["leaf", "middle", "outer", "main"], profile["top_stacks"][:3]
                 chain += profile["pid_totals"][str(w.pid)]
