@@ -222,8 +222,10 @@ def test_run_exports_to_the_collector(collector, workloads, tmp_path):
     assert m, err
     produced, sent, failed = map(int, m.groups())
     summaries = collector.summaries()
-    # Every request the profiler counts as sent reached the consumer (none was empty).
-    assert failed == 0 and sent == produced == len(summaries) >= 2, (m.group(0), len(summaries), log)
+    # Every request was answered 200 (sent); each that had samples reached the consumer (the
+    # receiver passes on no request without samples: the last, short period may have none).
+    assert failed == 0 and sent == produced and sent - 1 <= len(summaries) <= sent, (m.group(0), len(summaries), log)
+    assert len(summaries) >= 2
 
     chain = 0
     for summary in summaries:
