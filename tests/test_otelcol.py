@@ -145,13 +145,14 @@ def collector(otelcol_binary, tmp_path):
     c.close()
 
 
-def profiles_of(summary: dict) -> dict[str, tuple[dict, dict]]:
-    """service.name -> (resource attributes, its one profile), checking the shape."""
-    out = {}
+def profiles_of(summary: dict) -> list[tuple[str, dict, dict]]:
+    """(service.name, resource attributes, its one profile) of each resource (a service may
+    come twice: processes in different cgroups), checking the shape."""
+    out = []
     for rp in summary["resource_profiles"]:
         assert rp["scope"] == "ddprofiler"
         (profile,) = rp["profiles"]
-        out[rp["resource"]["service.name"]] = (rp["resource"], profile)
+        out.append((rp["resource"]["service.name"], rp["resource"], profile))
     return out
 
 
@@ -162,8 +163,8 @@ def test_the_collector_reads_two_services(collector, otlp):  # noqa: F811
     (summary,) = collector.wait_summaries(1, timeout=10)
     assert summary["errors"] == [], summary["errors"]
     assert summary["profile_count"] == 2
-    profiles = profiles_of(summary)
-    assert set(profiles) == {"checkout", "system"}
+    profiles = {service: (res, profile) for service, res, profile in profiles_of(summary)}
+    assert len(profiles) == 2 and set(profiles) == {"checkout", "system"}
     res, profile = profiles["checkout"]
     assert res["host.name"] == "host-1" and res["deployment.environment.name"] == "prod"
     assert res["service.version"] == "1.2" and res["team"] == "core" and "container.id" in res
@@ -230,7 +231,7 @@ def test_run_exports_to_the_collector(collector, workloads, tmp_path):
     chain = 0
     for summary in summaries:
         assert summary["errors"] == [], summary["errors"]
-        for service, (res, profile) in profiles_of(summary).items():
+        for service, res, profile in profiles_of(summary):
             assert res["host.name"] == "otelcol-test-node" and res["host.arch"], res
             assert profile["sample_type"] == "samples/count" and profile["period_type"] == "cpu/nanoseconds"
             assert profile["period"] == 1_000_000_000 // 99
