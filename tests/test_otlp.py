@@ -18,7 +18,7 @@ import pytest
 
 from agent_fixtures import FakeAgent
 from ddprofiler import config
-from ddprofiler.exporters.otlp import OtlpExporter, parse_headers, profiles_url
+from ddprofiler.exporters.otlp import OtlpExporter, parse_headers, partial_success, profiles_url
 from ddprofiler.runner import Runner
 from test_runner import profile_two_services
 
@@ -124,6 +124,29 @@ def test_a_collector_down_is_named_as_such():
     health = exporter.health()
     assert "is the OTLP collector running" in health.get("reason", ""), health
     assert "Agent" not in health.get("reason", "")
+
+
+def test_a_partial_success_is_logged_and_counted_not_retried(otlp, caplog):
+    response_class = importlib.import_module(otlp.__module__).ExportProfilesServiceResponse
+    rejected = response_class()
+    rejected.partial_success.rejected_profiles = 3
+    rejected.partial_success.error_message = "sample_type unknown"
+    body = rejected.SerializeToString()
+    assert partial_success(body) == (3, "sample_type unknown")
+    # What a collector answers on every success: an empty partial_success.
+    empty = response_class()
+    empty.partial_success.SetInParent()
+    assert partial_success(empty.SerializeToString()) is None and partial_success(b"") is None
+    assert partial_success(b"\x0a\x05\x08") is None  # truncated: not a response, ignored
+
+    with FakeAgent(default=lambda request: (200, body)) as receiver:
+        exporter = OtlpExporter(profiles_url(receiver.url))
+        exporter.submit_request(b"x")
+        exporter.close(10)
+        assert len(receiver.requests) == 1
+    stats = exporter.stats()
+    assert (stats["uploads_ok"], stats.get("uploads_retried", 0), stats["otlp_profiles_rejected"]) == (1, 0, 3)
+    assert "partial success: 3 profiles rejected: sample_type unknown" in caplog.text
 
 
 def test_headers_parse_and_bad_ones_never_show_their_value():

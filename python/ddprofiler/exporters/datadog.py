@@ -25,7 +25,7 @@ import socket
 import ssl
 import threading
 import time
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 from urllib.parse import urlsplit
 
 from .payload import ProfilePayload, base_headers, build_body, entity_headers
@@ -96,9 +96,11 @@ class HttpSender:
 
     def __init__(self, url: str, *, api_key: Optional[str] = None, connect_timeout: float = 5,
                  request_timeout: float = 30, ca_file: Optional[str] = None,
-                 receiver: str = "the Agent") -> None:
+                 receiver: str = "the Agent",
+                 on_ok: Optional[Callable[[bytes], None]] = None) -> None:
         parts = urlsplit(url)
         self.receiver = receiver  # named in failure hints: "is the Agent running ..."
+        self._on_ok = on_ok  # given the body (its first _MAX_BODY_READ bytes) of each 2xx answer
         self.scheme = parts.scheme
         if parts.scheme == "unix":
             if not parts.path:
@@ -192,6 +194,8 @@ class HttpSender:
                 self._conn = None
             conn.close()
         if 200 <= status < 300:
+            if self._on_ok is not None:
+                self._on_ok(text)
             return Result(Outcome.OK, f"HTTP {status}")
         lines = text.decode("utf-8", "replace").strip().splitlines()
         first = lines[0][:200] if lines else ""
