@@ -4,7 +4,9 @@
 //! Input: the operator's budget in bytes (`--memory-budget`, default [`DEFAULT_BUDGET`]) and
 //! the process's resident size, read from `/proc/self/statm` at each period's end. Output:
 //! the byte bounds of the caches that scale with the machine's binaries (the kept symbol
-//! parses and the largest single parse) and the decision to shed: when the resident size is
+//! parses, what parses hold at once, and the resident size a new parse must leave: a parse
+//! that would not fit evicts kept ones, then is made from the symbol tables only; see
+//! `symbolize::elf::Parses`) and the decision to shed: when the resident size is
 //! over [`MemoryBudget::shed_above`] at a period's end, every cache that can be rebuilt is
 //! dropped (parses, symbol results, unwind tables, files no live process maps, the pages of
 //! mapped files), counted in `memory_sheds`; the next period rebuilds what it needs.
@@ -66,6 +68,12 @@ impl MemoryBudget {
         self.bytes / 8 * 3
     }
 
+    /// The resident size a new symbol parse must leave the process under: 15/16 of the
+    /// budget, the rest for the period's export.
+    pub fn parse_limit(&self) -> u64 {
+        self.bytes / 16 * 15
+    }
+
     /// The resident size over which a period's end sheds the caches: 7/8 of the budget,
     /// leaving the rest for the symbolization burst that follows.
     pub fn shed_above(&self) -> u64 {
@@ -97,6 +105,17 @@ impl ShedPolicy {
     }
 }
 
+/// Hands the allocator's free memory back to the system (glibc keeps freed blocks in each
+/// thread's arena): after a parse is dropped, so that the resident size measured next shows
+/// the room it made, and after each period's symbolization.
+pub fn trim() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// This process's resident size in bytes (`/proc/self/statm`'s second field, in pages), or
 /// None when it cannot be read.
 pub fn resident_bytes() -> Option<u64> {
@@ -117,6 +136,7 @@ mod tests {
         assert_eq!(b.parse_budget(), 36 << 20);
         assert_eq!(b.parse_cap(), 48 << 20);
         assert_eq!(b.shed_above(), 112 << 20);
+        assert_eq!(b.parse_limit(), 120 << 20);
         assert!(MemoryBudget::new(63 << 20).is_err(), "under the minimum");
         assert_eq!(MemoryBudget::new(256 << 20).map(|b| b.parse_cap()).ok(), Some(96 << 20));
     }

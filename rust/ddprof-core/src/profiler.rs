@@ -71,11 +71,7 @@ fn symbolize_loop(rx: Receiver<SymJob>, counters: Arc<Counters>, frequency: u64,
         let _ = job.reply.send(snap);
         // Parsing binaries leaves large freed blocks in this thread's malloc arena; hand them
         // back so that the resident size returns to its baseline between periods.
-        #[cfg(target_env = "gnu")]
-        // SAFETY: malloc_trim only releases free memory.
-        unsafe {
-            libc::malloc_trim(0);
-        }
+        crate::memory::trim();
     }
 }
 

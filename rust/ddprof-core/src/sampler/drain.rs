@@ -311,6 +311,7 @@ impl Drain {
         self.registry.shed_files();
         self.codes = CodeCache::default();
         self.trampolines = Trampolines::default();
+        memory::trim();
         self.publish_gauges();
     }
 

@@ -17,6 +17,7 @@ use blazesym::symbolize::{CodeInfo, Input, Symbolized, Symbolizer as Blaze};
 
 use super::Line;
 use crate::addr::Svma;
+use crate::memory;
 use crate::elf::ElfFile;
 
 fn new_blaze() -> Blaze {
@@ -114,11 +115,32 @@ pub struct Parses {
     kept: HashMap<Arc<str>, Parse>,
     /// Kept parses dropped since the last [`Parses::take_evicted`].
     evicted: u64,
+    /// The resident size a new parse must fit under (the memory budget), if any.
+    resident_limit: Option<u64>,
+    /// Files named from their symbol tables for lack of room under `resident_limit`, since
+    /// the last [`Parses::take_evicted`].
+    no_room: u64,
 }
 
 impl Parses {
     pub fn new(budget: u64, cap: u64) -> Self {
-        Parses { budget, cap: cap.max(budget), used: 0, clock: 0, batch: 0, kept: HashMap::new(), evicted: 0 }
+        Parses {
+            budget,
+            cap: cap.max(budget),
+            used: 0,
+            clock: 0,
+            batch: 0,
+            kept: HashMap::new(),
+            evicted: 0,
+            resident_limit: None,
+            no_room: 0,
+        }
+    }
+
+    /// New parses keep the process's resident size under `limit` bytes (see `symbolize`).
+    pub fn with_resident_limit(mut self, limit: u64) -> Self {
+        self.resident_limit = Some(limit);
+        self
     }
 
     /// Starts a batch (a period's symbolization): see [`Parse::batch`].
@@ -137,16 +159,28 @@ impl Parses {
             return Ok((symbolize_with(&p.blaze, &p.file.fd_path(), p.dwarf, svmas)?, depth));
         }
         let cost = parse_cost(file);
-        let dwarf = cost.tables + cost.dwarf <= self.cap;
-        let bytes = cost.tables + if dwarf { cost.dwarf } else { 0 };
-        let depth = if dwarf { Depth::Full } else { Depth::SymbolsOnly };
+        let mut dwarf = cost.tables + cost.dwarf <= self.cap;
+        let mut bytes = cost.tables + if dwarf { cost.dwarf } else { 0 };
         // What is held at once, the kept parses and this new one, stays within the cap: the
         // least recently used kept parses make room first (this batch's too: each file is
         // parsed once per batch, so none is needed again before the next).
-        while self.used + bytes > self.cap {
-            let Some(oldest) = self.kept.iter().min_by_key(|(_, p)| p.last_used).map(|(k, _)| k.clone()) else { break };
-            self.evict(&oldest, file);
+        while self.used + bytes > self.cap && self.evict_oldest(file) {}
+        // And the process stays within its memory budget while the parse is made (the
+        // period's peak): measured, since the estimates miss what else is resident. Kept
+        // parses make room first; without enough, the file is named from its symbol tables.
+        if let Some(limit) = self.resident_limit {
+            let mut resident = memory::resident_bytes().unwrap_or(0);
+            while resident + bytes > limit && self.evict_oldest(file) {
+                memory::trim();
+                resident = memory::resident_bytes().unwrap_or(0);
+            }
+            if dwarf && resident + bytes > limit {
+                log::debug!("{}: symbol tables only ({} MiB resident, {} KiB of DWARF estimated)", file.origin.path, resident >> 20, cost.dwarf >> 10);
+                (dwarf, bytes) = (false, cost.tables);
+                self.no_room += 1;
+            }
         }
+        let depth = if dwarf { Depth::Full } else { Depth::SymbolsOnly };
         let blaze = new_blaze();
         let out = symbolize_with(&blaze, &file.fd_path(), dwarf, svmas)?;
         if bytes > self.budget {
@@ -173,6 +207,13 @@ impl Parses {
         Ok((out, depth))
     }
 
+    /// Evicts the least recently used kept parse; false when none is kept.
+    fn evict_oldest(&mut self, for_file: &ElfFile) -> bool {
+        let Some(oldest) = self.kept.iter().min_by_key(|(_, p)| p.last_used).map(|(k, _)| k.clone()) else { return false };
+        self.evict(&oldest, for_file);
+        true
+    }
+
     fn evict(&mut self, key: &Arc<str>, for_file: &ElfFile) {
         if let Some(p) = self.kept.remove(key) {
             self.used -= p.bytes;
@@ -188,9 +229,10 @@ impl Parses {
         self.used = 0;
     }
 
-    /// Kept parses dropped (for room, or by [`Parses::clear`]) since the last call.
-    pub fn take_evicted(&mut self) -> u64 {
-        std::mem::take(&mut self.evicted)
+    /// Kept parses dropped (for room, or by [`Parses::clear`]) and files named from their
+    /// symbol tables for lack of room under the resident limit, since the last call.
+    pub fn take_evicted(&mut self) -> (u64, u64) {
+        (std::mem::take(&mut self.evicted), std::mem::take(&mut self.no_room))
     }
 
     /// Bytes held by kept parses (estimated) and how many files.
@@ -273,6 +315,25 @@ mod tests {
         assert_eq!(l.len(), 1);
         assert!(l[0].function.contains("some_function") && l[0].line == 0, "{l:?}");
         assert_eq!(capped.usage(), (0, 0), "nothing kept over the budget");
+
+        // Under a resident limit with no room for the DWARF (the resident size now plus less
+        // than the estimate): the kept parse is evicted first, then the file is named from
+        // its symbol tables, and both are counted.
+        let resident = memory::resident_bytes().expect("statm");
+        let mut tight = Parses::new(u64::MAX / 4, u64::MAX / 4).with_resident_limit(resident + cost.dwarf / 4);
+        let libc = Path::new("/lib/x86_64-linux-gnu/libc.so.6");
+        if let Ok(other) = ElfFile::open_path(libc, Origin::at_path(libc, Path::new("/"))) {
+            tight.resident_limit = None;
+            tight.symbolize(&Arc::new(other), &[Svma(0x1000)]).expect("symbolizes");
+            assert_eq!(tight.usage().1, 1, "kept without a limit");
+            tight.resident_limit = Some(resident + cost.dwarf / 4);
+        }
+        let (lines, depth) = tight.symbolize(&exe, &[svma]).expect("symbolizes");
+        assert_eq!(depth, Depth::SymbolsOnly, "no room for the DWARF");
+        assert!(lines[0].as_ref().is_some_and(|l| l[0].function.contains("some_function")), "{lines:?}");
+        let (evicted, no_room) = tight.take_evicted();
+        assert_eq!(no_room, 1);
+        assert_eq!(evicted, u64::from(libc.exists()), "the kept parse made room first");
     }
 
     #[test]
@@ -303,8 +364,8 @@ mod tests {
         p.next_batch();
         p.symbolize(&libc, &[Svma(0x1000)]).expect("symbolizes");
         assert_eq!(p.usage(), (bl, 1), "a later batch evicts the least recently used");
-        assert_eq!(p.take_evicted(), 1, "the eviction is counted");
+        assert_eq!(p.take_evicted(), (1, 0), "the eviction is counted");
         p.clear();
-        assert_eq!((p.usage(), p.take_evicted(), p.take_evicted()), ((0, 0), 1, 0), "a shed drops and counts all");
+        assert_eq!((p.usage(), p.take_evicted(), p.take_evicted()), ((0, 0), (1, 0), (0, 0)), "a shed drops and counts all");
     }
 }

@@ -125,7 +125,7 @@ impl Symbolizer {
             user: HashMap::new(),
             kernel: HashMap::new(),
             perf_maps: PerfMapCache::default(),
-            parses: elf::Parses::new(parse_budget(&budget), budget.parse_cap()),
+            parses: elf::Parses::new(parse_budget(&budget), budget.parse_cap()).with_resident_limit(budget.parse_limit()),
             empty: Arc::from(Vec::new()),
             ksyms: None,
             ksyms_loaded: None,
@@ -211,6 +211,7 @@ impl Symbolizer {
         self.user = HashMap::new();
         self.kernel = HashMap::new();
         self.perf_maps = PerfMapCache::default();
+        crate::memory::trim();
         self.publish_usage();
     }
 
@@ -218,7 +219,9 @@ impl Symbolizer {
         let (bytes, files) = self.parses.usage();
         self.counters.set(Counter::SymbolParses, files as u64);
         self.counters.set(Counter::SymbolParseBytes, bytes);
-        self.counters.add(Counter::ParsesEvicted, self.parses.take_evicted());
+        let (evicted, no_room) = self.parses.take_evicted();
+        self.counters.add(Counter::ParsesEvicted, evicted);
+        self.counters.add(Counter::ParsesNoRoom, no_room);
     }
 
     /// Lines of SVMAs of one file: PLT entries by their own names, Go's table for a Go
