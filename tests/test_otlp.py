@@ -10,6 +10,7 @@ profile of the chain workload (the core's own snapshot).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib
 import sys
 from pathlib import Path
@@ -103,6 +104,31 @@ def test_hand_made_two_services(otlp):
     assert names(sample.stack_index) == ["leaf", "main"] and list(sample.values) == [7]
     assert attrs(sample.attribute_indices) == {"process.pid": 4242, "thread.id": 4243, "thread.name": "worker",
                                                "process.executable.name": "app"}
+
+
+def test_groups_otlp_cannot_tell_apart_are_one_resource(otlp, monkeypatch):
+    # The same service in two cgroups without a container id: two pprof groups (Datadog
+    # tells them apart by the cgroup's inode), but OTLP has no attribute for the cgroup, so
+    # one resource with the samples of both.
+    profile = copy.deepcopy(profile_two_services())
+    profile.processes[7] = copy.deepcopy(profile.processes[4242])
+    original = Runner.tags_of
+
+    def tags_of(self, p):
+        return {pid: dataclasses.replace(t, container_id=None, cgroup_inode=1000 + pid)
+                for pid, t in original(self, p).items()}
+
+    monkeypatch.setattr(Runner, "tags_of", tags_of)
+    with FakeAgent() as receiver:
+        export(profile, receiver, node="host-1")
+        (request,) = receiver.wait_requests(1)
+    req, names, attrs = decode(otlp, request.body)
+    services = [{kv.key: attr_value(kv.value) for kv in rp.resource.attributes}["service.name"]
+                for rp in req.resource_profiles]
+    assert services == ["checkout"], services
+    (profile_out,) = req.resource_profiles[0].scope_profiles[0].profiles
+    pids = sorted(attrs(s.attribute_indices)["process.pid"] for s in profile_out.samples)
+    assert pids == [7, 4242] and sum(v for s in profile_out.samples for v in s.values) == 10
 
 
 def test_endpoint_rules_follow_opentelemetry():

@@ -126,11 +126,15 @@ class Runner:
         keys = sorted(set(key_of.values()), key=lambda k: tuple(str(x) for x in k))
         index = {key: i for i, key in enumerate(keys)}
         if isinstance(self.exporter, OtlpExporter):  # one request a period, not a pprof a group
-            body, _ = encode_otlp(profile, {pid: index[k] for pid, k in key_of.items()},
-                                  [self._resource(key) for key in keys], ddprofiler.__version__)
-            self.exporter.submit_request(body, f"{len(keys)} profiles")
-            self._telemetry(profile, len(keys))
-            return len(keys)
+            # One resource per distinct set of attributes: groups that OTLP cannot tell apart
+            # (the same service in two cgroups without a container id) are one profile.
+            attrs = [tuple(self._resource(key)) for key in keys]
+            resource_index = {a: i for i, a in enumerate(dict.fromkeys(attrs))}
+            body, _ = encode_otlp(profile, {pid: resource_index[attrs[index[k]]] for pid, k in key_of.items()},
+                                  [list(a) for a in resource_index], ddprofiler.__version__)
+            self.exporter.submit_request(body, f"{len(resource_index)} profiles")
+            self._telemetry(profile, len(resource_index))
+            return len(resource_index)
         encoded = encode_profiles(profile, {pid: index[k] for pid, k in key_of.items()}, len(keys),
                                   {pid: extra for pid, extra in labels.items() if extra})
         for key, profile_of_key in zip(keys, encoded):
