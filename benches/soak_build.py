@@ -204,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
                     receiver.up()
             time.sleep(1.0)
         peak = (rss_kib(prof.pid, "VmHWM:") or 0) / 1024
+        cpu_s = None
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = Path(f"/proc/{prof.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            cpu_s = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         rollup = {}
         with contextlib.suppress(OSError):
             for line in Path(f"/proc/{prof.pid}/smaps_rollup").read_text().splitlines()[1:]:
@@ -228,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     second_half = [p for p in rss if p[0] >= args.duration / 2]
     res = {
         "duration_s": round(rss[-1][0] if rss else 0, 1), "peak_rss_mib": round(peak, 1),
+        "profiler_cpu_pct_of_one_core": round(100 * cpu_s / rss[-1][0], 2) if cpu_s and rss else None,
         "rss_at_quarters_mib": [round(min(rss, key=lambda p: abs(p[0] - args.duration * q / 4))[1], 1)
                                 for q in (1, 2, 3, 4)] if rss else [],
         "slope_second_half_mib_per_min": round(s, 2) if (s := slope(second_half)) is not None else None,
