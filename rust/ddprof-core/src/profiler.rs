@@ -14,7 +14,7 @@ use crate::aggregate::Snapshot;
 use crate::counters::{Counters, Stats};
 use crate::error::{Error, Result};
 use crate::sampler::drain::{drain_loop, Command, SymJob};
-use crate::sampler::{Sampler, SamplerConfig};
+use crate::sampler::{OffCpuConfig, Sampler, SamplerConfig};
 use crate::symbolize::{SymbolizeMode, Symbolizer};
 
 #[derive(Clone, Debug)]
@@ -34,6 +34,9 @@ pub struct ProfilerConfig {
     /// Keep the samples of the idle task (the kernel's, pid 0: `swapper/N`), dropped by
     /// default as CPU time nobody spent.
     pub idle: bool,
+    /// Off-CPU mode: the time threads spend switched out, by the stack they blocked in, as
+    /// a second value of the profile (None: off).
+    pub off_cpu: Option<OffCpuConfig>,
 }
 
 impl Default for ProfilerConfig {
@@ -46,6 +49,7 @@ impl Default for ProfilerConfig {
             python: true,
             follow_children: false,
             idle: false,
+            off_cpu: None,
         }
     }
 }
@@ -83,6 +87,7 @@ impl Profiler {
             stack_bytes: cfg.stack_bytes,
             follow_children: cfg.follow_children,
             idle: cfg.idle,
+            off_cpu: cfg.off_cpu,
         })?;
         let counters: Arc<Counters> = Arc::default();
         let (tx, rx) = mpsc::channel();
@@ -90,9 +95,10 @@ impl Profiler {
         let spawn_err = |e| Error::Io { context: "starting a profiler thread".into(), source: e };
         let c1 = counters.clone();
         let python = cfg.python;
+        let off_cpu_rate = cfg.off_cpu.map(|o| o.rate);
         let drain = std::thread::Builder::new()
             .name("ddprof-drain".into())
-            .spawn(move || drain_loop(sampler, rx, sym_tx, c1, python))
+            .spawn(move || drain_loop(sampler, rx, sym_tx, c1, python, off_cpu_rate))
             .map_err(spawn_err)?;
         let c2 = counters.clone();
         let (frequency, mode) = (cfg.frequency, cfg.symbolize);
