@@ -330,8 +330,8 @@ SPECS: Tuple[Spec, ...] = (
     Spec("off_cpu", "--off-cpu/--no-off-cpu", ("DD_HOST_PROFILING_OFF_CPU",), _bool,
          "Also profile off-CPU time: how long threads stay switched out (blocked on I/O, locks, "
          "sleeps, or preempted), by the stack they blocked in (sched_switch; sample type "
-         "off-cpu-time). Costs a stack copy (~5 us) per recorded switch-out, bounded by "
-         "--off-cpu-rate and --off-cpu-cap."),
+         "off-cpu-time). Costs about 12 us per recorded switch-out (a stack copy) and 0.4 us per "
+         "other context switch, bounded by --off-cpu-rate and --off-cpu-cap."),
     Spec("off_cpu_rate", "--off-cpu-rate", ("DD_HOST_PROFILING_OFF_CPU_RATE",), _fraction,
          "With --off-cpu: the fraction of switch-outs recorded (a busy host switches tens of "
          "thousands of times a second); the time is scaled up by its inverse."),

@@ -96,13 +96,16 @@ def top_table(profile: Profile, n: int = 20, by: By = "self", lines: bool = Fals
     counts = self_counts if by == "self" else total_counts
     other = total_counts if by == "self" else self_counts
     ranked = sorted(counts, key=lambda k: (-counts[k], -other.get(k, 0), k))[:max(0, n)]
+    def show(count: int) -> str:
+        return f"{count / 1e6:.1f}" if value == "off-cpu" else str(count)
+
     if value == "off-cpu":
         header = f"{len(total_counts)} functions, {grand / 1e9:.2f} s off-CPU (switched out)"
-        unit, show = "ms", (lambda c: f"{c / 1e6:.1f}")
+        unit = "ms"
     else:
         seconds = grand / profile.frequency if profile.frequency else 0.0
         header = f"{len(total_counts)} functions, {grand} samples ({seconds:.2f} s of CPU at {profile.frequency} Hz)"
-        unit, show = "", str
+        unit = ""
     rows = [f"{header}; top {len(ranked)} by {by}:",
             f"{'self%':>7} {'self' + unit:>8} {'total%':>7} {'total' + unit:>8}  function"]
     for name in ranked:

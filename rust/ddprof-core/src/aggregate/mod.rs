@@ -56,6 +56,9 @@ pub fn now_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
+/// A Python frame's key: (mapping, qualified name, file, line).
+type PythonFrameKey = (u32, Arc<str>, Arc<str>, u32);
+
 /// The values of one (pid, tid, cpu, stack, thread name).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Values {
@@ -87,7 +90,7 @@ pub struct Aggregate {
     /// `[python X.Y.Z]` mappings by version.
     python_mappings: HashMap<String, u32>,
     /// Python frames by (mapping, qualified name, file, line).
-    python_frames: HashMap<(u32, Arc<str>, Arc<str>, u32), u32>,
+    python_frames: HashMap<PythonFrameKey, u32>,
     frames: Vec<PendingFrame>,
     frame_ids: HashMap<FrameKey, u32>,
     stacks: Vec<Box<[u32]>>,
@@ -303,7 +306,7 @@ impl Aggregate {
                 *k = Some(*key);
             }
         }
-        let mut python_keys: HashMap<u32, &(u32, Arc<str>, Arc<str>, u32)> = HashMap::new();
+        let mut python_keys: HashMap<u32, &PythonFrameKey> = HashMap::new();
         for (key, &id) in &from.python_frames {
             python_keys.insert(id, key);
         }
