@@ -77,7 +77,7 @@ volatile const __u64 wakeup_bytes = 1 << 20; /* wake the reader when this much i
 /* Off-CPU mode: a switch-out is recorded when bpf_get_prandom_u32() < offcpu_threshold
  * (2^32 or more: every one), at most offcpu_cap stacks a second on each CPU. */
 volatile const __u64 offcpu_threshold = 1ULL << 32;
-volatile const __u64 offcpu_cap = 1000;
+volatile const __u64 offcpu_cap = 250;
 
 #define PAGE_SIZE 4096
 #define KSTACK_BYTES (DDPROF_MAX_KSTACK_DEPTH * 8)

@@ -191,7 +191,7 @@ FAKE_MAIN = textwrap.dedent(
 
         class Profiler:
             def __init__(self, frequency=99, pids=None, stack_bytes=16384, symbolize="host", python=True,
-                         follow_children=False, idle=False, off_cpu_rate=None, off_cpu_cap=1000):
+                         follow_children=False, idle=False, off_cpu_rate=None, off_cpu_cap=250):
                 self.frequency, self.pids, self.stack_bytes = frequency, pids, stack_bytes
                 self.symbolize = symbolize
                 self.start_ns = self.end_ns = 0

@@ -437,7 +437,7 @@ class FakeNative:
 
         class FakeProfiler:
             def __init__(self, frequency=99, pids=None, stack_bytes=16384, symbolize="host", python=True,
-                         follow_children=False, idle=False, off_cpu_rate=None, off_cpu_cap=1000):
+                         follow_children=False, idle=False, off_cpu_rate=None, off_cpu_cap=250):
                 self.args = dict(frequency=frequency, pids=pids, stack_bytes=stack_bytes,
                                  symbolize=symbolize)
                 self.calls = []

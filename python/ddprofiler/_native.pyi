@@ -158,7 +158,7 @@ class Profiler:
         follow_children: bool = False,
         idle: bool = False,
         off_cpu_rate: Optional[float] = None,
-        off_cpu_cap: int = 1000,
+        off_cpu_cap: int = 250,
     ) -> Profiler:
         """``off_cpu_rate``: off-CPU mode on, recording this fraction (0, 1] of the
         switch-outs of the targeted threads, at most ``off_cpu_cap`` stacks a second on each

@@ -30,7 +30,7 @@ import click
 
 import ddprofiler
 from ddprofiler import _startup, config, errors, health, logs, privileges
-from ddprofiler.profiler import SymbolizeMode, load_native
+from ddprofiler.profiler import OFF_CPU_CAP, SymbolizeMode, load_native
 from ddprofiler.status import StatusLine, summary_lines
 
 if TYPE_CHECKING:
@@ -439,7 +439,7 @@ def _check_output(ctx: click.Context, param: click.Parameter, value: str) -> str
          "[default: 1 with --pid or a command, 0.1 system-wide].",
 )
 @click.option(
-    "--off-cpu-cap", type=click.IntRange(1, 1_000_000), default=1000, show_default=True, metavar="N",
+    "--off-cpu-cap", type=click.IntRange(1, 1_000_000), default=OFF_CPU_CAP, show_default=True, metavar="N",
     help="With --off-cpu: at most N stacks a second on each CPU, whatever the switch rate (what the "
          "cap drops is counted: offcpu_capped).",
 )
@@ -469,7 +469,7 @@ def record(pids: Tuple[int, ...], subprocesses: bool, idle: bool, duration: Opti
         raise click.UsageError("give --pid or a command after --, not both")
     if value == "off-cpu" and not off_cpu:
         raise click.UsageError("--value off-cpu needs --off-cpu")
-    if (off_cpu_rate is not None or off_cpu_cap != 1000) and not off_cpu:
+    if (off_cpu_rate is not None or off_cpu_cap != OFF_CPU_CAP) and not off_cpu:
         raise click.UsageError("--off-cpu-rate and --off-cpu-cap go with --off-cpu")
     if subprocesses and not pids:
         raise click.UsageError("--subprocesses follows the processes of --pid (a command after -- is "
@@ -527,6 +527,11 @@ def record(pids: Tuple[int, ...], subprocesses: bool, idle: bool, duration: Opti
                    f"{st.get('offcpu_recorded', 0)} of {st.get('offcpu_switches', 0)} switch-outs recorded "
                    f"({st.get('offcpu_capped', 0)} over the cap), {st.get('offcpu_joined', 0)} joined with their time",
                    err=True)
+        capped, switches = st.get("offcpu_capped", 0), st.get("offcpu_switches", 0)
+        if capped:
+            log.warning("the off-CPU cap (%d stacks a second per CPU) dropped %.0f%% of the switch-outs: the off-CPU "
+                        "time is an underestimate; raise --off-cpu-cap or lower --off-cpu-rate", off_cpu_cap,
+                        100.0 * capped / max(1, switches))
     if child is None:
         return 0
     if child.running():

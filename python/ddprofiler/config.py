@@ -69,7 +69,7 @@ class Settings:
     python: bool = True
     off_cpu: bool = False
     off_cpu_rate: float = 0.1
-    off_cpu_cap: int = 1000
+    off_cpu_cap: int = 250
     upload_symbols: bool = False
     app_key: Optional[str] = dataclasses.field(default=None, repr=False)
     symbols_dry_run: bool = False

@@ -77,9 +77,10 @@ processes switch out a few thousand times a second at most; the per-CPU cap boun
 OFF_CPU_RATE_SYSTEM = 0.1
 """... system-wide: a tenth (a busy host switches tens of thousands of times a second; each
 recorded switch-out costs a stack copy, about 12 us measured here)."""
-OFF_CPU_CAP = 1000
-"""Off-CPU stacks recorded a second on each CPU, at most (about 1.2% of a CPU at 12 us each);
-what the cap drops is counted (``offcpu_capped``)."""
+OFF_CPU_CAP = 250
+"""Off-CPU stacks recorded a second on each CPU, at most: about 0.3% of a CPU in the kernel
+at 12 us each, and the drain thread unwinds each one as a CPU sample; what the cap drops
+is counted (``offcpu_capped``)."""
 
 
 def off_cpu_rate_for(pids: Optional[Iterable[int]], rate: Optional[float]) -> float:

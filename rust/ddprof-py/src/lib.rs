@@ -79,7 +79,7 @@ impl Profiler {
 #[pymethods]
 impl Profiler {
     #[new]
-    #[pyo3(signature = (frequency = 99, pids = None, stack_bytes = 16384, symbolize = "host", python = true, follow_children = false, idle = false, off_cpu_rate = None, off_cpu_cap = 1000))]
+    #[pyo3(signature = (frequency = 99, pids = None, stack_bytes = 16384, symbolize = "host", python = true, follow_children = false, idle = false, off_cpu_rate = None, off_cpu_cap = 250))]
     #[allow(clippy::too_many_arguments)] // the keyword arguments of a Python constructor
     fn new(
         py: Python<'_>,

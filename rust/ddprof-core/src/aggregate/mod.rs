@@ -457,6 +457,52 @@ mod tests {
     }
 
     #[test]
+    fn carried_stacks_keep_their_frames_and_mappings() {
+        let mut old = Aggregate::new();
+        let fixed = |n: &'static str| SymRequest::Fixed(symbolize::marker(n));
+        let kernel = old.frame(FrameKey::Kernel { addr: Avma(0xffff_1000) }, |agg| {
+            (Some(agg.kernel_mapping()), FrameKind::Kernel, fixed("schedule"))
+        });
+        let file = SnapshotMapping {
+            start: Avma(0x1000),
+            limit: Avma(0x2000),
+            offset: crate::addr::FileOffset(0),
+            path: "/app".into(),
+            file_id: "id".into(),
+            is_kernel: false,
+            file: None,
+        };
+        let m = old.mapping(7, Avma(0x1000), (1, 2), || file.clone());
+        let user = old.frame(FrameKey::User { mapping: m, addr: Avma(0x1100) }, |_| (Some(m), FrameKind::Native, fixed("wait_here")));
+        let py = old.python_frame("3.11.2", &Arc::from("handler"), &Arc::from("app.py"), 3);
+        let marker = old.marker(ELIDED);
+        let other = old.frame(FrameKey::Unmapped { addr: Avma(0x9) }, |_| (None, FrameKind::Marker, fixed("x")));
+        let mut frames = vec![kernel, user, py, marker];
+        let blocked = old.stack(&mut frames);
+        let unrelated = old.stack(&mut vec![other]);
+        // The next period already has a frame of its own: ids differ there.
+        let mut new = Aggregate::new();
+        new.marker(crate::unwind::TRUNCATED);
+        let carried = new.carry_stacks(&old, [blocked, 99]);
+        assert_eq!(carried.len(), 1, "an id out of range is left out");
+        let id = carried[&blocked];
+        new.count(7, 8, 0, id, b"t\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0", None, Values { count: 0, off_cpu_ns: 5 });
+        let snap = new.into_snapshot(99, |reqs| reqs.iter().map(|r| match r {
+            SymRequest::Fixed(l) => l.clone(),
+            _ => symbolize::marker("?"),
+        }).collect(), Stats::default);
+        let names: Vec<&str> = snap.stacks[id as usize].iter().map(|&f| snap.frames[f as usize].lines[0].function.as_str()).collect();
+        assert_eq!(names, ["schedule", "wait_here", "handler", ELIDED]);
+        let mappings: Vec<&str> = snap.stacks[id as usize].iter()
+            .filter_map(|&f| snap.frames[f as usize].mapping).map(|m| snap.mappings[m as usize].path.as_str()).collect();
+        assert_eq!(mappings, ["[kernel.kallsyms]", "/app", "[python 3.11.2]"]);
+        assert_eq!(snap.samples[0].off_cpu_ns, 5);
+        assert_ne!(unrelated, blocked);
+        assert!(snap.frames.iter().all(|f| f.lines[0].function != "x"), "the stack not carried stayed behind");
+        assert_eq!(snap.frames.len(), 5, "[truncated] and the four carried frames");
+    }
+
+    #[test]
     fn periods_meet_without_gap() {
         let mut agg = Aggregate::starting_at(1000);
         let old = agg.close();
