@@ -170,3 +170,16 @@ def _written(p: Profile, tmp_path):
     path = tmp_path / "plain.pprof"
     p.write(path)
     return path
+
+
+def test_run_takes_off_cpu_from_flags_and_the_environment():
+    from ddprofiler import config
+
+    settings, sources = config.resolve({}, {"DD_HOST_PROFILING_OFF_CPU": "true", "DD_HOST_PROFILING_OFF_CPU_RATE": "0.5"})
+    assert (settings.off_cpu, settings.off_cpu_rate, settings.off_cpu_cap) == (True, 0.5, 250)
+    assert sources["off_cpu"] == "env DD_HOST_PROFILING_OFF_CPU"
+    settings, _ = config.resolve({"off_cpu": True, "off_cpu_cap": "40"}, {})
+    assert (settings.off_cpu, settings.off_cpu_rate, settings.off_cpu_cap) == (True, 0.1, 40)
+    for bad in ({"off_cpu_rate": "0"}, {"off_cpu_rate": "1.5"}, {"off_cpu_cap": "0"}):
+        with pytest.raises(config.ConfigError):
+            config.resolve(bad, {})
