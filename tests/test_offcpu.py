@@ -183,3 +183,12 @@ def test_run_takes_off_cpu_from_flags_and_the_environment():
     for bad in ({"off_cpu_rate": "0"}, {"off_cpu_rate": "1.5"}, {"off_cpu_cap": "0"}):
         with pytest.raises(config.ConfigError):
             config.resolve(bad, {})
+
+
+@pytest.mark.bpf
+def test_a_thread_still_blocked_at_the_stop_gets_its_time_so_far(workloads, tmp_path):
+    out = tmp_path / "open.pprof"
+    # One 3 s sleep; the recording stops after 1 s, while wait_here still sleeps.
+    record_command(out, "--off-cpu", "-d", 1, command=[workloads["offcpu"], 1, 3000, 0])
+    waited = off_cpu_under(load_profile(out), "wait_here")
+    assert 0.5e9 <= waited <= 1.5e9, f"{waited / 1e9:.3f} s under wait_here, about 1 s expected"

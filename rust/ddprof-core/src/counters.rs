@@ -116,6 +116,7 @@ registry! {
     OffCpuJoined = "offcpu_joined", Success, None, "off-CPU stacks joined with their weight (the time blocked)";
     OffCpuUnmatched = "offcpu_weights_unmatched", Error, None, "off-CPU weights whose stack was not pending (its record lost or dropped as stale)";
     OffCpuStale = "offcpu_stale", Error, None, "off-CPU stacks dropped before their weight came (older than 10 minutes, or the pending table full)";
+    OffCpuOpenAtStop = "offcpu_open_at_stop", Count, None, "off-CPU stacks of threads still switched out when sampling stopped, given their time until then";
     OffCpuPending = "offcpu_pending", Gauge, None, "off-CPU stacks waiting for their thread to switch in now";
     GoWindows = "go_windows", Count, None, "samples of Go programs that carried a copy of their other stack (the Go window)";
     // Python frames (CPython processes only).

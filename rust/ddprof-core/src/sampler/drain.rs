@@ -207,6 +207,22 @@ impl Drain {
         }
     }
 
+    /// Sampling stopped: the threads still switched out get their time until now.
+    fn flush_off_cpu(&mut self) {
+        let Some(join) = &mut self.offcpu else { return };
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: a valid pointer to a timespec. CLOCK_MONOTONIC is bpf_ktime_get_ns's clock.
+        if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
+            return;
+        }
+        let now = (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64);
+        for (p, ns) in join.flush(now) {
+            self.counters.incr(Counter::OffCpuOpenAtStop);
+            let values = Values { count: 0, off_cpu_ns: ns };
+            self.aggregate.count(p.pid, p.tid, p.cpu, p.stack, &p.comm, p.info.as_ref(), values);
+        }
+    }
+
     /// A process that exited before its mappings could be read (a short-lived one, between
     /// the sample and the next drain): its user stack cannot be unwound. The sample keeps its
     /// process and thread names and this marker, so that the time is not silently lost.
@@ -679,6 +695,7 @@ pub fn drain_loop(
     ingest_all(&mut sampler, &mut drain, true);
     // Detach the program and free the maps now, not when the handle goes away.
     drop(sampler);
+    drain.flush_off_cpu();
     while let Ok(cmd) = rx.recv() {
         if let Command::Snapshot { reset, reply } = cmd {
             let _ = sym.send(SymJob { aggregate: drain.close_period(reset), reply });

@@ -14,7 +14,9 @@
 //! [`STALE_NS`] by the records' own clock (a thread blocked longer than that loses its
 //! time: its stack would otherwise be kept for ever, as a thread that exits while its
 //! weight record is lost would leave it). Pending stacks outlive the period that unwound
-//! them: the caller carries them into the next aggregate ([`OffCpuJoin::carry`]).
+//! them: the caller carries them into the next aggregate ([`OffCpuJoin::carry`]). When
+//! sampling stops, those still waiting get the time from their switch-out to the stop
+//! ([`OffCpuJoin::flush`]).
 //! Non-goals: unwinding, aggregation.
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -95,6 +97,22 @@ impl OffCpuJoin {
         let p = self.pending.remove(&(w.tid, w.ktime_ns))?;
         let ns = (w.blocked_ns as f64 * self.scale).round();
         Some((p, if ns >= u64::MAX as f64 { u64::MAX } else { ns as u64 }))
+    }
+
+    /// Sampling stopped: every stack still waiting (its thread still switched out) with the
+    /// time from its switch-out to `now_ns` (CLOCK_MONOTONIC, the sampler's clock), scaled;
+    /// the join is empty afterwards. Without this a thread blocked for the whole recording
+    /// (a server waiting in accept) would show no off-CPU time at all.
+    pub fn flush(&mut self, now_ns: u64) -> Vec<(Pending, u64)> {
+        self.order.clear();
+        let scale = self.scale;
+        self.pending
+            .drain()
+            .map(|((_, ktime), p)| {
+                let ns = (now_ns.saturating_sub(ktime) as f64 * scale).round();
+                (p, if ns >= u64::MAX as f64 { u64::MAX } else { ns as u64 })
+            })
+            .collect()
     }
 
     /// Drops the stacks older than [`STALE_NS`] before the latest switch-out; how many.
@@ -196,6 +214,18 @@ mod tests {
         assert_eq!(j.len(), MAX_PENDING);
         assert!(j.weight(&weight(0, 0, 1)).is_none(), "the oldest went");
         assert!(j.weight(&weight(1, 1, 1)).is_some());
+    }
+
+    #[test]
+    fn a_stop_gives_waiting_stacks_their_time_so_far() {
+        let mut j = OffCpuJoin::new(0.5);
+        j.stack(1_000, pending(1, 1));
+        j.stack(2_000, pending(2, 2));
+        assert!(j.weight(&weight(2, 2_000, 10)).is_some());
+        let flushed: Vec<(u32, u64)> = j.flush(11_000).into_iter().map(|(p, ns)| (p.stack, ns)).collect();
+        assert_eq!(flushed, [(1, 20_000)], "10 us out so far, at rate 0.5");
+        assert!(j.is_empty());
+        assert!(j.weight(&weight(1, 1_000, 5)).is_none());
     }
 
     #[test]
