@@ -105,7 +105,8 @@ enum ddprof_record_kind {
 #define DDPROF_F_KERNEL_MODE 0x2  /* the sample interrupted kernel mode */
 #define DDPROF_F_USTACK_CUT 0x4   /* the snapshot stopped at the size limit, not the stack's end */
 #define DDPROF_F_GO_WINDOW_CUT 0x8 /* the Go window stopped at its size limit below its stack's top */
-#define DDPROF_F_PREEMPTED 0x10   /* off-CPU stack: the thread was preempted (still runnable) */
+#define DDPROF_F_PREEMPTED 0x10   /* off-CPU stack: the thread left the CPU still runnable
+                                     (preempted, or a yield), not blocked by its own choice */
 
 struct sample_header {
 	unsigned int kind;             /* enum ddprof_record_kind: CPU or OFFCPU_STACK */

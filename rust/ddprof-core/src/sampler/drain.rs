@@ -11,7 +11,9 @@
 //! Off-CPU mode: a switch-out's stack record is unwound the same way (the thread is in the
 //! kernel: the user part from the registers it saved on entry) and waits in the join
 //! (`offcpu`) until the weight record of its switch-in gives it its off-CPU time; stacks
-//! still waiting when a period closes are carried into the next one.
+//! still waiting when a period closes are carried into the next one. A thread that left the
+//! CPU still runnable (preempted) gets a `[preempted]` marker as its leaf frame, so that
+//! waiting for a CPU and blocking stand apart.
 //!
 //! Per-sample failures are data: each becomes a counter (`counters`) and, where the stack
 //! was cut, a `[truncated]` marker frame; never an error.
@@ -45,6 +47,9 @@ pub const UNKNOWN: &str = "[unknown]";
 pub const MAPS_DENIED: &str = "[unwind failed: no access to the process's mappings]";
 /// A sample taken before an exec or code unmap whose mappings were re-read already.
 pub const MAPS_CHANGED: &str = "[unwind failed: mappings changed]";
+/// The leaf of an off-CPU stack whose thread left the CPU still runnable (preempted, or a
+/// yield): its time is waiting for a CPU, not blocked by its own choice.
+pub const PREEMPTED: &str = "[preempted]";
 /// A Python frame whose code object could not be read.
 pub const PYTHON_UNREADABLE: &str = "[python: unreadable code object]";
 
@@ -158,6 +163,10 @@ impl Drain {
         }
         let h = rec.header;
         self.frames.clear();
+        if off_cpu && h.flags & abi::F_PREEMPTED != 0 {
+            let id = self.aggregate.marker(PREEMPTED);
+            self.frames.push(id);
+        }
 
         for addr in rec.kernel_stack() {
             let id = self.aggregate.frame(FrameKey::Kernel { addr }, |agg| {
