@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0
-/* The ddprofiler sampler: one perf_event program, attached to a cpu-clock event per CPU.
+/* The ddprofiler sampler: one perf_event program, attached to a cpu-clock event per CPU, and
+ * in off-CPU mode one sched_switch program (ddprof_switch).
  *
- * Input: the perf event context (registers at the interrupt).
+ * Input: the perf event context (registers at the interrupt); the switching tasks.
  * Output: one exact-size record per sample in the `samples` ring buffer (layout in
- * sampler.h), per-CPU counters in `counters`.
+ * sampler.h): CPU samples, off-CPU stacks and their weights; per-CPU counters in `counters`.
  * Non-goals: unwinding, symbolization, aggregation. User space does all of that.
  */
 #include <linux/bpf.h>
@@ -73,6 +74,10 @@ volatile const __u32 filter_pids = 0;       /* 1: only pids present in pid_filte
 volatile const __u32 follow_children = 0;   /* 1: processes a filtered pid starts join the filter */
 volatile const __u32 keep_idle = 0;         /* 1: samples of the idle task are kept */
 volatile const __u64 wakeup_bytes = 1 << 20; /* wake the reader when this much is pending */
+/* Off-CPU mode: a switch-out is recorded when bpf_get_prandom_u32() < offcpu_threshold
+ * (2^32 or more: every one), at most offcpu_cap stacks a second on each CPU. */
+volatile const __u64 offcpu_threshold = 1ULL << 32;
+volatile const __u64 offcpu_cap = 250;
 
 #define PAGE_SIZE 4096
 #define KSTACK_BYTES (DDPROF_MAX_KSTACK_DEPTH * 8)
@@ -240,7 +245,7 @@ static __always_inline __u32 copy_stack(__u64 from, __u32 len, __u32 *clamped)
 }
 
 /* bpf_get_stack into `dst`: the number of addresses taken, or 0 and `failed` counted. */
-static __always_inline __u32 get_stack(struct bpf_perf_event_data *ctx, void *dst, __u32 size, __u64 flags,
+static __always_inline __u32 get_stack(void *ctx, void *dst, __u32 size, __u64 flags,
 				       __u32 failed)
 {
 	long n = bpf_get_stack(ctx, dst, size, flags);
@@ -248,6 +253,32 @@ static __always_inline __u32 get_stack(struct bpf_perf_event_data *ctx, void *ds
 		return (__u32)n / 8;
 	count(failed);
 	return 0;
+}
+
+/* The user registers the current task saved on entry to the kernel (zeros when there are
+ * none to read: REGS_USER_MODE then says no). */
+static __always_inline void saved_user_regs(bpf_user_pt_regs_t *regs)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	long uregs = bpf_task_pt_regs(task);
+	if (!uregs || bpf_probe_read_kernel(regs, sizeof(*regs), (void *)uregs) != 0)
+		__builtin_memset(regs, 0, sizeof(*regs));
+}
+
+/* The ring buffer flags of a `total`-byte record of `pid` (0: no pid of its own): the
+ * reader is woken at once for a pid's first record (it reads /proc/PID/maps while a
+ * short-lived process lives), else only when wakeup_bytes are pending. */
+static __always_inline __u64 wake_flags(__u32 pid, __u64 total)
+{
+	int wake = 0;
+	if (pid && !bpf_map_lookup_elem(&seen_pids, &pid)) {
+		__u8 one = 1;
+		bpf_map_update_elem(&seen_pids, &pid, &one, BPF_ANY);
+		count(DDPROF_CNT_NEW_PIDS);
+		wake = 1;
+	}
+	return wake || bpf_ringbuf_query(&samples, BPF_RB_AVAIL_DATA) + total >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP
+												: BPF_RB_NO_WAKEUP;
 }
 
 /* What py_find_tstate returns when the interpreter could not be read (never a real
@@ -468,40 +499,31 @@ __attribute__((noinline)) __u32 go_window(__u32 pid, __u32 at)
 #endif
 }
 
-SEC("perf_event")
-int ddprof_sample(struct bpf_perf_event_data *ctx)
+/* The stack record of the current task into this CPU's scratch slot, then the ring buffer:
+ * the kernel stack (when `kernel_mode`), the user stack snapshot from `regs` (user mode's:
+ * the interrupt's, or the task's saved ones), the frame-pointer chain, the Python frames and
+ * the Go window, as sampler.h lays them out. Shared by the CPU sampler and the off-CPU
+ * switch-out (inlined into each: `ctx` is the program's own, which bpf_get_stack needs);
+ * `kskip` kernel frames are left off the leaf end of the kernel stack. Returns 0 when the
+ * record reached the ring buffer. */
+static __always_inline int emit_stack(void *ctx, struct scratch *s, __u32 kind, __u32 pid, __u32 tid, __u32 cpu,
+				      __u64 now, bpf_user_pt_regs_t *regs, __u32 flags, __u64 kskip)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u32 pid = pid_tgid >> 32;
-	__u32 tid = (__u32)pid_tgid;
-
-	count(DDPROF_CNT_SAMPLES);
-	if (tid == 0 && !keep_idle) { /* the idle task is not CPU time anyone spent */
-		count(DDPROF_CNT_FILTERED);
-		return 0;
-	}
-	if (filter_pids && !bpf_map_lookup_elem(&pid_filter, &pid)) {
-		count(DDPROF_CNT_FILTERED);
-		return 0;
-	}
-
-	__u32 cpu = bpf_get_smp_processor_id();
-	struct scratch *s = bpf_map_lookup_elem(&scratch_bufs, &cpu);
-	if (!s)
-		return 0;
 	struct sample_header *h = (struct sample_header *)s->data;
 
-	h->ktime_ns = bpf_ktime_get_ns();
+	h->kind = kind;
+	h->cpu = cpu;
+	h->ktime_ns = now;
 	h->pid = pid;
 	h->tid = tid;
-	h->cpu = cpu;
-	h->flags = 0;
+	h->flags = flags;
 	h->kstack_len = 0;
 	h->ustack_len = 0;
 	h->ufp_len = 0;
 	h->py_len = 0;
 	h->py_status = DDPROF_PY_NONE;
 	h->ustack_below_sp = 0;
+	h->_pad = 0;
 	h->go_sp = 0;
 	h->go_pc = 0;
 	h->go_bp = 0;
@@ -512,26 +534,14 @@ int ddprof_sample(struct bpf_perf_event_data *ctx)
 	h->map_gen = gen ? *gen : 0;
 	bpf_get_current_comm(h->comm, sizeof(h->comm));
 
-	/* User registers: from the interrupt when it hit user mode, else the task's saved ones. */
-	bpf_user_pt_regs_t regs;
-	if (REGS_USER_MODE(&ctx->regs)) {
-		__builtin_memcpy(&regs, &ctx->regs, sizeof(regs));
-	} else {
-		h->flags |= DDPROF_F_KERNEL_MODE;
-		struct task_struct *task = bpf_get_current_task_btf();
-		long uregs = bpf_task_pt_regs(task);
-		if (!uregs || bpf_probe_read_kernel(&regs, sizeof(regs), (void *)uregs) != 0)
-			__builtin_memset(&regs, 0, sizeof(regs));
-	}
-
 	__u32 ulen = 0;
-	if (REGS_USER_MODE(&regs) && REGS_SP(&regs) != 0) {
+	if (REGS_USER_MODE(regs) && REGS_SP(regs) != 0) {
 		h->flags |= DDPROF_F_USER_REGS;
-		copy_regs(h->regs, &regs);
+		copy_regs(h->regs, regs);
 		__u32 clamped = 0;
 		/* The red zone first; where it is not mapped (a stack used to its lowest page),
 		 * from sp. */
-		__u64 sp = REGS_SP(&regs);
+		__u64 sp = REGS_SP(regs);
 		ulen = copy_stack(sp - DDPROF_RED_ZONE, ustack_size, &clamped);
 		if (ulen > DDPROF_RED_ZONE) {
 			h->ustack_below_sp = DDPROF_RED_ZONE;
@@ -559,7 +569,8 @@ int ddprof_sample(struct bpf_perf_event_data *ctx)
 		kstack_off = DDPROF_MAX_USTACK_BYTES;
 	__u32 klen = 0;
 	if (h->flags & DDPROF_F_KERNEL_MODE)
-		klen = get_stack(ctx, s->data + HDR_BYTES + kstack_off, KSTACK_BYTES, 0, DDPROF_CNT_KSTACK_FAILED);
+		klen = get_stack(ctx, s->data + HDR_BYTES + kstack_off, KSTACK_BYTES, kskip & BPF_F_SKIP_FIELD_MASK,
+				 DDPROF_CNT_KSTACK_FAILED);
 	if (klen > DDPROF_MAX_KSTACK_DEPTH)
 		klen = DDPROF_MAX_KSTACK_DEPTH;
 	h->kstack_len = klen;
@@ -603,20 +614,49 @@ int ddprof_sample(struct bpf_perf_event_data *ctx)
 	__u64 total = HDR_BYTES + go_off + glen;
 	if (total > SCRATCH_BYTES)
 		total = SCRATCH_BYTES;
-	int wake = 0;
-	if (!bpf_map_lookup_elem(&seen_pids, &pid)) {
-		__u8 one = 1;
-		bpf_map_update_elem(&seen_pids, &pid, &one, BPF_ANY);
-		count(DDPROF_CNT_NEW_PIDS);
-		wake = 1;
-	}
-	__u64 flags = wake || bpf_ringbuf_query(&samples, BPF_RB_AVAIL_DATA) + total >= wakeup_bytes
-			      ? BPF_RB_FORCE_WAKEUP
-			      : BPF_RB_NO_WAKEUP;
-	if (bpf_ringbuf_output(&samples, s->data, total, flags) != 0)
+	if (bpf_ringbuf_output(&samples, s->data, total, wake_flags(pid, total)) != 0) {
 		count(DDPROF_CNT_RB_DROPPED);
+		return -1;
+	}
 	return 0;
 }
+
+SEC("perf_event")
+int ddprof_sample(struct bpf_perf_event_data *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 pid = pid_tgid >> 32;
+	__u32 tid = (__u32)pid_tgid;
+
+	count(DDPROF_CNT_SAMPLES);
+	if (tid == 0 && !keep_idle) { /* the idle task is not CPU time anyone spent */
+		count(DDPROF_CNT_FILTERED);
+		return 0;
+	}
+	if (filter_pids && !bpf_map_lookup_elem(&pid_filter, &pid)) {
+		count(DDPROF_CNT_FILTERED);
+		return 0;
+	}
+
+	__u32 cpu = bpf_get_smp_processor_id();
+	struct scratch *s = bpf_map_lookup_elem(&scratch_bufs, &cpu);
+	if (!s)
+		return 0;
+
+	/* User registers: from the interrupt when it hit user mode, else the task's saved ones. */
+	bpf_user_pt_regs_t regs;
+	__u32 flags = 0;
+	if (REGS_USER_MODE(&ctx->regs)) {
+		__builtin_memcpy(&regs, &ctx->regs, sizeof(regs));
+	} else {
+		flags |= DDPROF_F_KERNEL_MODE;
+		saved_user_regs(&regs);
+	}
+	emit_stack(ctx, s, DDPROF_REC_CPU, pid, tid, cpu, bpf_ktime_get_ns(), &regs, flags, 0);
+	return 0;
+}
+
+#include "offcpu.bpf.inc"
 
 static __always_inline void bump_map_gen(__u32 pid)
 {

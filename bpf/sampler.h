@@ -1,6 +1,7 @@
 /* The contract between the BPF sampler and the Rust core.
  *
- * One record per sample goes through the ring buffer, exact-size:
+ * Every record starts with a u32 kind (enum ddprof_record_kind). Stack records (a CPU sample,
+ * or an off-CPU switch-out) go through the ring buffer exact-size:
  *   struct sample_header (with every user register)
  *   | user stack bytes from sp - ustack_below_sp (ustack_len bytes, then zero padding to a
  *     multiple of 8): the red zone below sp too, where leaf functions and OpenSSL's CFA
@@ -30,7 +31,7 @@
 #ifndef DDPROF_SAMPLER_H
 #define DDPROF_SAMPLER_H
 
-#define DDPROF_ABI_VERSION 5
+#define DDPROF_ABI_VERSION 6
 
 /* Kernel stack depth taken with bpf_get_stack (PERF_MAX_STACK_DEPTH is 127). */
 #define DDPROF_MAX_KSTACK_DEPTH 127
@@ -85,7 +86,18 @@ enum ddprof_counter {
 	DDPROF_CNT_CODE_UNMAPS = 11,  /* munmap() of executable code by a sampled process: the same */
 	DDPROF_CNT_FOLLOWED = 12,     /* processes started by a followed one, added to the pid filter */
 	DDPROF_CNT_FOLLOW_FULL = 13,  /* ... that the full pid filter could not take */
-	DDPROF_CNT_MAX = 14,
+	DDPROF_CNT_OFFCPU_SWITCHES = 14, /* off-CPU: switch-outs of targeted user threads seen */
+	DDPROF_CNT_OFFCPU_RECORDED = 15, /* ... whose stack was recorded (the rest: rate, cap, ring) */
+	DDPROF_CNT_OFFCPU_CAPPED = 16,   /* ... picked by the rate but over the per-CPU cap a second */
+	DDPROF_CNT_OFFCPU_WEIGHT_LOST = 17, /* switch-ins whose weight record the full ring lost */
+	DDPROF_CNT_MAX = 18,
+};
+
+/* What a ring buffer record is: its first u32. */
+enum ddprof_record_kind {
+	DDPROF_REC_CPU = 0,            /* struct sample_header...: a CPU sample */
+	DDPROF_REC_OFFCPU_STACK = 1,   /* struct sample_header...: a thread's stack as it switched out */
+	DDPROF_REC_OFFCPU_WEIGHT = 2,  /* struct offcpu_weight: how long that thread stayed out */
 };
 
 /* Bits of sample_header.flags. */
@@ -93,12 +105,16 @@ enum ddprof_counter {
 #define DDPROF_F_KERNEL_MODE 0x2  /* the sample interrupted kernel mode */
 #define DDPROF_F_USTACK_CUT 0x4   /* the snapshot stopped at the size limit, not the stack's end */
 #define DDPROF_F_GO_WINDOW_CUT 0x8 /* the Go window stopped at its size limit below its stack's top */
+#define DDPROF_F_PREEMPTED 0x10   /* off-CPU stack: the thread left the CPU still runnable
+                                     (preempted, or a yield), not blocked by its own choice */
 
 struct sample_header {
-	unsigned long long ktime_ns;   /* bpf_ktime_get_ns: CLOCK_MONOTONIC */
+	unsigned int kind;             /* enum ddprof_record_kind: CPU or OFFCPU_STACK */
+	unsigned int cpu;
+	unsigned long long ktime_ns;   /* bpf_ktime_get_ns: CLOCK_MONOTONIC (an off-CPU stack: the
+	                                  switch-out, the key its weight record names) */
 	unsigned int pid;              /* tgid */
 	unsigned int tid;
-	unsigned int cpu;
 	unsigned int flags;
 	unsigned int kstack_len;       /* number of u64 kernel addresses that follow */
 	unsigned int ustack_len;       /* number of user stack bytes after the header */
@@ -111,6 +127,7 @@ struct sample_header {
 	unsigned short py_len;         /* number of struct py_frame that follow */
 	unsigned short py_status;      /* enum ddprof_py_status */
 	unsigned int ustack_below_sp;  /* the snapshot starts this many bytes below sp */
+	unsigned int _pad;
 	unsigned long long regs[DDPROF_USER_REGS]; /* user registers, DWARF order (above) */
 	/* The Go window (after the Python frames): go_window_len bytes from go_sp. go_sp is the
 	 * saved sp of its stack (curg.sched.sp, or m.g0.sched.sp); go_pc and go_bp the
@@ -124,7 +141,21 @@ struct sample_header {
 	unsigned int go_window_len;
 	unsigned int go_window;        /* enum ddprof_go_window */
 };
-/* sizeof(struct sample_header) == 104 + 8 * DDPROF_USER_REGS (240 on x86_64, 368 on arm64) */
+/* sizeof(struct sample_header) == 112 + 8 * DDPROF_USER_REGS (248 on x86_64, 376 on arm64) */
+
+/* Off-CPU mode: at a thread's switch-in, how long it was out since the switch-out whose stack
+ * record (kind DDPROF_REC_OFFCPU_STACK, the same tid and ktime_ns) came before it in the ring
+ * buffer (one buffer for all CPUs: the stack was committed before its time was stored, so
+ * before this record was reserved). User space joins the two by (tid, ktime_ns). */
+struct offcpu_weight {
+	unsigned int kind;             /* DDPROF_REC_OFFCPU_WEIGHT */
+	unsigned int cpu;              /* where the thread switched in */
+	unsigned long long ktime_ns;   /* its switch-out: the stack record's ktime_ns */
+	unsigned int pid;
+	unsigned int tid;
+	unsigned long long blocked_ns; /* switch-in minus switch-out */
+};
+/* sizeof(struct offcpu_weight) == 32 */
 
 /* Which stack the Go window holds. */
 enum ddprof_go_window {

@@ -82,7 +82,8 @@ def workloads(tmp_path_factory) -> dict[str, Path]:
     _gcc(out, "-pthread", "-o", "threads", src("threads.c"))
     _gcc(out, "-o", "recurse", src("recurse.c"))
     _gcc(out, "-o", "syscalls", src("syscalls.c"))
-    names = ["chain", "libddwork.so", "shlib", "threads", "recurse", "syscalls"]
+    _gcc(out, "-o", "offcpu", src("offcpu.c"))
+    names = ["chain", "libddwork.so", "shlib", "threads", "recurse", "syscalls", "offcpu"]
     return {name: out / name for name in names}
 
 

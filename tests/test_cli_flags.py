@@ -191,7 +191,8 @@ FAKE_MAIN = textwrap.dedent(
 
         class Profiler:
             def __init__(self, frequency=99, pids=None, stack_bytes=16384, symbolize="host", python=True,
-                         follow_children=False, idle=False, memory_budget=128 << 20):
+                         follow_children=False, idle=False, memory_budget=128 << 20, off_cpu_rate=None,
+                         off_cpu_cap=250):
                 self.frequency, self.pids, self.stack_bytes = frequency, pids, stack_bytes
                 self.symbolize = symbolize
                 self.start_ns = self.end_ns = 0
@@ -223,9 +224,9 @@ FAKE_MAIN = textwrap.dedent(
                     frames=[(0, 0x1010, "native", [("fake_main", "", "fake.c", 3)]),
                             (0, 0x1200, "native", [])],
                     stacks=[(1, 0)],
-                    samples=[(pid, pid, 0, 0, 5, "fake", "fake")],
+                    samples=[(pid, pid, 0, 0, 5, "fake", "fake", 0)],
                     processes=[(pid, "fake", "/bin/fake", {"DD_SERVICE": "fakesvc"}, "0::/\\n")],
-                    stats=dict(STATS),
+                    stats=dict(STATS), off_cpu=False, off_cpu_total=0,
                 )
                 self.start_ns = end
                 return snap

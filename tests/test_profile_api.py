@@ -77,11 +77,11 @@ RAW_STACKS = [
     (HELPER, MAIN),                       # 4: used by no sample
 ]
 RAW_SAMPLES = [
-    (100, 101, 0, 0, 3, "worker", "app"),
-    (100, 100, 1, 1, 2, "app", "app"),
-    (200, 200, 1, 2, 4, "other", "other"),
-    (100, 101, 1, 0, 1, "worker", "app"),
-    (200, 201, 0, 3, 1, "deep", "other"),
+    (100, 101, 0, 0, 3, "worker", "app", 0),
+    (100, 100, 1, 1, 2, "app", "app", 0),
+    (200, 200, 1, 2, 4, "other", "other", 0),
+    (100, 101, 1, 0, 1, "worker", "app", 0),
+    (200, 201, 0, 3, 1, "deep", "other", 0),
 ]
 RAW_PROCESSES = [
     (100, "app", "/usr/bin/app", {"DD_SERVICE": "web"}, "0::/system.slice/app.service\n"),
@@ -99,6 +99,10 @@ class FakeSnapshot(types.SimpleNamespace):
     @property
     def total(self):
         return sum(x[4] for x in self.samples)
+
+    @property
+    def off_cpu_total(self):
+        return sum(x[7] for x in self.samples)
 
     def sampled_pids(self):
         return list(dict.fromkeys(x[0] for x in self.samples if x[4] > 0))
@@ -118,7 +122,7 @@ class FakeSnapshot(types.SimpleNamespace):
 def fake_snapshot(**changes):
     fields = dict(start_ns=START_NS, end_ns=START_NS + 2_500_000_000, frequency=99,
                   mappings=RAW_MAPPINGS, frames=RAW_FRAMES, stacks=RAW_STACKS,
-                  samples=RAW_SAMPLES, processes=RAW_PROCESSES, stats=RAW_STATS)
+                  samples=RAW_SAMPLES, processes=RAW_PROCESSES, stats=RAW_STATS, off_cpu=False)
     fields.update(changes)
     return FakeSnapshot(**fields)
 
@@ -433,7 +437,8 @@ class FakeNative:
 
         class FakeProfiler:
             def __init__(self, frequency=99, pids=None, stack_bytes=16384, symbolize="host", python=True,
-                         follow_children=False, idle=False, memory_budget=128 << 20):
+                         follow_children=False, idle=False, memory_budget=128 << 20, off_cpu_rate=None,
+                         off_cpu_cap=250):
                 self.args = dict(frequency=frequency, pids=pids, stack_bytes=stack_bytes,
                                  symbolize=symbolize)
                 self.calls = []

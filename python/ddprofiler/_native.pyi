@@ -46,8 +46,9 @@ _RawMapping = tuple[int, int, int, str, str, bool, Optional["Binary"]]
 # (mapping index or -1, address in the process, kind, lines innermost inlined first; empty
 # when unsymbolized or left for the backend)
 _RawFrame = tuple[int, int, _FrameKind, list[_RawLine]]
-# (pid, tid, cpu, stack index, count, thread_name, process_name)
-_RawSample = tuple[int, int, int, int, int, str, str]
+# (pid, tid, cpu, stack index, count, thread_name, process_name, off_cpu_ns): off_cpu_ns is
+# the time switched out in off-CPU mode (0 for a CPU sample, and without it)
+_RawSample = tuple[int, int, int, int, int, str, str, int]
 # (pprof, samples, backend_frames): the serialized *uncompressed* pprof Profile, the sum of
 # its sample counts, whether some native frame is left for the backend to name (no lines, a
 # file with an id).
@@ -74,6 +75,12 @@ class Snapshot:
     @property
     def total(self) -> int:
         """Sum of the sample counts."""
+    @property
+    def off_cpu(self) -> bool:
+        """Off-CPU mode was on: the samples carry off-CPU time, the pprof its sample type."""
+    @property
+    def off_cpu_total(self) -> int:
+        """Sum of the samples' off-CPU nanoseconds."""
     @property
     def mappings(self) -> list[_RawMapping]:
         """The tables (mappings, frames, stacks, samples) are built on each access."""
@@ -104,9 +111,10 @@ class Snapshot:
     @staticmethod
     def from_tables(start_ns: int, end_ns: int, frequency: int,
                     mappings: list[tuple[int, int, int, str, str, bool]], frames: list[_RawFrame],
-                    stacks: list[list[int]], samples: list[_RawSample]) -> Snapshot:
+                    stacks: list[list[int]], samples: list[_RawSample], off_cpu: bool = False) -> Snapshot:
         """A snapshot of hand-made tables (shaped as a snapshot's, the mappings without
-        their binary): a ``Profile`` built in Python is encoded by the same encoders.
+        their binary): a ``Profile`` built in Python is encoded by the same encoders;
+        ``off_cpu``: its profiles carry the off-CPU sample type.
         Raises ValueError for an index out of range or an unknown frame kind."""
     def encode_otlp(self, group_of: dict[int, int], resources: list[list[tuple[str, str]]],
                     version: str) -> tuple[bytes, list[int]]:
@@ -150,10 +158,15 @@ class Profiler:
         follow_children: bool = False,
         idle: bool = False,
         memory_budget: int = 134217728,
+        off_cpu_rate: Optional[float] = None,
+        off_cpu_cap: int = 250,
     ) -> Profiler:
         """``memory_budget``: bytes of resident memory to keep under (at least 64 MiB; see
         docs/operations.md): it sizes the symbol caches, and a period that ends over 7/8 of
-        it drops every cache that can be rebuilt (counted in ``memory_sheds``)."""
+        it drops every cache that can be rebuilt (counted in ``memory_sheds``).
+        ``off_cpu_rate``: off-CPU mode on, recording this fraction (0, 1] of the
+        switch-outs of the targeted threads, at most ``off_cpu_cap`` stacks a second on each
+        CPU (None: off)."""
     def start(self) -> None: ...
     def stop(self) -> None:
         """Stop sampling and detach the BPF program after a last drain; snapshots of what

@@ -72,6 +72,9 @@ class Settings:
     memory_budget: int = DEFAULT_MEMORY_BUDGET
     symbolize: str = "host"
     python: bool = True
+    off_cpu: bool = False
+    off_cpu_rate: float = 0.1
+    off_cpu_cap: int = 250
     upload_symbols: bool = False
     app_key: Optional[str] = dataclasses.field(default=None, repr=False)
     symbols_dry_run: bool = False
@@ -168,6 +171,16 @@ def format_bytes(n: int) -> str:
             v = n / (1 << shift)
             return f"{v:.0f} {unit}" if v == int(v) or v >= 100 else f"{v:.1f} {unit}"
     return f"{n} B"
+
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(str(text).strip())
+    except ValueError:
+        raise ValueError(f"'{text}' is not a number") from None
+    if not 0 < v <= 1:
+        raise ValueError(f"{v} is not a fraction in (0, 1]")
+    return v
 
 
 def _period(text: str) -> float:
@@ -354,6 +367,17 @@ SPECS: Tuple[Spec, ...] = (
     Spec("python", "--python/--no-python", ("DD_HOST_PROFILING_PYTHON",), _bool,
          "Read the Python frames of CPython processes (3.8 to 3.14) and show them in place "
          "of the interpreter's own."),
+    Spec("off_cpu", "--off-cpu/--no-off-cpu", ("DD_HOST_PROFILING_OFF_CPU",), _bool,
+         "Also profile off-CPU time: how long threads stay switched out (blocked on I/O, locks, "
+         "sleeps, or preempted), by the stack they blocked in (sched_switch; sample type "
+         "off-cpu-time). Costs about 12 us per recorded switch-out (a stack copy) and 0.4 us per "
+         "other context switch, bounded by --off-cpu-rate and --off-cpu-cap."),
+    Spec("off_cpu_rate", "--off-cpu-rate", ("DD_HOST_PROFILING_OFF_CPU_RATE",), _fraction,
+         "With --off-cpu: the fraction of switch-outs recorded (a busy host switches tens of "
+         "thousands of times a second); the time is scaled up by its inverse."),
+    Spec("off_cpu_cap", "--off-cpu-cap", ("DD_HOST_PROFILING_OFF_CPU_CAP",), _positive_int(1, 1_000_000),
+         "With --off-cpu: at most this many stacks a second on each CPU (a context-switch "
+         "storm costs no more; what it drops is counted in offcpu_capped)."),
     Spec("upload_symbols", "--upload-symbols/--no-upload-symbols",
          ("DD_HOST_PROFILING_UPLOAD_SYMBOLS", "DD_HOST_PROFILING_EXPERIMENTAL_UPLOAD_SYMBOLS"), _bool,
          "Upload the symbols of the binaries seen in profiles where ours beat Datadog's "

@@ -5,7 +5,8 @@ Input: a ``Profile`` and a format, named or taken from the output's suffix
 or to standard output for ``-`` (``write``).
 
 - ``pprof`` (``.pprof``, ``.pb.gz``, ``.pb``): the gzip-compressed pprof of
-  ``ddprofiler.pprof`` (Datadog's CPU-profile conventions), for ``go tool pprof``.
+  ``ddprofiler.pprof`` (Datadog's CPU-profile conventions; every value: an off-CPU
+  profile's ``off-cpu-time`` too), for ``go tool pprof``.
 - ``svg`` (``.svg``): an interactive flame graph drawn by inferno (search, click to zoom,
   a tooltip per frame with its samples and share). Colours by kind: Python frames blue,
   native code red (C++ and Rust paths yellow), kernel orange, JIT green, inlined functions
@@ -16,7 +17,10 @@ or to standard output for ``-`` (``write``).
 - ``collapsed`` (``.txt``, ``.folded``, ``.collapsed``): ``root;...;leaf COUNT`` lines,
   the stackcollapse format that flamegraph.pl, inferno and speedscope read.
 
-In every format but pprof a stack starts with its process's name (as stackcollapse-perf
+Every format but pprof draws one value (``Value``): ``cpu`` (the default: samples, weighed
+in nanoseconds of CPU by speedscope) or, for a profile recorded in off-CPU mode,
+``off-cpu`` (nanoseconds switched out). In every format but pprof a stack starts with its
+process's name (as stackcollapse-perf
 writes it), then goes from the outermost frame to the leaf; a frame with inlined functions
 gives one frame per function, outermost first. Non-goals: reading these formats back.
 """
@@ -33,7 +37,7 @@ from typing import TYPE_CHECKING, Optional, Union
 import ddprofiler
 
 if TYPE_CHECKING:
-    from ddprofiler.profile import Frame, Profile
+    from ddprofiler.profile import Frame, Profile, Value
 
 __all__ = ["FORMATS", "collapsed", "format_of", "render", "speedscope", "svg", "write"]
 
@@ -74,31 +78,32 @@ def describe() -> str:
     return ", ".join(f"{fmt} ({', '.join(suffixes)})" for fmt, suffixes in FORMATS.items())
 
 
-def render(profile: Profile, fmt: str, title: Optional[str] = None) -> bytes:
-    """The file of ``profile`` in format ``fmt`` (see ``FORMATS``). Raises ValueError for
-    an unknown format."""
+def render(profile: Profile, fmt: str, title: Optional[str] = None, value: Value = "cpu") -> bytes:
+    """The file of ``profile`` in format ``fmt`` (see ``FORMATS``), of ``value``. Raises
+    ValueError for an unknown format, or a value the profile does not have."""
+    value = profile.check_value(value)
     if fmt == "pprof":
         from ddprofiler.pprof.builder import encode_profile
 
         return gzip.compress(encode_profile(profile).pprof, compresslevel=6, mtime=0)
     if fmt == "svg":
-        return svg(profile, title).encode()
+        return svg(profile, title, value).encode()
     if fmt == "speedscope":
-        return json.dumps(speedscope(profile, title), separators=(",", ":")).encode()
+        return json.dumps(speedscope(profile, title, value), separators=(",", ":")).encode()
     if fmt == "collapsed":
-        return "".join(f"{line}\n" for line in collapsed(profile)).encode()
+        return "".join(f"{line}\n" for line in collapsed(profile, value)).encode()
     raise ValueError(f"unknown format {fmt!r}; formats: {describe()}")
 
 
 def write(profile: Profile, output: PathLike, fmt: Optional[str] = None,
-          title: Optional[str] = None) -> str:
+          title: Optional[str] = None, value: Value = "cpu") -> str:
     """Write ``profile`` to ``output`` (``-``: standard output) in ``fmt`` (None: from the
-    suffix); a file is replaced atomically. Returns the format. Raises ValueError (format),
-    OSError (writing)."""
+    suffix), of ``value``; a file is replaced atomically. Returns the format. Raises
+    ValueError (format, value), OSError (writing)."""
     from ddprofiler.pprof.builder import write_atomic
 
     fmt = format_of(output, fmt)
-    data = render(profile, fmt, title)
+    data = render(profile, fmt, title, value)
     if os.fspath(output) == STDOUT:
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
@@ -110,15 +115,16 @@ def write(profile: Profile, output: PathLike, fmt: Optional[str] = None,
 # ----------------------------------------------------------------- the formats
 
 
-def collapsed(profile: Profile) -> list[str]:
+def collapsed(profile: Profile, value: Value = "cpu") -> list[str]:
     """``process;outer;...;leaf COUNT`` per distinct stack, sorted; ``;`` in a name becomes
-    ``:`` (it separates frames)."""
-    return [f"{';'.join(names)} {count}" for names, count in sorted(_folded(profile, False).items())]
+    ``:`` (it separates frames). COUNT is samples (``cpu``) or nanoseconds (``off-cpu``)."""
+    return [f"{';'.join(names)} {count}" for names, count in sorted(_folded(profile, False, value).items())]
 
 
-def svg(profile: Profile, title: Optional[str] = None) -> str:
-    """The flame graph SVG of ``profile`` (see the module's doc for its colours)."""
-    folded = _folded(profile, True)
+def svg(profile: Profile, title: Optional[str] = None, value: Value = "cpu") -> str:
+    """The flame graph SVG of ``profile``'s ``value`` (see the module's doc for its
+    colours)."""
+    folded = _folded(profile, True, value)
     colours: dict[str, str] = {}
     for frame in profile.frames:
         if frame.kind in ("python", "marker"):
@@ -127,20 +133,22 @@ def svg(profile: Profile, title: Optional[str] = None) -> str:
     for info in profile.processes.values():
         colours.setdefault(_clean(info.name), _PROCESS_COLOUR)
     lines = [f"{';'.join(names)} {count}" for names, count in folded.items()]
-    drawn: str = _native().flamegraph_svg(lines, title or _title(profile), _subtitle(profile),
-                                          "samples", colours)
+    drawn: str = _native().flamegraph_svg(lines, title or _title(profile, value), _subtitle(profile, value),
+                                          "samples" if value == "cpu" else "ns", colours)
     return drawn
 
 
-def speedscope(profile: Profile, title: Optional[str] = None) -> dict[str, object]:
-    """speedscope's file (as a JSON-ready dict): one sampled profile per process."""
-    period = 1_000_000_000 // max(1, int(profile.frequency))
+def speedscope(profile: Profile, title: Optional[str] = None, value: Value = "cpu") -> dict[str, object]:
+    """speedscope's file (as a JSON-ready dict): one sampled profile per process, weights
+    in nanoseconds (of CPU, or switched out)."""
+    period = 1_000_000_000 // max(1, int(profile.frequency)) if value == "cpu" else 1
     frames: list[dict[str, object]] = []
     index: dict[tuple[str, str, int], int] = {}
     by_pid: dict[int, tuple[list[list[int]], list[int]]] = {}
     names: dict[int, str] = {}
     for sample in profile.samples:
-        if sample.count <= 0:
+        weight = sample.value(value)
+        if weight <= 0:
             continue
         stack: list[int] = []
         for name, file, line in _root_to_leaf(profile.stack(sample)):
@@ -157,7 +165,7 @@ def speedscope(profile: Profile, title: Optional[str] = None) -> dict[str, objec
             stack.append(i)
         stacks, weights = by_pid.setdefault(sample.pid, ([], []))
         stacks.append(stack)
-        weights.append(sample.count * period)
+        weights.append(weight * period)
         names.setdefault(sample.pid, sample.process_name)
     profiles = []
     for pid, (stacks, weights) in sorted(by_pid.items(), key=lambda kv: -sum(kv[1][1])):
@@ -166,24 +174,25 @@ def speedscope(profile: Profile, title: Optional[str] = None) -> dict[str, objec
                          "samples": stacks, "weights": weights})
     return {"$schema": "https://www.speedscope.app/file-format-schema.json",
             "shared": {"frames": frames}, "profiles": profiles,
-            "name": title or _title(profile), "activeProfileIndex": 0,
+            "name": title or _title(profile, value), "activeProfileIndex": 0,
             "exporter": f"ddprofiler {ddprofiler.__version__}"}
 
 
 # ----------------------------------------------------------------- helpers
 
 
-def _folded(profile: Profile, annotate: bool) -> dict[tuple[str, ...], int]:
+def _folded(profile: Profile, annotate: bool, value: Value) -> dict[tuple[str, ...], int]:
     out: dict[tuple[str, ...], int] = {}
     for sample in profile.samples:
-        if sample.count <= 0:
+        weight = sample.value(value)
+        if weight <= 0:
             continue
         frames = profile.stack(sample)
         names = [_clean(sample.process_name or f"pid {sample.pid}")]
         names += (_annotated(frames) if annotate else
                   (_clean(name) for name, _, _ in _root_to_leaf(frames)))
         key = tuple(names)
-        out[key] = out.get(key, 0) + sample.count
+        out[key] = out.get(key, 0) + weight
     return out
 
 
@@ -210,12 +219,14 @@ def _clean(name: str) -> str:
     return name.replace(";", ":").replace("\n", " ") or "[unknown]"
 
 
-def _title(profile: Profile) -> str:
+def _title(profile: Profile, value: Value = "cpu") -> str:
+    if value == "off-cpu":
+        return f"Off-CPU: {profile.off_cpu_total_ns / 1e9:.2f} s switched out"
     return f"CPU: {profile.total} samples at {profile.frequency} Hz"
 
 
-def _subtitle(profile: Profile) -> str:
-    processes = len({s.pid for s in profile.samples if s.count > 0})
+def _subtitle(profile: Profile, value: Value = "cpu") -> str:
+    processes = len({s.pid for s in profile.samples if s.value(value) > 0})
     return f"{profile.duration_s:.1f} s, {processes} processes; ddprofiler {ddprofiler.__version__}"
 
 

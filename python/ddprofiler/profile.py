@@ -8,10 +8,12 @@ records built by hand. Output: a ``Profile`` whose tables hold immutable typed r
 - ``Frame``: one address of a stack, with its mapping and the source ``Line``s found
   there, innermost inlined function first;
 - ``Sample``: a (pid, tid, cpu, thread, process) and an index into ``Profile.stacks`` with
-  the number of times it was seen;
+  the number of times it was seen on CPU, and (off-CPU mode) the nanoseconds its thread
+  spent switched out in that stack;
 - ``ProcessInfo``: what /proc said about a sampled process.
 
-``Profile`` answers the questions asked of a profile (``stack``, ``total``, ``top``),
+``Profile`` answers the questions asked of a profile (``stack``, ``total``, ``top``; of
+either value, ``Value``: ``cpu`` samples or ``off-cpu`` nanoseconds),
 cuts it in parts (``subset``, ``split``) and writes it (``write``: pprof, flame graph SVG,
 speedscope or collapsed stacks, through ``ddprofiler.formats``). Non-goals: encoding
 (``ddprofiler.pprof``, ``ddprofiler.formats``), tagging.
@@ -29,9 +31,14 @@ from ddprofiler.stats import CounterSpec, Stats
 if TYPE_CHECKING:
     from ddprofiler import _native
 
-__all__ = ["Frame", "FrameKind", "Line", "Mapping", "ProcessInfo", "Profile", "Sample", "TopEntry"]
+__all__ = ["Frame", "FrameKind", "Line", "Mapping", "ProcessInfo", "Profile", "Sample", "TopEntry", "Value",
+           "VALUES"]
 
 FrameKind = Literal["native", "kernel", "jit", "python", "marker"]
+Value = Literal["cpu", "off-cpu"]
+"""What a profile's samples are weighed by: ``cpu`` (samples seen on CPU, ``Sample.count``)
+or ``off-cpu`` (nanoseconds switched out, ``Sample.off_cpu_ns``; off-CPU mode only)."""
+VALUES: tuple[Value, ...] = ("cpu", "off-cpu")
 K = TypeVar("K", bound=Hashable)
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -143,6 +150,13 @@ class Sample(NamedTuple):
     """Times seen in the period (each one ``1 / frequency`` s of CPU time)."""
     thread_name: str
     process_name: str
+    off_cpu_ns: int = 0
+    """Off-CPU mode: nanoseconds the thread spent switched out (blocked or preempted) in
+    this stack, scaled up by the inverse of the off-CPU rate; 0 for what was seen on CPU."""
+
+    def value(self, value: Value) -> int:
+        """``count`` for ``cpu``, ``off_cpu_ns`` for ``off-cpu``."""
+        return self.count if value == "cpu" else self.off_cpu_ns
 
 
 class ProcessInfo(NamedTuple):
@@ -208,6 +222,8 @@ class Profile:
     ``Frame.mapping`` is one of ``mappings``. ``processes`` is keyed by pid (kernel threads
     have none). ``stats`` are the profiler's cumulative counters when the period closed.
     Times are Unix epoch nanoseconds; ``frequency`` is samples per second per CPU.
+    ``off_cpu``: recorded in off-CPU mode, the samples carry ``off_cpu_ns`` (and the pprof
+    the ``off-cpu-time`` sample type).
     """
 
     start_ns: int
@@ -219,6 +235,7 @@ class Profile:
     samples: list[Sample] = field(default_factory=list)
     processes: dict[int, ProcessInfo] = field(default_factory=dict)
     stats: Stats = field(default_factory=_no_stats)
+    off_cpu: bool = False
 
     native: Optional[_native.Snapshot] = field(default=None, repr=False, compare=False)
     """The core's snapshot this profile was made from (None when made by hand). The tables
@@ -240,6 +257,7 @@ class Profile:
         profile.processes = {p[0]: ProcessInfo(p[0], p[1], p[2], dict(p[3]), p[4])
                              for p in snapshot.processes}
         profile.stats = Stats(snapshot.stats, specs)
+        profile.off_cpu = snapshot.off_cpu
         profile.native = snapshot
         return profile
 
@@ -279,22 +297,43 @@ class Profile:
         return sum(s.count for s in self.samples)
 
     @property
+    def off_cpu_total_ns(self) -> int:
+        """Off-CPU nanoseconds of all samples (0 without off-CPU mode)."""
+        if self.native is not None:
+            return self.native.off_cpu_total
+        return sum(s.off_cpu_ns for s in self.samples)
+
+    def check_value(self, value: str) -> Value:
+        """``value`` if this profile has it. Raises ValueError for an unknown value, or
+        ``off-cpu`` of a profile recorded without off-CPU mode."""
+        for v in VALUES:
+            if value == v:
+                if v == "off-cpu" and not self.off_cpu:
+                    raise ValueError("the profile has no off-CPU time (record it with --off-cpu)")
+                return v
+        raise ValueError(f"unknown value {value!r}; values: {', '.join(VALUES)}")
+
+    @property
     def duration_s(self) -> float:
         """Length of the period in seconds."""
         return max(0, self.end_ns - self.start_ns) / _NS_PER_S
 
-    def top(self, n: Optional[int] = 10, by: Literal["self", "total"] = "self") -> list[TopEntry]:
-        """The ``n`` functions (all when None) with the most samples, ``by`` self (the
+    def top(self, n: Optional[int] = 10, by: Literal["self", "total"] = "self",
+            value: Value = "cpu") -> list[TopEntry]:
+        """The ``n`` functions (all when None) with the most ``value`` (the counts are
+        nanoseconds for ``off-cpu``), ``by`` self (the
         sample's innermost function; the innermost inlined one where a frame has several)
         or total (anywhere in the stack, counted once per sample); ties by the other count,
         then by name. By self, functions never innermost are left out. Unsymbolized frames
         count as ``<file>+0x<address>``."""
         if by not in ("self", "total"):
             raise ValueError(f"by must be 'self' or 'total', not {by!r}")
+        value = self.check_value(value)
         per_stack: dict[int, int] = {}
         for s in self.samples:
-            if s.count > 0:
-                per_stack[s.stack] = per_stack.get(s.stack, 0) + s.count
+            weight = s.value(value)
+            if weight > 0:
+                per_stack[s.stack] = per_stack.get(s.stack, 0) + weight
         self_counts: dict[str, int] = {}
         total_counts: dict[str, int] = {}
         for stack_index, count in per_stack.items():
@@ -345,6 +384,7 @@ class Profile:
             samples=[s._replace(stack=new_stack[s.stack]) for s in samples],
             processes={pid: info for pid, info in self.processes.items() if pid in pids},
             stats=self.stats,
+            off_cpu=self.off_cpu,
         )
 
     def split(self, key: Callable[[Sample], K]) -> dict[K, Profile]:
@@ -356,12 +396,13 @@ class Profile:
 
     # ----------------------------------------------------------------- output
 
-    def write(self, path: PathLike, format: Optional[str] = None) -> str:
+    def write(self, path: PathLike, format: Optional[str] = None, value: Value = "cpu") -> str:
         """Write the profile to ``path`` (``-``: standard output) in ``format``: pprof
-        (gzip-compressed), svg (flame graph), speedscope or collapsed; None takes it from
-        the suffix (``ddprofiler.formats``). A file is replaced atomically (a reader sees
-        the old file or the new one, never a part). Returns the format. Raises ValueError
-        for a format that is unknown or cannot be told, OSError."""
+        (gzip-compressed, every value), svg (flame graph), speedscope or collapsed (of
+        ``value``); None takes it from the suffix (``ddprofiler.formats``). A file is
+        replaced atomically (a reader sees the old file or the new one, never a part).
+        Returns the format. Raises ValueError for a format that is unknown or cannot be
+        told, or a value the profile does not have; OSError."""
         from ddprofiler import formats
 
-        return formats.write(self, path, format)
+        return formats.write(self, path, format, value=value)

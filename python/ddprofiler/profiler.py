@@ -71,6 +71,28 @@ def _check_arguments(pids: Optional[tuple[int, ...]], frequency: int, stack_byte
             raise ValueError(f"no process with pid {pid}")
 
 
+OFF_CPU_RATE_TARGETED = 1.0
+"""Off-CPU mode's default rate with a pid filter: every switch-out of the targets (a few
+processes switch out a few thousand times a second at most; the per-CPU cap bounds the rest)."""
+OFF_CPU_RATE_SYSTEM = 0.1
+"""... system-wide: a tenth (a busy host switches tens of thousands of times a second; each
+recorded switch-out costs a stack copy, about 12 us measured here)."""
+OFF_CPU_CAP = 250
+"""Off-CPU stacks recorded a second on each CPU, at most: about 0.3% of a CPU in the kernel
+at 12 us each, and the drain thread unwinds each one as a CPU sample; what the cap drops
+is counted (``offcpu_capped``)."""
+
+
+def off_cpu_rate_for(pids: Optional[Iterable[int]], rate: Optional[float]) -> float:
+    """``rate``, else the default for a profiler of ``pids`` (targeted) or of all processes.
+    Raises ValueError for a rate outside (0, 1]."""
+    if rate is None:
+        return OFF_CPU_RATE_TARGETED if pids else OFF_CPU_RATE_SYSTEM
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate <= 1:
+        raise ValueError(f"off_cpu_rate {rate!r} is not a fraction in (0, 1]")
+    return float(rate)
+
+
 class Profiler:
     """A CPU profiler of every online CPU: BPF sampling, unwinding, symbolization.
 
@@ -82,7 +104,12 @@ class Profiler:
     module docstring. ``memory_budget``: bytes of resident memory to keep under (at least
     64 MiB, default 128 MiB): it sizes the symbol caches, and a period that ends over 7/8 of
     it drops every cache that can be rebuilt (``memory_sheds``; see docs/operations.md).
-    A bad argument raises ``ValueError`` here, before anything starts.
+    ``off_cpu``: also the time threads spend switched out (blocked or
+    preempted), by the stack they switched out in: each profile's ``Sample.off_cpu_ns``,
+    from the sched_switch tracepoint; ``off_cpu_rate`` is the fraction of switch-outs
+    recorded (default 1.0 with ``pids``, 0.1 without; the time is scaled up by its inverse),
+    ``off_cpu_cap`` the most stacks recorded a second on each CPU. A bad argument raises
+    ``ValueError`` here, before anything starts.
 
     Use as a context manager (``with Profiler() as p:`` starts, leaving the block closes),
     or call ``start()`` and ``close()``. A profiler starts once: after ``close()``, make a
@@ -103,9 +130,16 @@ class Profiler:
         follow_children: bool = False,
         idle: bool = False,
         memory_budget: int = 128 << 20,
+        off_cpu: bool = False,
+        off_cpu_rate: Optional[float] = None,
+        off_cpu_cap: int = OFF_CPU_CAP,
     ) -> None:
         self.pids: Optional[tuple[int, ...]] = tuple(pids) if pids else None
         _check_arguments(self.pids, frequency, stack_bytes, symbolize)
+        self.off_cpu_rate: Optional[float] = off_cpu_rate_for(self.pids, off_cpu_rate) if off_cpu else None
+        if isinstance(off_cpu_cap, bool) or not isinstance(off_cpu_cap, int) or not 1 <= off_cpu_cap <= 1_000_000:
+            raise ValueError(f"off_cpu_cap {off_cpu_cap!r} is outside 1..1000000 (stacks a second per CPU)")
+        self.off_cpu_cap = off_cpu_cap
         if follow_children and not self.pids:
             raise ValueError("follow_children needs pids to follow")
         self.python = python
@@ -127,7 +161,9 @@ class Profiler:
         state = "closed" if self._closed else "started" if self._native else "new"
         return (f"Profiler(pids={list(self.pids) if self.pids else None}, frequency={self.frequency}, "
                 f"stack_bytes={self.stack_bytes}, symbolize={self.symbolize!r}, python={self.python}, "
-                f"follow_children={self.follow_children}) [{state}]")
+                f"follow_children={self.follow_children}"
+                + (f", off_cpu_rate={self.off_cpu_rate}" if self.off_cpu_rate is not None else "")
+                + f") [{state}]")
 
     def start(self) -> Profiler:
         """Load and attach the sampler; samples are counted from now on. Returns self."""
@@ -141,7 +177,8 @@ class Profiler:
                 frequency=self.frequency, pids=list(self.pids) if self.pids else None,
                 stack_bytes=self.stack_bytes, symbolize=self.symbolize, python=self.python,
                 follow_children=self.follow_children, idle=self.idle,
-                memory_budget=self.memory_budget)
+                memory_budget=self.memory_budget,
+                off_cpu_rate=self.off_cpu_rate, off_cpu_cap=self.off_cpu_cap)
             try:
                 profiler.start()
             except BaseException:
@@ -215,12 +252,16 @@ def record(
     python: bool = True,
     follow_children: bool = False,
     idle: bool = False,
+    off_cpu: bool = False,
+    off_cpu_rate: Optional[float] = None,
+    off_cpu_cap: int = OFF_CPU_CAP,
     should_stop: Optional[Callable[[], bool]] = None,
     on_progress: Optional[Callable[[float, Stats], None]] = None,
     on_start: Optional[Callable[[], None]] = None,
 ) -> Profile:
     """Sample all processes (or ``pids``, and with ``follow_children`` the processes they
-    start; ``idle``: and the idle task) for ``duration`` seconds (``math.inf``: until stopped); return the Profile.
+    start; ``idle``: and the idle task; ``off_cpu*``: as ``Profiler``) for ``duration`` seconds
+    (``math.inf``: until stopped); return the Profile.
 
     Stops early when ``should_stop()`` turns true (checked every 0.1 s), and when every one
     of ``pids`` has exited.
@@ -231,7 +272,8 @@ def record(
     """
     targets = tuple(pids) if pids else ()
     with Profiler(targets, frequency, stack_bytes, symbolize=symbolize, python=python,
-                  follow_children=follow_children, idle=idle) as profiler:
+                  follow_children=follow_children, idle=idle, off_cpu=off_cpu, off_cpu_rate=off_cpu_rate,
+                  off_cpu_cap=off_cpu_cap) as profiler:
         if on_start is not None:
             on_start()
         started = time.monotonic()

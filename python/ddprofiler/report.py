@@ -8,8 +8,9 @@ differential, both profiles normalised to the same total).
 Counting, as ``Profile.top`` does: a function's *self* samples are those whose innermost
 frame it is, its *total* samples those with it anywhere in the stack, counted once per
 sample. With ``lines``, a function at each source line counts on its own
-(``leaf (app.c:12)``). Shares are of all the profile's samples. Non-goals: recording,
-other sample types than CPU samples.
+(``leaf (app.c:12)``). Shares are of all the profile's samples. With ``value`` ``off-cpu``
+(a profile recorded in off-CPU mode), the same of the nanoseconds switched out instead of
+the CPU samples. Non-goals: recording, other sample types.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Literal, TypeVar, Union
 from ddprofiler.profile import Frame
 
 if TYPE_CHECKING:
-    from ddprofiler.profile import Profile
+    from ddprofiler.profile import Profile, Value
 
 __all__ = ["diff_svg", "diff_table", "load", "tally", "tally_by", "top_table"]
 
@@ -50,22 +51,27 @@ def load(path: PathLike) -> Profile:
 K = TypeVar("K", bound=Hashable)
 
 
-def tally(profile: Profile, lines: bool = False) -> tuple[dict[str, int], dict[str, int], int]:
-    """(self, total, samples): counts by function (with ``lines``, by function and line)."""
-    return tally_by(profile, lambda frame: _names(frame, lines))
+def tally(profile: Profile, lines: bool = False, value: Value = "cpu") -> tuple[dict[str, int], dict[str, int], int]:
+    """(self, total, samples): counts by function (with ``lines``, by function and line);
+    of ``value`` (``off-cpu``: nanoseconds)."""
+    return tally_by(profile, lambda frame: _names(frame, lines), value)
 
 
-def tally_by(profile: Profile, keys: Callable[[Frame], list[K]]) -> tuple[dict[K, int], dict[K, int], int]:
+def tally_by(profile: Profile, keys: Callable[[Frame], list[K]],
+             value: Value = "cpu") -> tuple[dict[K, int], dict[K, int], int]:
     """(self, total, samples) by ``keys(frame)`` (innermost first: the first key of a
-    stack's leaf frame is the sample's self key); each key counts once per sample in total."""
+    stack's leaf frame is the sample's self key); each key counts once per sample in total.
+    Raises ValueError for a value the profile does not have."""
+    value = profile.check_value(value)
     self_counts: dict[K, int] = {}
     total_counts: dict[K, int] = {}
     grand = 0
     keys_of: dict[int, list[K]] = {}  # per frame index
     for sample in profile.samples:
-        if sample.count <= 0:
+        weight = sample.value(value)
+        if weight <= 0:
             continue
-        grand += sample.count
+        grand += weight
         stack = profile.stacks[sample.stack]
         if not stack:
             continue
@@ -75,35 +81,45 @@ def tally_by(profile: Profile, keys: Callable[[Frame], list[K]]) -> tuple[dict[K
             if frame_keys is None:
                 frame_keys = keys_of[i] = keys(profile.frames[i])
             if position == 0 and frame_keys:
-                self_counts[frame_keys[0]] = self_counts.get(frame_keys[0], 0) + sample.count
+                self_counts[frame_keys[0]] = self_counts.get(frame_keys[0], 0) + weight
             seen.update(frame_keys)
         for key in seen:
-            total_counts[key] = total_counts.get(key, 0) + sample.count
+            total_counts[key] = total_counts.get(key, 0) + weight
     return self_counts, total_counts, grand
 
 
-def top_table(profile: Profile, n: int = 20, by: By = "self", lines: bool = False) -> list[str]:
-    """The ``n`` hottest functions as text rows (a header first)."""
-    self_counts, total_counts, grand = tally(profile, lines)
+def top_table(profile: Profile, n: int = 20, by: By = "self", lines: bool = False,
+              value: Value = "cpu") -> list[str]:
+    """The ``n`` hottest functions as text rows (a header first); of ``value`` (``off-cpu``:
+    the columns are milliseconds switched out)."""
+    self_counts, total_counts, grand = tally(profile, lines, value)
     counts = self_counts if by == "self" else total_counts
     other = total_counts if by == "self" else self_counts
     ranked = sorted(counts, key=lambda k: (-counts[k], -other.get(k, 0), k))[:max(0, n)]
-    seconds = grand / profile.frequency if profile.frequency else 0.0
-    rows = [f"{len(total_counts)} functions, {grand} samples ({seconds:.2f} s of CPU at {profile.frequency} Hz); "
-            f"top {len(ranked)} by {by}:",
-            f"{'self%':>7} {'self':>8} {'total%':>7} {'total':>8}  function"]
+    def show(count: int) -> str:
+        return f"{count / 1e6:.1f}" if value == "off-cpu" else str(count)
+
+    if value == "off-cpu":
+        header = f"{len(total_counts)} functions, {grand / 1e9:.2f} s off-CPU (switched out)"
+        unit = "ms"
+    else:
+        seconds = grand / profile.frequency if profile.frequency else 0.0
+        header = f"{len(total_counts)} functions, {grand} samples ({seconds:.2f} s of CPU at {profile.frequency} Hz)"
+        unit = ""
+    rows = [f"{header}; top {len(ranked)} by {by}:",
+            f"{'self%':>7} {'self' + unit:>8} {'total%':>7} {'total' + unit:>8}  function"]
     for name in ranked:
         s, t = self_counts.get(name, 0), total_counts.get(name, 0)
-        rows.append(f"{_pct(s, grand):>7} {s:>8} {_pct(t, grand):>7} {t:>8}  {name}")
+        rows.append(f"{_pct(s, grand):>7} {show(s):>8} {_pct(t, grand):>7} {show(t):>8}  {name}")
     return rows
 
 
 def diff_table(new: Profile, base: Profile, n: int = 20, by: By = "self",
-               lines: bool = False) -> list[str]:
-    """The functions whose share of the samples changed most from ``base`` to ``new``,
-    growth first, as text rows (a header first)."""
-    new_self, new_total, new_grand = tally(new, lines)
-    base_self, base_total, base_grand = tally(base, lines)
+               lines: bool = False, value: Value = "cpu") -> list[str]:
+    """The functions whose share of the samples (of ``value``) changed most from ``base``
+    to ``new``, growth first, as text rows (a header first)."""
+    new_self, new_total, new_grand = tally(new, lines, value)
+    base_self, base_total, base_grand = tally(base, lines, value)
     a, b = (new_self, base_self) if by == "self" else (new_total, base_total)
 
     def share(counts: dict[str, int], name: str, grand: int) -> float:
@@ -123,15 +139,17 @@ def diff_table(new: Profile, base: Profile, n: int = 20, by: By = "self",
     return rows
 
 
-def diff_svg(new: Profile, base: Profile, title: str = "") -> str:
-    """A differential flame graph: ``new``'s frames coloured by how their share changed
-    from ``base`` (red grew, blue shrank)."""
+def diff_svg(new: Profile, base: Profile, title: str = "", value: Value = "cpu") -> str:
+    """A differential flame graph of ``value``: ``new``'s frames coloured by how their
+    share changed from ``base`` (red grew, blue shrank)."""
     from ddprofiler import formats
     from ddprofiler.profiler import load_native
 
+    what = "CPU" if value == "cpu" else "Off-CPU"
     drawn: str = load_native().flamegraph_svg(
-        formats.collapsed(new), title or "CPU: what changed (red grew, blue shrank)",
-        f"base {base.total} samples, new {new.total} samples", "samples", None, formats.collapsed(base))
+        formats.collapsed(new, value), title or f"{what}: what changed (red grew, blue shrank)",
+        f"base {base.total} samples, new {new.total} samples", "samples" if value == "cpu" else "ns", None,
+        formats.collapsed(base, value))
     return drawn
 
 

@@ -246,10 +246,11 @@ def _fmt(d: Mapping[str, int]) -> str:
 
 
 def sampled_pids(profile: Profile) -> List[int]:
-    """The pids of the samples with a count, each once, in order of first appearance."""
+    """The pids of the samples with a count or off-CPU time, each once, in order of first
+    appearance."""
     if profile.native is not None:
         return profile.native.sampled_pids()
-    return list(dict.fromkeys(s.pid for s in profile.samples if s.count > 0))
+    return list(dict.fromkeys(s.pid for s in profile.samples if s.count > 0 or s.off_cpu_ns > 0))
 
 
 def _total(d: Mapping[str, int]) -> str:
@@ -272,7 +273,7 @@ def symbol_mappings(profile: Profile) -> List[ProfileMapping]:
         touched = [ProfileMapping._make(table[i]) for i in profile.native.sampled_mappings()]
     else:
         touched = []
-        for stack_index in dict.fromkeys(s.stack for s in profile.samples if s.count > 0):
+        for stack_index in dict.fromkeys(s.stack for s in profile.samples if s.count > 0 or s.off_cpu_ns > 0):
             touched.extend(m for i in profile.stacks[stack_index]
                            if (m := profile.frames[i].mapping) is not None)
     seen: Dict[str, ProfileMapping] = {}

@@ -1,4 +1,4 @@
-//! Compiles `bpf/sampler.bpf.c` with clang into `$OUT_DIR/sampler.bpf.o`, which the crate
+//! Compiles `bpf/sampler.bpf.c` (with the `bpf/offcpu.bpf.inc` it includes) with clang into `$OUT_DIR/sampler.bpf.o`, which the crate
 //! embeds with `include_bytes!`. The compiler is `$DDPROF_CLANG`, else the newest `clang-N`
 //! on PATH, else `clang`.
 //!
@@ -47,6 +47,7 @@ fn main() {
     let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR")).join("sampler.bpf.o");
     println!("cargo:rerun-if-changed={}", src.display());
     println!("cargo:rerun-if-changed={}", bpf_dir.join("sampler.h").display());
+    println!("cargo:rerun-if-changed={}", bpf_dir.join("offcpu.bpf.inc").display());
     println!("cargo:rerun-if-env-changed=DDPROF_CLANG");
     let counters = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR")).join("bpf_counters.rs");
     std::fs::write(&counters, counter_constants(&bpf_dir.join("sampler.h"))).expect("write bpf_counters.rs");

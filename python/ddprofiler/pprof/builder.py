@@ -39,6 +39,8 @@ LABEL_TID = "thread id"
 LABEL_THREAD_NAME = "thread name"
 LABEL_PROCESS_NAME = "process name"
 LABEL_CPU = "cpu.logical_number"
+OFF_CPU_TIME = "off-cpu-time"
+"""The sample type of off-CPU nanoseconds (off-CPU mode), after cpu-samples and cpu-time."""
 
 _U64_MAX = (1 << 64) - 1
 
@@ -150,4 +152,4 @@ def _tables(profile: Profile) -> Tuple[object, ...]:
                [tuple(line) for line in f.lines]) for f in profile.frames]
     samples = [tuple(s) for s in profile.samples]
     return (int(profile.start_ns), int(profile.end_ns), int(profile.frequency), mappings, frames,
-            [list(st) for st in profile.stacks], samples)
+            [list(st) for st in profile.stacks], samples, bool(profile.off_cpu))

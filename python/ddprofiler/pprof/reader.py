@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Union
 
 from ..profile import unnamed_frame
 from .builder import (KERNEL_MAPPING_NAME, LABEL_CPU, LABEL_PID, LABEL_PROCESS_NAME,
-                      LABEL_THREAD_NAME, LABEL_TID)
+                      LABEL_THREAD_NAME, LABEL_TID, OFF_CPU_TIME)
 
 if TYPE_CHECKING:
     from ddprofiler.profile import FrameKind, Line, Mapping, Profile
@@ -119,7 +119,8 @@ def to_profile(pb: profile_pb2.Profile) -> Profile:
     """``pb`` as a ``ddprofiler.Profile`` (any pprof CPU profile, ours or another tool's):
     samples counted by ``cpu-samples`` (else the first ``count`` unit, else the first
     value), labels ``process_id``/``thread id``/``thread name``/``process name``/
-    ``cpu.logical_number`` where present, frequency from the period (1e9 / period, 99 when
+    ``cpu.logical_number`` where present, off-CPU nanoseconds from ``off-cpu-time`` (the
+    profile is then an off-CPU one), frequency from the period (1e9 / period, 99 when
     there is none), frame kinds from the mapping: ``[kernel.kallsyms]`` kernel,
     ``[python ...]`` python, ``[anon]``/``[perf-map]`` JIT, no mapping and a ``[...]`` name
     a marker, else native."""
@@ -143,6 +144,7 @@ def to_profile(pb: profile_pb2.Profile) -> Profile:
         frame_index[location.id] = len(frames)
         frames.append(Frame(location.address, mapping, _kind(mapping, lines), tuple(lines)))
     count_index = _count_index(pb)
+    off_cpu_index = next((i for i, t in enumerate(pb.sample_type) if strings[t.type] == OFF_CPU_TIME), None)
     stack_index: Dict[tuple[int, ...], int] = {}
     samples = []
     for sample in pb.sample:
@@ -156,11 +158,13 @@ def to_profile(pb: profile_pb2.Profile) -> Profile:
                 return int(labels.get(key, "0"))
             except ValueError:
                 return 0
+        off_cpu_ns = sample.value[off_cpu_index] if off_cpu_index is not None and off_cpu_index < len(sample.value) else 0
         samples.append(Sample(number(LABEL_PID), number(LABEL_TID), number(LABEL_CPU), s, count,
-                              labels.get(LABEL_THREAD_NAME, ""), labels.get(LABEL_PROCESS_NAME, "")))
+                              labels.get(LABEL_THREAD_NAME, ""), labels.get(LABEL_PROCESS_NAME, ""), off_cpu_ns))
     frequency = 1_000_000_000 // pb.period if pb.period > 0 else 99
     return Profile(pb.time_nanos, pb.time_nanos + pb.duration_nanos, max(1, frequency),
-                   list(mappings.values()), frames, list(stack_index), samples)
+                   list(mappings.values()), frames, list(stack_index), samples,
+                   off_cpu=off_cpu_index is not None)
 
 
 def _kind(mapping: Optional[Mapping], lines: List[Line]) -> FrameKind:

@@ -89,6 +89,10 @@ registry! {
     BpfCodeUnmaps = "bpf_code_unmaps", Count, Some(DDPROF_CNT_CODE_UNMAPS), "munmap() of executable code by sampled processes (the same)";
     BpfFollowed = "processes_followed", Count, Some(DDPROF_CNT_FOLLOWED), "processes started by a followed one (--subprocesses, record -- CMD), sampled from their start";
     BpfFollowFull = "processes_not_followed", Error, Some(DDPROF_CNT_FOLLOW_FULL), "processes started by a followed one that the full pid filter (16384) could not take";
+    BpfOffCpuSwitches = "offcpu_switches", Count, Some(DDPROF_CNT_OFFCPU_SWITCHES), "off-CPU mode: switch-outs of targeted user threads seen";
+    BpfOffCpuRecorded = "offcpu_recorded", Count, Some(DDPROF_CNT_OFFCPU_RECORDED), "off-CPU mode: switch-outs whose stack was recorded (the others: --off-cpu-rate, the cap, a full ring)";
+    BpfOffCpuCapped = "offcpu_capped", Count, Some(DDPROF_CNT_OFFCPU_CAPPED), "off-CPU mode: switch-outs picked by the rate but dropped by the per-CPU cap of stacks a second";
+    BpfOffCpuWeightLost = "offcpu_weights_lost", Error, Some(DDPROF_CNT_OFFCPU_WEIGHT_LOST), "off-CPU mode: switch-ins whose weight record the full ring buffer lost (their stack gets no time)";
     // The drain thread.
     Samples = "samples", Count, None, "samples received and counted";
     BadRecords = "bad_records", Error, None, "records whose lengths disagree with their size (dropped)";
@@ -109,6 +113,11 @@ registry! {
     UnwindHeuristic = "unwind_heuristic", Count, None, "frames unwound by prologue analysis (code without CFI)";
     FpChainUsed = "fp_chain_used", Count, None, "Go walks joined across a stack switch (cgo, system stack) with the Go window or the kernel's frame-pointer chain";
     FpChainFailed = "fp_chain_failed", Count, None, "Go walks stopped at a stack switch that neither could continue (counted in unwind_* too)";
+    OffCpuJoined = "offcpu_joined", Success, None, "off-CPU stacks joined with their weight (the time blocked)";
+    OffCpuUnmatched = "offcpu_weights_unmatched", Error, None, "off-CPU weights whose stack was not pending (its record lost or dropped as stale)";
+    OffCpuStale = "offcpu_stale", Error, None, "off-CPU stacks dropped before their weight came (older than 10 minutes, or the pending table full)";
+    OffCpuOpenAtStop = "offcpu_open_at_stop", Count, None, "off-CPU stacks of threads still switched out when sampling stopped, given their time until then";
+    OffCpuPending = "offcpu_pending", Gauge, None, "off-CPU stacks waiting for their thread to switch in now";
     GoWindows = "go_windows", Count, None, "samples of Go programs that carried a copy of their other stack (the Go window)";
     // Python frames (CPython processes only).
     PythonSamples = "python_samples", Count, None, "samples whose stack got Python frames";

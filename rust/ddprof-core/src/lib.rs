@@ -41,6 +41,7 @@ pub use aggregate::Snapshot;
 pub use counters::{Counter, CounterKind, Counters, Stats};
 pub use error::{Error, Result};
 pub use profiler::{Profiler, ProfilerConfig};
+pub use sampler::OffCpuConfig;
 pub use symbolize::SymbolizeMode;
 
 #[cfg(test)]

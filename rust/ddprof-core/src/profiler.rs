@@ -15,7 +15,7 @@ use crate::counters::{Counters, Stats};
 use crate::error::{Error, Result};
 use crate::memory::MemoryBudget;
 use crate::sampler::drain::{drain_loop, Command, SymJob};
-use crate::sampler::{Sampler, SamplerConfig};
+use crate::sampler::{OffCpuConfig, Sampler, SamplerConfig};
 use crate::symbolize::{SymbolizeMode, Symbolizer};
 
 #[derive(Clone, Debug)]
@@ -37,6 +37,9 @@ pub struct ProfilerConfig {
     pub idle: bool,
     /// Resident memory the profiler keeps under (see `memory`).
     pub memory_budget: MemoryBudget,
+    /// Off-CPU mode: the time threads spend switched out, by the stack they blocked in, as
+    /// a second value of the profile (None: off).
+    pub off_cpu: Option<OffCpuConfig>,
 }
 
 impl Default for ProfilerConfig {
@@ -50,6 +53,7 @@ impl Default for ProfilerConfig {
             follow_children: false,
             idle: false,
             memory_budget: MemoryBudget::default(),
+            off_cpu: None,
         }
     }
 }
@@ -86,6 +90,7 @@ impl Profiler {
             stack_bytes: cfg.stack_bytes,
             follow_children: cfg.follow_children,
             idle: cfg.idle,
+            off_cpu: cfg.off_cpu,
         })?;
         let counters: Arc<Counters> = Arc::default();
         let (tx, rx) = mpsc::channel();
@@ -93,9 +98,10 @@ impl Profiler {
         let spawn_err = |e| Error::Io { context: "starting a profiler thread".into(), source: e };
         let c1 = counters.clone();
         let (python, budget) = (cfg.python, cfg.memory_budget);
+        let off_cpu_rate = cfg.off_cpu.map(|o| o.rate);
         let drain = std::thread::Builder::new()
             .name("ddprof-drain".into())
-            .spawn(move || drain_loop(sampler, rx, sym_tx, c1, python, budget))
+            .spawn(move || drain_loop(sampler, rx, sym_tx, c1, python, off_cpu_rate, budget))
             .map_err(spawn_err)?;
         let c2 = counters.clone();
         let (frequency, mode) = (cfg.frequency, cfg.symbolize);

@@ -15,7 +15,7 @@ use ddprof_core::counters::SPECS;
 use ddprof_core::elf::debug_writer::DebugFileStats as CoreDebugFileStats;
 use ddprof_core::elf::inspect::{inspect_path, BinaryInfo as CoreBinaryInfo};
 use ddprof_core::elf::{ElfFile, SymbolSource};
-use ddprof_core::{Error, Profiler as CoreProfiler, ProfilerConfig};
+use ddprof_core::{Error, OffCpuConfig, Profiler as CoreProfiler, ProfilerConfig};
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple, PyType};
@@ -79,7 +79,7 @@ impl Profiler {
 #[pymethods]
 impl Profiler {
     #[new]
-    #[pyo3(signature = (frequency = 99, pids = None, stack_bytes = 16384, symbolize = "host", python = true, follow_children = false, idle = false, memory_budget = ddprof_core::memory::DEFAULT_BUDGET))]
+    #[pyo3(signature = (frequency = 99, pids = None, stack_bytes = 16384, symbolize = "host", python = true, follow_children = false, idle = false, memory_budget = ddprof_core::memory::DEFAULT_BUDGET, off_cpu_rate = None, off_cpu_cap = 250))]
     #[allow(clippy::too_many_arguments)] // the keyword arguments of a Python constructor
     fn new(
         py: Python<'_>,
@@ -91,9 +91,12 @@ impl Profiler {
         follow_children: bool,
         idle: bool,
         memory_budget: u64,
+        off_cpu_rate: Option<f64>,
+        off_cpu_cap: u32,
     ) -> PyResult<Self> {
         let symbolize = symbolize.parse().map_err(|e| to_py_err(py, e))?;
         let memory_budget = ddprof_core::memory::MemoryBudget::new(memory_budget).map_err(|e| to_py_err(py, e))?;
+        let off_cpu = off_cpu_rate.map(|rate| OffCpuConfig { rate, cap: off_cpu_cap });
         let config = ProfilerConfig {
             frequency,
             pids: pids.unwrap_or_default(),
@@ -103,6 +106,7 @@ impl Profiler {
             follow_children,
             idle,
             memory_budget,
+            off_cpu,
         };
         Ok(Profiler { config, started: AtomicBool::new(false), core: OnceLock::new() })
     }

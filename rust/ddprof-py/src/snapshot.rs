@@ -69,6 +69,14 @@ impl Snapshot {
     fn total(&self) -> u64 {
         self.core.total()
     }
+    #[getter]
+    fn off_cpu(&self) -> bool {
+        self.core.off_cpu
+    }
+    #[getter]
+    fn off_cpu_total(&self) -> u64 {
+        self.core.off_cpu_total()
+    }
 
     #[getter]
     fn mappings<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
@@ -128,6 +136,7 @@ impl Snapshot {
                 x.count,
                 x.thread_name.as_str(),
                 x.process_name.as_str(),
+                x.off_cpu_ns,
             ))?;
         }
         Ok(out)
@@ -195,6 +204,7 @@ impl Snapshot {
     /// A snapshot of hand-made tables (shaped as a snapshot's, the mappings without their
     /// binary), so that a `Profile` built in Python is encoded by the same encoders.
     #[staticmethod]
+    #[pyo3(signature = (start_ns, end_ns, frequency, mappings, frames, stacks, samples, off_cpu = false))]
     #[allow(clippy::too_many_arguments)]
     fn from_tables(
         py: Python<'_>,
@@ -205,8 +215,10 @@ impl Snapshot {
         frames: Vec<RawFrame>,
         stacks: Vec<Vec<u32>>,
         samples: Vec<RawSample>,
+        off_cpu: bool,
     ) -> PyResult<Snapshot> {
-        let core = core_of(start_ns, end_ns, frequency, mappings, frames, stacks, samples).map_err(|e| to_py_err(py, e))?;
+        let mut core = core_of(start_ns, end_ns, frequency, mappings, frames, stacks, samples).map_err(|e| to_py_err(py, e))?;
+        core.off_cpu = off_cpu;
         Ok(Snapshot { core: Arc::new(core) })
     }
 
@@ -247,7 +259,8 @@ fn frame_kind(kind: &str) -> Result<FrameKind, Error> {
 
 type RawMapping = (u64, u64, u64, String, String, bool);
 type RawFrame = (i64, u64, String, Vec<RawLine>);
-type RawSample = (u32, u32, u32, u32, u64, String, String);
+/// (pid, tid, cpu, stack, count, thread name, process name, off-CPU ns).
+type RawSample = (u32, u32, u32, u32, u64, String, String, u64);
 
 /// A core snapshot of hand-made tables (shaped as `Snapshot`'s, the mappings without their
 /// binary). Errors: an index out of range, an unknown frame kind.
@@ -292,11 +305,11 @@ fn core_of(
         }
         snap.stacks.push(st.into_boxed_slice());
     }
-    for (pid, tid, cpu, stack, count, thread_name, process_name) in samples {
+    for (pid, tid, cpu, stack, count, thread_name, process_name, off_cpu_ns) in samples {
         if stack as usize >= snap.stacks.len() {
             return Err(Error::InvalidArgument(format!("sample stack {stack} is not below {}", snap.stacks.len())));
         }
-        snap.samples.push(SnapshotSample { pid, tid, cpu, stack, count, thread_name, process_name });
+        snap.samples.push(SnapshotSample { pid, tid, cpu, stack, count, off_cpu_ns, thread_name, process_name });
     }
     Ok(snap)
 }

@@ -1,5 +1,7 @@
-//! The aggregate of one period: interned mappings, frames and stacks, and a count per
-//! (pid, tid, cpu, stack, thread name).
+//! The aggregate of one period: interned mappings, frames and stacks, and per (pid, tid, cpu,
+//! stack, thread name) two values: the CPU samples counted, and the off-CPU nanoseconds
+//! (off-CPU mode: the time threads spent switched out in that stack). A CPU sample carries
+//! no off-CPU time and an off-CPU stack no CPU samples.
 //!
 //! Input: frames already resolved to a mapping (by the drain), each with what it takes to
 //! symbolize it later (a `SymRequest`). Output: a [`Snapshot`] of interned tables, which is
@@ -54,6 +56,18 @@ pub fn now_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
+/// A Python frame's key: (mapping, qualified name, file, line).
+type PythonFrameKey = (u32, Arc<str>, Arc<str>, u32);
+
+/// The values of one (pid, tid, cpu, stack, thread name).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Values {
+    /// CPU samples.
+    pub count: u64,
+    /// Off-CPU nanoseconds (already scaled up by the off-CPU sampling rate).
+    pub off_cpu_ns: u64,
+}
+
 /// One interned frame before symbolization.
 #[derive(Clone)]
 struct PendingFrame {
@@ -76,14 +90,17 @@ pub struct Aggregate {
     /// `[python X.Y.Z]` mappings by version.
     python_mappings: HashMap<String, u32>,
     /// Python frames by (mapping, qualified name, file, line).
-    python_frames: HashMap<(u32, Arc<str>, Arc<str>, u32), u32>,
+    python_frames: HashMap<PythonFrameKey, u32>,
     frames: Vec<PendingFrame>,
     frame_ids: HashMap<FrameKey, u32>,
     stacks: Vec<Box<[u32]>>,
     stack_ids: HashMap<Box<[u32]>, u32>,
     /// Keyed by (pid, tid, cpu, stack, thread name id): a thread renamed mid-period (exec,
     /// pthread_setname_np) counts under each of its names.
-    counts: HashMap<(u32, u32, u32, u32, u32), u64>,
+    counts: HashMap<(u32, u32, u32, u32, u32), Values>,
+    /// Off-CPU mode is on: the snapshot says so (the profile gets the off-CPU sample type
+    /// even in a period where nothing blocked).
+    off_cpu: bool,
     thread_names: Vec<[u8; 16]>,
     thread_name_ids: HashMap<[u8; 16], u32>,
     /// The latest name seen for each process.
@@ -117,6 +134,7 @@ impl Aggregate {
             stacks: Vec::new(),
             stack_ids: HashMap::new(),
             counts: HashMap::new(),
+            off_cpu: false,
             thread_names: Vec::new(),
             thread_name_ids: HashMap::new(),
             process_names: HashMap::new(),
@@ -211,10 +229,16 @@ impl Aggregate {
         self.frame(FrameKey::Marker(name), |_| (None, FrameKind::Marker, SymRequest::Fixed(symbolize::marker(name))))
     }
 
-    /// Counts one sample. `frames` leaf first; deeper than [`MAX_STACK_DEPTH`], its middle
-    /// is elided (see the module doc). `comm` is the thread's name as the kernel gave it
-    /// (NUL-padded); `info` what the process said about itself, when it could be read.
+    /// Counts one CPU sample. `frames` leaf first; deeper than [`MAX_STACK_DEPTH`], its
+    /// middle is elided (see the module doc). `comm` is the thread's name as the kernel gave
+    /// it (NUL-padded); `info` what the process said about itself, when it could be read.
     pub fn add(&mut self, pid: u32, tid: u32, cpu: u32, frames: &mut Vec<u32>, comm: &[u8; 16], info: Option<&Arc<ProcessInfo>>) {
+        let stack = self.stack(frames);
+        self.count(pid, tid, cpu, stack, comm, info, Values { count: 1, off_cpu_ns: 0 });
+    }
+
+    /// The id of a stack of `frames` (leaf first), capped as [`Aggregate::add`] says.
+    pub fn stack(&mut self, frames: &mut Vec<u32>) -> u32 {
         if frames.len() > MAX_STACK_DEPTH {
             let marker = self.marker(ELIDED);
             let leaf_kept = MAX_STACK_DEPTH - ROOT_FRAMES_KEPT - 1;
@@ -222,15 +246,7 @@ impl Aggregate {
             frames[leaf_kept] = marker;
             frames.drain(leaf_kept + 1..root_from);
         }
-        if let Some(i) = info {
-            match self.process_info.get(&pid) {
-                Some(old) if Arc::ptr_eq(old, i) => {}
-                _ => {
-                    self.process_info.insert(pid, i.clone());
-                }
-            }
-        }
-        let stack = match self.stack_ids.get(frames.as_slice()) {
+        match self.stack_ids.get(frames.as_slice()) {
             Some(&id) => id,
             None => {
                 let id = self.stacks.len() as u32;
@@ -239,7 +255,20 @@ impl Aggregate {
                 self.stack_ids.insert(b, id);
                 id
             }
-        };
+        }
+    }
+
+    /// Adds `values` to stack `stack` (an id of [`Aggregate::stack`]) of a thread.
+    #[allow(clippy::too_many_arguments)] // the key's parts, as `add` takes them
+    pub fn count(&mut self, pid: u32, tid: u32, cpu: u32, stack: u32, comm: &[u8; 16], info: Option<&Arc<ProcessInfo>>, values: Values) {
+        if let Some(i) = info {
+            match self.process_info.get(&pid) {
+                Some(old) if Arc::ptr_eq(old, i) => {}
+                _ => {
+                    self.process_info.insert(pid, i.clone());
+                }
+            }
+        }
         let name_id = match self.thread_name_ids.get(comm) {
             Some(&id) => id,
             None => {
@@ -249,7 +278,9 @@ impl Aggregate {
                 id
             }
         };
-        *self.counts.entry((pid, tid, cpu, stack, name_id)).or_insert(0) += 1;
+        let v = self.counts.entry((pid, tid, cpu, stack, name_id)).or_default();
+        v.count += values.count;
+        v.off_cpu_ns = v.off_cpu_ns.saturating_add(values.off_cpu_ns);
         let name = info.map(|i| i.name.as_str()).unwrap_or_else(|| comm_str(comm));
         match self.process_names.get_mut(&pid) {
             Some(n) if n == name => {}
@@ -258,6 +289,77 @@ impl Aggregate {
                 self.process_names.insert(pid, name.to_string());
             }
         }
+    }
+
+    /// Off-CPU mode on or off: the snapshots say so (and every later period's).
+    pub fn set_off_cpu(&mut self, on: bool) {
+        self.off_cpu = on;
+    }
+
+    /// The stacks `stacks` of `from` (a closed period), interned in this one with their
+    /// frames and mappings: the id of each here, by its id there (a stack id out of range is
+    /// left out). For off-CPU stacks whose weight comes in a later period.
+    pub fn carry_stacks(&mut self, from: &Aggregate, stacks: impl IntoIterator<Item = u32>) -> HashMap<u32, u32> {
+        let mut frame_keys: Vec<Option<FrameKey>> = vec![None; from.frames.len()];
+        for (key, &id) in &from.frame_ids {
+            if let Some(k) = frame_keys.get_mut(id as usize) {
+                *k = Some(*key);
+            }
+        }
+        let mut python_keys: HashMap<u32, &PythonFrameKey> = HashMap::new();
+        for (key, &id) in &from.python_frames {
+            python_keys.insert(id, key);
+        }
+        let python_versions: HashMap<u32, &str> = from.python_mappings.iter().map(|(v, &id)| (id, v.as_str())).collect();
+        let mapping_keys: HashMap<u32, &(u32, Avma, u64, u64)> = from.mapping_ids.iter().map(|(k, &id)| (id, k)).collect();
+        let mut mapping_of: HashMap<u32, Option<u32>> = HashMap::new();
+        let mut frame_of: HashMap<u32, Option<u32>> = HashMap::new();
+        let mut out = HashMap::new();
+        let mut frames = Vec::new();
+        for old in stacks {
+            let Some(old_frames) = from.stacks.get(old as usize) else { continue };
+            frames.clear();
+            for &f in old_frames.iter() {
+                let new = *frame_of.entry(f).or_insert_with(|| {
+                    let pending = from.frames.get(f as usize)?;
+                    let mut map = |m: u32, agg: &mut Aggregate| -> Option<u32> {
+                        *mapping_of.entry(m).or_insert_with(|| {
+                            if from.kernel_mapping == Some(m) {
+                                Some(agg.kernel_mapping())
+                            } else if let Some(v) = python_versions.get(&m) {
+                                Some(agg.python_mapping(v))
+                            } else {
+                                let &&(pid, start, dev, ino) = mapping_keys.get(&m)?;
+                                let made = from.mappings.get(m as usize)?.clone();
+                                Some(agg.mapping(pid, start, (dev, ino), || made))
+                            }
+                        })
+                    };
+                    if let Some((_, qualname, file, line)) = python_keys.get(&f) {
+                        let version = pending.mapping.and_then(|m| python_versions.get(&m))?;
+                        return Some(self.python_frame(version, qualname, file, *line));
+                    }
+                    let mapping = match pending.mapping {
+                        Some(m) => Some(map(m, self)?),
+                        None => None,
+                    };
+                    let key = match frame_keys.get(f as usize).copied().flatten()? {
+                        FrameKey::User { addr, .. } => FrameKey::User { mapping: mapping?, addr },
+                        other => other,
+                    };
+                    let (kind, request) = (pending.kind, pending.request.clone());
+                    Some(self.frame(key, |_| (mapping, kind, request)))
+                });
+                match new {
+                    Some(id) => frames.push(id),
+                    None => break,
+                }
+            }
+            if frames.len() == old_frames.len() {
+                out.insert(old, self.stack(&mut frames));
+            }
+        }
+        out
     }
 
     pub fn is_empty(&self) -> bool {
@@ -270,6 +372,7 @@ impl Aggregate {
         let now = now_ns();
         let mut old = std::mem::replace(self, Aggregate::starting_at(now));
         old.end_ns = Some(now);
+        self.off_cpu = old.off_cpu;
         old
     }
 
@@ -285,12 +388,13 @@ impl Aggregate {
         let mut samples: Vec<SnapshotSample> = self
             .counts
             .iter()
-            .map(|(&(pid, tid, cpu, stack, name), &count)| SnapshotSample {
+            .map(|(&(pid, tid, cpu, stack, name), &v)| SnapshotSample {
                 pid,
                 tid,
                 cpu,
                 stack,
-                count,
+                count: v.count,
+                off_cpu_ns: v.off_cpu_ns,
                 thread_name: self.thread_names.get(name as usize).map(|c| comm_str(c).to_string()).unwrap_or_default(),
                 process_name: self.process_names.get(&pid).cloned().unwrap_or_default(),
             })
@@ -311,6 +415,7 @@ impl Aggregate {
             start_ns: self.start_ns,
             end_ns,
             frequency,
+            off_cpu: self.off_cpu,
             mappings: self.mappings,
             frames,
             stacks: self.stacks,
@@ -349,6 +454,52 @@ mod tests {
         assert_eq!(markers, [MAX_STACK_DEPTH - ROOT_FRAMES_KEPT - 1]);
         assert_eq!(snap.stacks[1].len(), MAX_STACK_DEPTH);
         assert_eq!(snap.samples.iter().map(|s| s.count).sum::<u64>(), 2);
+    }
+
+    #[test]
+    fn carried_stacks_keep_their_frames_and_mappings() {
+        let mut old = Aggregate::new();
+        let fixed = |n: &'static str| SymRequest::Fixed(symbolize::marker(n));
+        let kernel = old.frame(FrameKey::Kernel { addr: Avma(0xffff_1000) }, |agg| {
+            (Some(agg.kernel_mapping()), FrameKind::Kernel, fixed("schedule"))
+        });
+        let file = SnapshotMapping {
+            start: Avma(0x1000),
+            limit: Avma(0x2000),
+            offset: crate::addr::FileOffset(0),
+            path: "/app".into(),
+            file_id: "id".into(),
+            is_kernel: false,
+            file: None,
+        };
+        let m = old.mapping(7, Avma(0x1000), (1, 2), || file.clone());
+        let user = old.frame(FrameKey::User { mapping: m, addr: Avma(0x1100) }, |_| (Some(m), FrameKind::Native, fixed("wait_here")));
+        let py = old.python_frame("3.11.2", &Arc::from("handler"), &Arc::from("app.py"), 3);
+        let marker = old.marker(ELIDED);
+        let other = old.frame(FrameKey::Unmapped { addr: Avma(0x9) }, |_| (None, FrameKind::Marker, fixed("x")));
+        let mut frames = vec![kernel, user, py, marker];
+        let blocked = old.stack(&mut frames);
+        let unrelated = old.stack(&mut vec![other]);
+        // The next period already has a frame of its own: ids differ there.
+        let mut new = Aggregate::new();
+        new.marker(crate::unwind::TRUNCATED);
+        let carried = new.carry_stacks(&old, [blocked, 99]);
+        assert_eq!(carried.len(), 1, "an id out of range is left out");
+        let id = carried[&blocked];
+        new.count(7, 8, 0, id, b"t\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0", None, Values { count: 0, off_cpu_ns: 5 });
+        let snap = new.into_snapshot(99, |reqs| reqs.iter().map(|r| match r {
+            SymRequest::Fixed(l) => l.clone(),
+            _ => symbolize::marker("?"),
+        }).collect(), Stats::default);
+        let names: Vec<&str> = snap.stacks[id as usize].iter().map(|&f| snap.frames[f as usize].lines[0].function.as_str()).collect();
+        assert_eq!(names, ["schedule", "wait_here", "handler", ELIDED]);
+        let mappings: Vec<&str> = snap.stacks[id as usize].iter()
+            .filter_map(|&f| snap.frames[f as usize].mapping).map(|m| snap.mappings[m as usize].path.as_str()).collect();
+        assert_eq!(mappings, ["[kernel.kallsyms]", "/app", "[python 3.11.2]"]);
+        assert_eq!(snap.samples[0].off_cpu_ns, 5);
+        assert_ne!(unrelated, blocked);
+        assert!(snap.frames.iter().all(|f| f.lines[0].function != "x"), "the stack not carried stayed behind");
+        assert_eq!(snap.frames.len(), 5, "[truncated] and the four carried frames");
     }
 
     #[test]

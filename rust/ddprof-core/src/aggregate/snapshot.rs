@@ -63,7 +63,10 @@ pub struct SnapshotSample {
     pub cpu: u32,
     /// Index into the stack table.
     pub stack: u32,
+    /// CPU samples.
     pub count: u64,
+    /// Off-CPU nanoseconds (off-CPU mode; 0 in a CPU sample).
+    pub off_cpu_ns: u64,
     pub thread_name: String,
     pub process_name: String,
 }
@@ -75,6 +78,8 @@ pub struct Snapshot {
     pub end_ns: u64,
     /// Samples per second on each CPU.
     pub frequency: u64,
+    /// Off-CPU mode was on: the samples carry off-CPU time, and the profiles its sample type.
+    pub off_cpu: bool,
     pub mappings: Vec<SnapshotMapping>,
     pub frames: Vec<SnapshotFrame>,
     /// Frame indices, leaf first, at most `MAX_STACK_DEPTH`.
@@ -85,18 +90,25 @@ pub struct Snapshot {
     pub stats: Stats,
 }
 
+impl SnapshotSample {
+    /// A CPU count or off-CPU time: the sample is worth writing.
+    pub fn has_value(&self) -> bool {
+        self.count > 0 || self.off_cpu_ns > 0
+    }
+}
+
 impl Snapshot {
-    /// The pids of the samples with a count, each once, in order of first appearance.
+    /// The pids of the samples with a value, each once, in order of first appearance.
     pub fn sampled_pids(&self) -> Vec<u32> {
         let mut seen = std::collections::HashSet::new();
-        self.samples.iter().filter(|x| x.count > 0 && seen.insert(x.pid)).map(|x| x.pid).collect()
+        self.samples.iter().filter(|x| x.has_value() && seen.insert(x.pid)).map(|x| x.pid).collect()
     }
 
-    /// Indices of the mappings that the stacks of samples with a count touch, in table order.
+    /// Indices of the mappings that the stacks of samples with a value touch, in table order.
     pub fn sampled_mappings(&self) -> Vec<u32> {
         let mut stack_seen = vec![false; self.stacks.len()];
         let mut used = vec![false; self.mappings.len()];
-        for x in self.samples.iter().filter(|x| x.count > 0) {
+        for x in self.samples.iter().filter(|x| x.has_value()) {
             let Some(seen) = stack_seen.get_mut(x.stack as usize) else { continue };
             if std::mem::replace(seen, true) {
                 continue;
@@ -115,5 +127,10 @@ impl Snapshot {
     /// Sum of the sample counts.
     pub fn total(&self) -> u64 {
         self.samples.iter().map(|x| x.count).sum()
+    }
+
+    /// Sum of the off-CPU nanoseconds.
+    pub fn off_cpu_total(&self) -> u64 {
+        self.samples.iter().map(|x| x.off_cpu_ns).fold(0, u64::saturating_add)
     }
 }

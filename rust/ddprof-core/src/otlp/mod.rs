@@ -10,6 +10,9 @@
 //! - every dictionary table starts with its zero value (string `""`, `Mapping{}`, ...);
 //! - each profile: sample type `samples`/`count`, period type `cpu`/`nanoseconds`, period
 //!   `1e9 / frequency`, the period's start and length, a non-zero 16-byte id;
+//! - in off-CPU mode (`Snapshot::off_cpu`) a second profile beside each group's CPU one,
+//!   sample type `off-cpu`/`nanoseconds` (no period), values `[time switched out]`, of the
+//!   stacks threads blocked in;
 //! - samples: the stack (leaf first), `[count]`, attributes `process.pid`, `thread.id`
 //!   (integers), `thread.name`, `process.executable.name` (when known);
 //! - mappings with `process.executable.build_id.gnu` or `.go` when the file has one;
@@ -46,7 +49,7 @@ pub fn encode_request(s: &Snapshot, group_of: &HashMap<u32, usize>, resources: &
     }
     let groups = resources.len();
     let mut members: Vec<Vec<usize>> = vec![Vec::new(); groups];
-    for (i, x) in s.samples.iter().enumerate().filter(|(_, x)| x.count > 0) {
+    for (i, x) in s.samples.iter().enumerate().filter(|(_, x)| x.has_value()) {
         let g = group_of.get(&x.pid).copied().filter(|&g| g < groups).ok_or_else(|| {
             Error::InvalidArgument(format!("pid {} has samples but no group in 0..{groups}", x.pid))
         })?;
@@ -56,14 +59,13 @@ pub fn encode_request(s: &Snapshot, group_of: &HashMap<u32, usize>, resources: &
     let period = (NS_PER_S / s.frequency) as i64;
     let sample_type = proto::ValueType { type_strindex: d.string("samples"), unit_strindex: d.string("count") };
     let period_type = proto::ValueType { type_strindex: d.string("cpu"), unit_strindex: d.string("nanoseconds") };
+    let off_cpu_type = s.off_cpu.then(|| proto::ValueType { type_strindex: d.string("off-cpu"), unit_strindex: d.string("nanoseconds") });
     let mut resource_profiles = Vec::with_capacity(groups);
     let mut totals = Vec::with_capacity(groups);
     for (g, (samples, attributes)) in members.iter().zip(resources).enumerate() {
-        let mut out = Vec::with_capacity(samples.len());
         let mut total = 0;
-        for &i in samples {
+        let sample = |d: &mut Dictionary<'_>, i: usize, value: u64| {
             let x = &s.samples[i];
-            total += x.count;
             let mut attribute_indices = vec![d.attribute_int("process.pid", i64::from(x.pid)), d.attribute_int("thread.id", i64::from(x.tid))];
             if !x.thread_name.is_empty() {
                 attribute_indices.push(d.attribute_str("thread.name", &x.thread_name));
@@ -72,10 +74,15 @@ pub fn encode_request(s: &Snapshot, group_of: &HashMap<u32, usize>, resources: &
                 attribute_indices.push(d.attribute_str("process.executable.name", &x.process_name));
             }
             let stack_index = d.stack(x.stack as usize);
-            out.push(proto::Sample { stack_index, attribute_indices, values: vec![i64::try_from(x.count).unwrap_or(i64::MAX)] });
+            proto::Sample { stack_index, attribute_indices, values: vec![i64::try_from(value).unwrap_or(i64::MAX)] }
+        };
+        let mut out = Vec::with_capacity(samples.len());
+        for &i in samples.iter().filter(|&&i| s.samples[i].count > 0) {
+            total += s.samples[i].count;
+            out.push(sample(&mut d, i, s.samples[i].count));
         }
         totals.push(total);
-        let profile = proto::Profile {
+        let mut profiles = vec![proto::Profile {
             sample_type: Some(sample_type),
             samples: out,
             time_unix_nano: s.start_ns,
@@ -83,7 +90,23 @@ pub fn encode_request(s: &Snapshot, group_of: &HashMap<u32, usize>, resources: &
             period_type: Some(period_type),
             period,
             profile_id: profile_id(s.start_ns, g),
-        };
+        }];
+        if off_cpu_type.is_some() {
+            let off: Vec<proto::Sample> = samples
+                .iter()
+                .filter(|&&i| s.samples[i].off_cpu_ns > 0)
+                .map(|&i| sample(&mut d, i, s.samples[i].off_cpu_ns))
+                .collect();
+            profiles.push(proto::Profile {
+                sample_type: off_cpu_type,
+                samples: off,
+                time_unix_nano: s.start_ns,
+                duration_nano: s.end_ns.saturating_sub(s.start_ns),
+                period_type: None,
+                period: 0,
+                profile_id: profile_id(s.start_ns, g + groups),
+            });
+        }
         let attributes = attributes
             .iter()
             .map(|(k, v)| proto::KeyValue { key: k.clone(), value: Some(proto::AnyValue { value: Some(proto::Value::StringValue(v.clone())) }) })
@@ -92,7 +115,7 @@ pub fn encode_request(s: &Snapshot, group_of: &HashMap<u32, usize>, resources: &
             resource: Some(proto::Resource { attributes }),
             scope_profiles: vec![proto::ScopeProfiles {
                 scope: Some(proto::InstrumentationScope { name: "ddprofiler".into(), version: scope_version.into() }),
-                profiles: vec![profile],
+                profiles,
             }],
         });
     }

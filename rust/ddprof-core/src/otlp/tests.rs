@@ -28,9 +28,9 @@ fn snapshot() -> Snapshot {
         ],
         stacks: vec![Box::from([1u32, 0]), Box::from([2u32, 1, 0]), Box::from([3u32, 0])],
         samples: vec![
-            SnapshotSample { pid: 10, tid: 11, cpu: 0, stack: 0, count: 3, thread_name: "w".into(), process_name: "app".into() },
-            SnapshotSample { pid: 20, tid: 20, cpu: 1, stack: 1, count: 2, thread_name: String::new(), process_name: "db".into() },
-            SnapshotSample { pid: 10, tid: 10, cpu: 1, stack: 2, count: 1, thread_name: "app".into(), process_name: "app".into() },
+            SnapshotSample { pid: 10, tid: 11, cpu: 0, stack: 0, count: 3, off_cpu_ns: 0, thread_name: "w".into(), process_name: "app".into() },
+            SnapshotSample { pid: 20, tid: 20, cpu: 1, stack: 1, count: 2, off_cpu_ns: 0, thread_name: String::new(), process_name: "db".into() },
+            SnapshotSample { pid: 10, tid: 10, cpu: 1, stack: 2, count: 1, off_cpu_ns: 0, thread_name: "app".into(), process_name: "app".into() },
         ],
         ..Default::default()
     }
@@ -95,4 +95,28 @@ fn one_request_two_resources_one_dictionary() {
 fn a_pid_without_a_group_is_an_error() {
     let err = encode_request(&snapshot(), &HashMap::from([(10, 0)]), &vec![vec![]], "1").err().expect("pid 20");
     assert!(err.to_string().contains("pid 20"), "{err}");
+}
+
+#[test]
+fn off_cpu_mode_adds_a_profile_of_its_own() {
+    let mut snap = snapshot();
+    snap.off_cpu = true;
+    snap.samples[0].off_cpu_ns = 0;
+    // pid 10 blocked 2 ms in stack 2, never seen on CPU there.
+    snap.samples.push(SnapshotSample { pid: 10, tid: 10, cpu: 0, stack: 2, count: 0, off_cpu_ns: 2_000_000, thread_name: "app".into(), process_name: "app".into() });
+    let resources: Resources = vec![vec![], vec![]];
+    let r = encode_request(&snap, &HashMap::from([(10, 0), (20, 1)]), &resources, "1.0").expect("encodes");
+    assert_eq!(r.samples, [4, 2], "the CPU totals");
+    let req = proto::ExportProfilesServiceRequest::decode(r.bytes.as_slice()).expect("decodes");
+    let d = req.dictionary.expect("a dictionary");
+    let profiles = &req.resource_profiles[0].scope_profiles[0].profiles;
+    assert_eq!(profiles.len(), 2);
+    let st = profiles[1].sample_type.expect("a type");
+    assert_eq!((d.string_table[st.type_strindex as usize].as_str(), d.string_table[st.unit_strindex as usize].as_str()), ("off-cpu", "nanoseconds"));
+    let values: Vec<Vec<i64>> = profiles[1].samples.iter().map(|x| x.values.clone()).collect();
+    assert_eq!(values, [vec![2_000_000]]);
+    assert!(profiles[0].samples.iter().all(|x| x.values[0] > 0), "no 0-count sample in the CPU profile");
+    assert_ne!(profiles[0].profile_id, profiles[1].profile_id);
+    // pid 20 blocked nowhere: its off-CPU profile is empty but there.
+    assert_eq!(req.resource_profiles[1].scope_profiles[0].profiles[1].samples.len(), 0);
 }

@@ -11,6 +11,10 @@
 //! - sample types `[cpu-samples/count, cpu-time/nanoseconds]`, period type
 //!   `cpu-time/nanoseconds`, `period = 1e9 / frequency`, values `[n, n * period]`, default
 //!   sample type `cpu-time`, `time_nanos` = start, `duration_nanos` = end - start;
+//! - in off-CPU mode (`Snapshot::off_cpu`) a third sample type `off-cpu-time/nanoseconds`,
+//!   the time threads spent switched out in the stack: values `[n, n * period, off_ns]`
+//!   (a CPU sample has 0 off-CPU time, an off-CPU stack 0 CPU samples); the default sample
+//!   type stays `cpu-time`;
 //! - the string table is interned, `""` at index 0;
 //! - mappings, then locations, are the snapshot's in its order, those the profile's samples
 //!   use, numbered from 1; a frame without a mapping (markers) has `mapping_id` 0; the
@@ -22,7 +26,7 @@
 //!   labels of the pid in the order given, `cpu.logical_number`, all strings (ids in
 //!   decimal: pprof readers drop a numeric label of 0, and the backend keys on the string
 //!   form, as Datadog's host profiler writes them); an empty string label is left out, and
-//!   so is a sample with a count of 0;
+//!   so is a sample with no value (a count of 0 and no off-CPU time);
 //! - stacks are written as the aggregate capped them (one cap, one marker, in one place).
 //!
 //! Non-goals: reading pprof (Python's `ddprofiler.pprof.reader`), any other sample type.
@@ -42,6 +46,8 @@ pub const LABEL_TID: &str = "thread id";
 pub const LABEL_THREAD_NAME: &str = "thread name";
 pub const LABEL_PROCESS_NAME: &str = "process name";
 pub const LABEL_CPU: &str = "cpu.logical_number";
+/// The sample type of off-CPU time (off-CPU mode), in nanoseconds.
+pub const OFF_CPU_TIME: &str = "off-cpu-time";
 
 const NS_PER_S: u64 = 1_000_000_000;
 
@@ -70,7 +76,7 @@ pub fn encode_groups(
 ) -> Result<Vec<Encoded>> {
     let mut members: Vec<Vec<usize>> = vec![Vec::new(); groups];
     for (i, sample) in s.samples.iter().enumerate() {
-        if sample.count == 0 {
+        if !sample.has_value() {
             continue;
         }
         let group = group_of
@@ -91,7 +97,7 @@ pub fn encode_groups(
         .collect()
 }
 
-/// The profile of the samples at `samples` (indices into `s.samples`, counts above 0).
+/// The profile of the samples at `samples` (indices into `s.samples`, with a value).
 fn encode(s: &Snapshot, samples: &[usize], extra: &ExtraLabels) -> Result<Encoded> {
     if s.frequency == 0 {
         return Err(Error::InvalidArgument(
@@ -121,6 +127,12 @@ fn encode(s: &Snapshot, samples: &[usize], extra: &ExtraLabels) -> Result<Encode
         duration_nanos: clamp_i64(s.end_ns.saturating_sub(s.start_ns)),
         ..Default::default()
     };
+    if s.off_cpu {
+        pb.sample_type.push(proto::ValueType {
+            r#type: strings.id(OFF_CPU_TIME),
+            unit: strings.id("nanoseconds"),
+        });
+    }
 
     // What the samples use: stacks, then frames, then mappings; ids in table order.
     let mut frame_used = vec![false; s.frames.len()];
@@ -293,9 +305,13 @@ fn encode(s: &Snapshot, samples: &[usize], extra: &ExtraLabels) -> Result<Encode
             key: keys[4],
             str: strings.id(&x.cpu.to_string()),
         });
+        let mut value = vec![count, count.saturating_mul(period)];
+        if s.off_cpu {
+            value.push(clamp_i64(x.off_cpu_ns));
+        }
         pb.sample.push(proto::Sample {
             location_id: location_ids,
-            value: vec![count, count.saturating_mul(period)],
+            value,
             label,
         });
     }

@@ -46,6 +46,7 @@ fn sample(pid: u32, stack: u32, count: u64) -> SnapshotSample {
         cpu: 0,
         stack,
         count,
+        off_cpu_ns: 0,
         thread_name: "worker".into(),
         process_name: String::new(),
     }
@@ -339,4 +340,25 @@ fn snapshot_helpers_see_only_counted_samples() {
         "the count-0 sample's /unused.so is out"
     );
     assert_eq!(snap.total(), 5);
+}
+
+#[test]
+fn off_cpu_mode_adds_its_sample_type_and_value() {
+    let mut snap = snapshot();
+    // Without off-CPU mode: two sample types, whatever the samples carry.
+    let plain = decode(&encode_all(&snap, &ExtraLabels::new()).expect("encodes"));
+    assert_eq!(plain.sample_type.len(), 2);
+    snap.off_cpu = true;
+    // Stack 2 blocked 250 ms and was never seen on CPU: written, with 0 CPU samples.
+    snap.samples[2].off_cpu_ns = 250_000_000;
+    let e = encode_all(&snap, &ExtraLabels::new()).expect("encodes");
+    assert_eq!(e.samples, 5, "the CPU sample total");
+    let p = decode(&e);
+    let types: Vec<(&str, &str)> = p.sample_type.iter().map(|t| (s(&p, t.r#type), s(&p, t.unit))).collect();
+    assert_eq!(types, [("cpu-samples", "count"), ("cpu-time", "nanoseconds"), ("off-cpu-time", "nanoseconds")]);
+    assert_eq!(s(&p, p.default_sample_type), "cpu-time", "the default stays CPU time");
+    let values: Vec<Vec<i64>> = p.sample.iter().map(|x| x.value.clone()).collect();
+    assert_eq!(values, [vec![3, 30_000_000, 0], vec![2, 20_000_000, 0], vec![0, 0, 250_000_000]]);
+    assert_eq!(snap.off_cpu_total(), 250_000_000);
+    assert_eq!(snap.sampled_pids(), [10, 20]);
 }

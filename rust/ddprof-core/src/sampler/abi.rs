@@ -1,6 +1,8 @@
 //! Rust mirror of `bpf/sampler.h`, the contract with the BPF sampler.
 //!
-//! Input: raw ring buffer records. Output: a parsed [`Record`] borrowing the record's bytes.
+//! Input: raw ring buffer records. Output: their kind ([`record_kind`]), a parsed stack
+//! [`Record`] (a CPU sample or an off-CPU switch-out) borrowing the record's bytes, or an
+//! off-CPU [`OffCpuWeight`].
 //! Any change here goes with the same change in the header; the size assertions catch drift.
 //! The counter indices are not mirrored by hand: `build.rs` generates them from the header
 //! (see `crate::counters`).
@@ -24,14 +26,23 @@ pub const F_USER_REGS: u32 = 0x1;
 pub const F_KERNEL_MODE: u32 = 0x2;
 pub const F_USTACK_CUT: u32 = 0x4;
 pub const F_GO_WINDOW_CUT: u32 = 0x8;
+pub const F_PREEMPTED: u32 = 0x10;
+
+/// enum ddprof_record_kind: a record's first u32.
+pub const REC_CPU: u32 = 0;
+pub const REC_OFFCPU_STACK: u32 = 1;
+pub const REC_OFFCPU_WEIGHT: u32 = 2;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct SampleHeader {
+    /// enum ddprof_record_kind: [`REC_CPU`] or [`REC_OFFCPU_STACK`].
+    pub kind: u32,
+    pub cpu: u32,
+    /// CLOCK_MONOTONIC; an off-CPU stack's switch-out, which its weight record names.
     pub ktime_ns: u64,
     pub pid: u32,
     pub tid: u32,
-    pub cpu: u32,
     pub flags: u32,
     pub kstack_len: u32,
     pub ustack_len: u32,
@@ -43,6 +54,7 @@ pub struct SampleHeader {
     pub py_status: u16,
     /// The snapshot starts this many bytes below sp (the red zone).
     pub ustack_below_sp: u32,
+    pub _pad: u32,
     /// DWARF order (`arch`).
     pub regs: [u64; USER_REGS],
     /// The Go window's saved sp (where it starts), and the goroutine's saved pc and bp.
@@ -56,7 +68,41 @@ pub struct SampleHeader {
     pub go_window: u32,
 }
 
-const _: () = assert!(std::mem::size_of::<SampleHeader>() == 104 + 8 * USER_REGS);
+const _: () = assert!(std::mem::size_of::<SampleHeader>() == 112 + 8 * USER_REGS);
+
+/// struct offcpu_weight: how long a thread stayed switched out since the switch-out whose
+/// stack record has the same `tid` and `ktime_ns`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OffCpuWeight {
+    pub kind: u32,
+    /// Where the thread switched in.
+    pub cpu: u32,
+    /// Its switch-out: the stack record's `ktime_ns`.
+    pub ktime_ns: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub blocked_ns: u64,
+}
+
+const _: () = assert!(std::mem::size_of::<OffCpuWeight>() == 32);
+
+impl OffCpuWeight {
+    /// Parses a weight record; `None` when it is short or of another kind.
+    pub fn parse(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < std::mem::size_of::<OffCpuWeight>() || record_kind(bytes) != Some(REC_OFFCPU_WEIGHT) {
+            return None;
+        }
+        // SAFETY: OffCpuWeight is plain old data of the size checked above; read_unaligned
+        // copes with any alignment.
+        Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<OffCpuWeight>()) })
+    }
+}
+
+/// The kind of a record (its first u32); `None` for a record shorter than that.
+pub fn record_kind(bytes: &[u8]) -> Option<u32> {
+    bytes.get(..4).map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+}
 
 /// enum ddprof_go_window: which stack of a Go thread the Go window holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -239,7 +285,8 @@ impl<'a> Record<'a> {
         let plen = header.py_len as usize * PY_FRAME_BYTES;
         let go_off = py_off + plen;
         let glen = header.go_window_len as usize;
-        if ulen > MAX_USTACK_BYTES as usize
+        if !matches!(header.kind, REC_CPU | REC_OFFCPU_STACK)
+            || ulen > MAX_USTACK_BYTES as usize
             || header.kstack_len as usize > MAX_KSTACK_DEPTH
             || header.ufp_len as usize > MAX_UFP_DEPTH
             || header.py_len as usize > MAX_PY_FRAMES
@@ -336,6 +383,8 @@ mod tests {
         assert_eq!(header_define("DDPROF_PY_FRAME_BLOCK"), PY_FRAME_BLOCK as u64);
         assert_eq!(header_define("DDPROF_GO_WINDOW_BYTES"), GO_WINDOW_BYTES as u64);
         assert_eq!(header_define("DDPROF_F_GO_WINDOW_CUT"), u64::from(F_GO_WINDOW_CUT));
+        assert_eq!(header_define("DDPROF_F_PREEMPTED"), u64::from(F_PREEMPTED));
+        assert_eq!(header_define("DDPROF_ABI_VERSION"), 6);
         assert_eq!(PY_FRAME_BLOCK, crate::cpython::FRAME_BLOCK_BYTES);
         // The header's first block is x86_64's (the parser here does not evaluate #if).
         if cfg!(target_arch = "x86_64") {
@@ -348,10 +397,12 @@ mod tests {
 
     #[test]
     fn records_are_parsed_defensively() {
+        use std::mem::offset_of;
         let mut bytes = vec![0u8; HDR + 16 + 8];
         // ustack_len 12 (padded to 16), one kernel address.
-        bytes[24..28].copy_from_slice(&1u32.to_ne_bytes());
-        bytes[28..32].copy_from_slice(&12u32.to_ne_bytes());
+        let (k, u) = (offset_of!(SampleHeader, kstack_len), offset_of!(SampleHeader, ustack_len));
+        bytes[k..k + 4].copy_from_slice(&1u32.to_ne_bytes());
+        bytes[u..u + 4].copy_from_slice(&12u32.to_ne_bytes());
         bytes[HDR + 16..].copy_from_slice(&0xffff_ffff_8100_0000u64.to_ne_bytes());
         let r = Record::parse(&bytes).expect("a valid record");
         assert_eq!(r.ustack.len(), 12);
@@ -359,6 +410,24 @@ mod tests {
         assert!(r.user_regs().is_none());
         assert!(Record::parse(&bytes[..HDR + 16]).is_none(), "a kernel stack past the end");
         assert!(Record::parse(&bytes[..HDR - 1]).is_none());
+        // An off-CPU stack parses as a stack; a weight record, or an unknown kind, does not.
+        bytes[..4].copy_from_slice(&REC_OFFCPU_STACK.to_ne_bytes());
+        assert_eq!(Record::parse(&bytes).expect("a stack").header.kind, REC_OFFCPU_STACK);
+        bytes[..4].copy_from_slice(&REC_OFFCPU_WEIGHT.to_ne_bytes());
+        assert!(Record::parse(&bytes).is_none());
+        bytes[..4].copy_from_slice(&7u32.to_ne_bytes());
+        assert!(Record::parse(&bytes).is_none());
+    }
+
+    #[test]
+    fn weight_records_are_parsed() {
+        let w = OffCpuWeight { kind: REC_OFFCPU_WEIGHT, cpu: 1, ktime_ns: 5_000, pid: 10, tid: 11, blocked_ns: 200_000_000 };
+        // SAFETY: plain old data, read as bytes.
+        let bytes = unsafe { std::slice::from_raw_parts((&w as *const OffCpuWeight).cast::<u8>(), 32) }.to_vec();
+        assert_eq!(record_kind(&bytes), Some(REC_OFFCPU_WEIGHT));
+        assert_eq!(OffCpuWeight::parse(&bytes), Some(w));
+        assert_eq!(OffCpuWeight::parse(&bytes[..31]), None);
+        assert_eq!(record_kind(&bytes[..3]), None);
     }
 
     #[test]

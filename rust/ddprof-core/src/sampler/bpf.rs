@@ -1,7 +1,8 @@
 //! Loads the embedded BPF sampler with aya and attaches it to a cpu-clock perf event on every
-//! online CPU.
+//! online CPU, and in off-CPU mode its sched_switch program to that raw tracepoint.
 //!
-//! Input: frequency, optional pid filter, user stack snapshot size.
+//! Input: frequency, optional pid filter, user stack snapshot size, off-CPU mode's rate and
+//! cap.
 //! Output: a [`Sampler`] whose ring buffer yields raw records (see `abi`) and whose per-CPU
 //! counters can be read at any time. Non-goals: parsing records beyond the header, unwinding.
 use std::os::fd::{AsFd, AsRawFd};
@@ -45,6 +46,24 @@ pub struct SamplerConfig {
     pub follow_children: bool,
     /// Keep the samples of the idle task (pid 0; system-wide only).
     pub idle: bool,
+    /// Off-CPU mode (None: off).
+    pub off_cpu: Option<OffCpuConfig>,
+}
+
+/// Off-CPU mode: which switch-outs get their stack recorded.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct OffCpuConfig {
+    /// The fraction of switch-outs recorded, in (0, 1].
+    pub rate: f64,
+    /// Stacks recorded a second on each CPU, at most (the rest are counted, `offcpu_capped`).
+    pub cap: u32,
+}
+
+impl OffCpuConfig {
+    /// The BPF program's threshold for bpf_get_prandom_u32(): rate * 2^32 (2^32: all).
+    pub fn threshold(&self) -> u64 {
+        (self.rate.clamp(0.0, 1.0) * 4_294_967_296.0).round() as u64
+    }
 }
 
 pub struct Sampler {
@@ -143,6 +162,20 @@ fn attach_mapping_watchers(bpf: &mut Ebpf) {
     }
 }
 
+/// Off-CPU mode's program, on the sched_switch raw tracepoint. Asked for, so a failure is an
+/// error.
+fn attach_switch(bpf: &mut Ebpf) -> Result<()> {
+    let prog: &mut RawTracePoint = bpf
+        .program_mut("ddprof_switch")
+        .ok_or_else(|| Error::Other("program ddprof_switch missing from the object".into()))?
+        .try_into()
+        .map_err(|e| program_error("ddprof_switch", e))?;
+    prog.load().map_err(|e| program_error("loading the off-CPU program", e))?;
+    prog.attach("sched_switch")
+        .map_err(|e| program_error("off-CPU mode (raw tracepoint sched_switch)", e))?;
+    Ok(())
+}
+
 /// The programs that add the processes a followed one starts to the pid filter, and take
 /// exited ones out. Asked for, so a failure is an error.
 fn attach_followers(bpf: &mut Ebpf) -> Result<()> {
@@ -171,6 +204,14 @@ impl Sampler {
                 abi::MAX_USTACK_BYTES
             )));
         }
+        if let Some(o) = &cfg.off_cpu {
+            if !(o.rate > 0.0 && o.rate <= 1.0) || o.cap == 0 {
+                return Err(Error::InvalidArgument(format!(
+                    "off-CPU rate {} must be in (0, 1] and its cap ({}) above 0",
+                    o.rate, o.cap
+                )));
+            }
+        }
         check_kernel_support()?;
         raise_memlock_rlimit();
         let nr_cpus = aya::util::nr_cpus().map_err(|(f, e)| error::from_os(f, &e))? as u32;
@@ -179,7 +220,10 @@ impl Sampler {
         let follow: u32 = u32::from(cfg.follow_children && !cfg.pids.is_empty());
         let idle: u32 = u32::from(cfg.idle);
         let stack_bytes = cfg.stack_bytes;
-        let ring_size = ring_bytes(cfg.frequency, cpus.len(), stack_bytes);
+        // Off-CPU stacks come at most `cap` a second on each CPU, on top of the samples.
+        let records_per_cpu = cfg.frequency + cfg.off_cpu.map_or(0, |o| u64::from(o.cap));
+        let ring_size = ring_bytes(records_per_cpu, cpus.len(), stack_bytes);
+        let (threshold, cap) = cfg.off_cpu.map_or((0, 0), |o| (o.threshold(), u64::from(o.cap)));
         let wakeup = WAKEUP_BYTES.min(u64::from(ring_size) / 4);
         let mut bpf = EbpfLoader::new()
             .override_global("ustack_size", &stack_bytes, true)
@@ -187,6 +231,8 @@ impl Sampler {
             .override_global("follow_children", &follow, true)
             .override_global("keep_idle", &idle, true)
             .override_global("wakeup_bytes", &wakeup, true)
+            .override_global("offcpu_threshold", &threshold, true)
+            .override_global("offcpu_cap", &cap, true)
             .map_max_entries("scratch_bufs", nr_cpus)
             .map_max_entries("samples", ring_size)
             .load(SAMPLER_OBJ)
@@ -222,6 +268,9 @@ impl Sampler {
         if follow == 1 {
             attach_followers(&mut bpf)?;
         }
+        if cfg.off_cpu.is_some() {
+            attach_switch(&mut bpf)?;
+        }
 
         let ring = RingBuf::try_from(
             bpf.take_map("samples").ok_or_else(|| Error::Other("map samples missing".into()))?,
@@ -244,11 +293,12 @@ impl Sampler {
         )
         .map_err(|e| Error::Other(format!("go_procs: {e}")))?;
         log::info!(
-            "sampling {} CPUs at {} Hz, {} B user stack snapshots, {} KiB ring buffer{}",
+            "sampling {} CPUs at {} Hz, {} B user stack snapshots, {} KiB ring buffer{}{}",
             cpus.len(),
             cfg.frequency,
             cfg.stack_bytes,
             ring_size >> 10,
+            cfg.off_cpu.map_or(String::new(), |o| format!(", off-CPU stacks of {} of switch-outs (at most {}/s per CPU)", o.rate, o.cap)),
             if cfg.pids.is_empty() { String::new() } else { format!(", pids {:?}", cfg.pids) }
         );
         let interval_ms = drain_interval_ms(cfg.frequency);
@@ -326,6 +376,14 @@ mod tests {
         assert_eq!(drain_interval_ms(1), 250);
         assert_eq!(drain_interval_ms(99), 50);
         assert_eq!(drain_interval_ms(999), 50);
+    }
+
+    #[test]
+    fn off_cpu_threshold_is_the_rate_of_2_to_the_32() {
+        let t = |rate| super::OffCpuConfig { rate, cap: 1 }.threshold();
+        assert_eq!(t(1.0), 1 << 32, "all: the program's test is skipped");
+        assert_eq!(t(0.5), 1 << 31);
+        assert_eq!(t(0.0), 0);
     }
 
     #[test]

@@ -8,6 +8,13 @@
 //! thread: this thread never symbolizes (a first parse of a large binary's DWARF can take
 //! seconds, and the ring buffer would overflow meanwhile).
 //!
+//! Off-CPU mode: a switch-out's stack record is unwound the same way (the thread is in the
+//! kernel: the user part from the registers it saved on entry) and waits in the join
+//! (`offcpu`) until the weight record of its switch-in gives it its off-CPU time; stacks
+//! still waiting when a period closes are carried into the next one. A thread that left the
+//! CPU still runnable (preempted) gets a `[preempted]` marker as its leaf frame, so that
+//! waiting for a CPU and blocking stand apart.
+//!
 //! Per-sample failures are data: each becomes a counter (`counters`) and, where the stack
 //! was cut, a `[truncated]` marker frame; never an error.
 use std::collections::{HashMap, HashSet};
@@ -15,10 +22,11 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::abi::{self, GoWindow, GoWindowKind, PyStatus, Record};
+use super::abi::{self, GoWindow, GoWindowKind, OffCpuWeight, PyStatus, Record};
 use super::bpf::Sampler;
+use super::offcpu::{OffCpuJoin, Pending};
 use crate::addr::Avma;
-use crate::aggregate::{Aggregate, FrameKey, FrameKind, Snapshot, SnapshotMapping, ELIDED};
+use crate::aggregate::{Aggregate, FrameKey, FrameKind, Snapshot, SnapshotMapping, Values, ELIDED};
 use crate::counters::{Counter, Counters};
 use crate::cpython::code::CodeCache;
 use crate::cpython::merge::{merge, Merged, Piece, PyFrame, NO_INSTR};
@@ -40,6 +48,9 @@ pub const UNKNOWN: &str = "[unknown]";
 pub const MAPS_DENIED: &str = "[unwind failed: no access to the process's mappings]";
 /// A sample taken before an exec or code unmap whose mappings were re-read already.
 pub const MAPS_CHANGED: &str = "[unwind failed: mappings changed]";
+/// The leaf of an off-CPU stack whose thread left the CPU still runnable (preempted, or a
+/// yield): its time is waiting for a CPU, not blocked by its own choice.
+pub const PREEMPTED: &str = "[preempted]";
 /// A Python frame whose code object could not be read.
 pub const PYTHON_UNREADABLE: &str = "[python: unreadable code object]";
 
@@ -102,14 +113,19 @@ pub struct Drain {
     /// the runtime of each Go binary (None: refused, logged once).
     gos: HashMap<u32, (u64, bool)>,
     go_runtimes: HashMap<FileKey, Option<GoRuntime>>,
+    /// Off-CPU mode: the stacks waiting for their weight (None: off).
+    offcpu: Option<OffCpuJoin>,
 }
 
 impl Drain {
-    pub fn new(counters: Arc<Counters>, python_frames: bool) -> Self {
+    /// `off_cpu_rate`: off-CPU mode's sampling rate (None: off).
+    pub fn new(counters: Arc<Counters>, python_frames: bool, off_cpu_rate: Option<f64>) -> Self {
+        let mut aggregate = Aggregate::new();
+        aggregate.set_off_cpu(off_cpu_rate.is_some());
         Drain {
             registry: Registry::new(counters.clone()),
             unwinder: StackUnwinder::new(),
-            aggregate: Aggregate::new(),
+            aggregate,
             perf_maps: PerfMapFiles::default(),
             counters,
             addrs: Vec::with_capacity(256),
@@ -126,18 +142,34 @@ impl Drain {
             python_frames,
             gos: HashMap::new(),
             go_runtimes: HashMap::new(),
+            offcpu: off_cpu_rate.map(OffCpuJoin::new),
         }
     }
 
-    /// One record in, one counted stack out.
+    /// One record in: a CPU sample's counted stack, an off-CPU stack left to wait for its
+    /// weight, or an off-CPU weight that gives its waiting stack its time.
     pub fn ingest(&mut self, bytes: &[u8]) {
+        if abi::record_kind(bytes) == Some(abi::REC_OFFCPU_WEIGHT) {
+            match OffCpuWeight::parse(bytes) {
+                Some(w) => self.weight(&w),
+                None => self.counters.incr(Counter::BadRecords),
+            }
+            return;
+        }
         let Some(rec) = Record::parse(bytes) else {
             self.counters.incr(Counter::BadRecords);
             return;
         };
-        self.counters.incr(Counter::Samples);
+        let off_cpu = rec.header.kind == abi::REC_OFFCPU_STACK;
+        if !off_cpu {
+            self.counters.incr(Counter::Samples);
+        }
         let h = rec.header;
         self.frames.clear();
+        if off_cpu && h.flags & abi::F_PREEMPTED != 0 {
+            let id = self.aggregate.marker(PREEMPTED);
+            self.frames.push(id);
+        }
 
         for addr in rec.kernel_stack() {
             let id = self.aggregate.frame(FrameKey::Kernel { addr }, |agg| {
@@ -153,7 +185,16 @@ impl Drain {
         }
 
         let info = self.registry.get(h.pid).map(|p| &p.info);
-        self.aggregate.add(h.pid, h.tid, h.cpu, &mut self.frames, &h.comm, info);
+        match (&mut self.offcpu, off_cpu) {
+            (Some(join), true) => {
+                let stack = self.aggregate.stack(&mut self.frames);
+                let p = Pending { pid: h.pid, tid: h.tid, cpu: h.cpu, stack, comm: h.comm, info: info.cloned() };
+                let dropped = join.stack(h.ktime_ns, p);
+                self.counters.add(Counter::OffCpuStale, dropped);
+            }
+            (None, true) => {} // not asked for: the sampler sends none
+            (_, false) => self.aggregate.add(h.pid, h.tid, h.cpu, &mut self.frames, &h.comm, info),
+        }
         if self.registry.sweep(false) {
             self.unwinder.forget_stale(&self.registry);
             let registry = &self.registry;
@@ -162,6 +203,35 @@ impl Drain {
             self.trampolines.retain(|pid| registry.get(pid).is_some());
             self.pythons.retain(|pid, _| registry.get(*pid).is_some());
             self.gos.retain(|pid, _| registry.get(*pid).is_some());
+        }
+    }
+
+    /// An off-CPU weight: its waiting stack gets the time.
+    fn weight(&mut self, w: &OffCpuWeight) {
+        let Some(join) = &mut self.offcpu else { return };
+        match join.weight(w) {
+            Some((p, ns)) => {
+                self.counters.incr(Counter::OffCpuJoined);
+                let values = Values { count: 0, off_cpu_ns: ns };
+                self.aggregate.count(p.pid, p.tid, p.cpu, p.stack, &p.comm, p.info.as_ref(), values);
+            }
+            None => self.counters.incr(Counter::OffCpuUnmatched),
+        }
+    }
+
+    /// Sampling stopped: the threads still switched out get their time until now.
+    fn flush_off_cpu(&mut self) {
+        let Some(join) = &mut self.offcpu else { return };
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: a valid pointer to a timespec. CLOCK_MONOTONIC is bpf_ktime_get_ns's clock.
+        if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
+            return;
+        }
+        let now = (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64);
+        for (p, ns) in join.flush(now) {
+            self.counters.incr(Counter::OffCpuOpenAtStop);
+            let values = Values { count: 0, off_cpu_ns: ns };
+            self.aggregate.count(p.pid, p.tid, p.cpu, p.stack, &p.comm, p.info.as_ref(), values);
         }
     }
 
@@ -301,6 +371,7 @@ impl Drain {
         self.counters.set(Counter::FilesCached, self.registry.files.len() as u64);
         self.counters.set(Counter::PythonCodeObjects, self.codes.len() as u64);
         self.counters.set(Counter::PythonCodeBytes, self.codes.bytes() as u64);
+        self.counters.set(Counter::OffCpuPending, self.offcpu.as_ref().map_or(0, |j| j.len() as u64));
     }
 
     /// Drops what the next samples can rebuild (the memory budget was exceeded: see
@@ -315,12 +386,19 @@ impl Drain {
         self.publish_gauges();
     }
 
+    /// The period so far; with `reset` the next one starts, and the off-CPU stacks still
+    /// waiting for their weight are carried into it.
     fn close_period(&mut self, reset: bool) -> Aggregate {
-        if reset {
-            self.aggregate.close()
-        } else {
-            self.aggregate.clone()
+        if !reset {
+            return self.aggregate.clone();
         }
+        let old = self.aggregate.close();
+        if let Some(join) = &mut self.offcpu {
+            let dropped = join.expire();
+            let carried = self.aggregate.carry_stacks(&old, join.stacks());
+            self.counters.add(Counter::OffCpuStale, dropped + join.carry(&carried));
+        }
+        old
     }
 }
 
@@ -606,9 +684,10 @@ pub fn drain_loop(
     sym: Sender<SymJob>,
     counters: Arc<Counters>,
     python: bool,
+    off_cpu_rate: Option<f64>,
     budget: MemoryBudget,
 ) {
-    let mut drain = Drain::new(counters.clone(), python);
+    let mut drain = Drain::new(counters.clone(), python, off_cpu_rate);
     let mut shed_policy = ShedPolicy::new(budget);
     let mut shed_logged = false;
     // At a period's end, before the symbolization burst: over the budget, shed (see `memory`).
@@ -666,6 +745,7 @@ pub fn drain_loop(
     ingest_all(&mut sampler, &mut drain, true);
     // Detach the program and free the maps now, not when the handle goes away.
     drop(sampler);
+    drain.flush_off_cpu();
     while let Ok(cmd) = rx.recv() {
         if let Command::Snapshot { reset, reply } = cmd {
             let _ = sym.send(SymJob { aggregate: drain.close_period(reset), reply, shed: false });
