@@ -54,7 +54,8 @@ pub const PREEMPTED: &str = "[preempted]";
 /// A Python frame whose code object could not be read.
 pub const PYTHON_UNREADABLE: &str = "[python: unreadable code object]";
 
-/// How often the BPF counters are read between snapshots (`Profiler.stats()` sees them so).
+/// How often the BPF counters are read between snapshots (`Profiler.stats()` sees them so),
+/// and the pages the walks read are released (`StackUnwinder::release_touched`).
 const COUNTERS_INTERVAL: Duration = Duration::from_secs(1);
 /// Pids asked for the frame-pointer chain, remembered so that each is asked once.
 const MAX_FP_CHAIN_ASKED: usize = 16_384;
@@ -725,6 +726,7 @@ pub fn drain_loop(
         }
         if exact || counters_read.elapsed() >= COUNTERS_INTERVAL {
             sampler.copy_counters(&counters);
+            drain.unwinder.release_touched();
             counters_read = Instant::now();
         }
         drain.publish_gauges();

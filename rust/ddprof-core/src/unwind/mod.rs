@@ -195,6 +195,9 @@ pub struct StackUnwinder {
     crossed_switch: bool,
     /// Frames unwound by prologue analysis, since the last [`Self::take_guessed_frames`].
     guessed_frames: u64,
+    /// Files whose pages a walk read (a rule cache miss, a Go table lookup) since the last
+    /// [`Self::release_touched`].
+    touched: HashMap<usize, Weak<ElfFile>>,
 }
 
 impl Default for StackUnwinder {
@@ -232,6 +235,7 @@ impl StackUnwinder {
             cfas: Vec::new(),
             crossed_switch: false,
             guessed_frames: 0,
+            touched: HashMap::new(),
         }
     }
 
@@ -447,6 +451,7 @@ impl StackUnwinder {
         let Some(file) = &m.file else { return Err(FrameError::NoRule) };
         let svma = m.bias.svma(addr).0;
         if cfg!(target_arch = "x86_64") && file.symbols.has_gopclntab {
+            self.touched.entry(Arc::as_ptr(file) as usize).or_insert_with(|| Arc::downgrade(file));
             if let Some(frames) = self.go_files.get(file) {
                 if let Some(f) = self.go_frames.frame(&frames, svma) {
                     self.crossed_switch |= f.stack_switch == Some(StackSwitch::CgoCallback);
@@ -459,6 +464,7 @@ impl StackUnwinder {
         let hit = matches!(&self.rules.slots[slot], Some((i, s, _)) if *i == id && *s == svma);
         if !hit {
             let key = Arc::as_ptr(file) as usize;
+            self.touched.entry(key).or_insert_with(|| Arc::downgrade(file));
             let cached = match self.files.get(&key).map(|t| t.cfi.lookup(svma, &mut self.ctx)) {
                 Some(Ok(Lookup::Row(row))) => Cached::Row(row),
                 Some(Ok(Lookup::Uncovered)) | None => guess(file, svma, first),
@@ -493,7 +499,16 @@ impl StackUnwinder {
         }
     }
 
-    /// Drops what was derived from files no process maps any more.
+    /// Drops this process's hold on the pages the walks read since the last call (see
+    /// `ElfFile::release_pages`): a Go compiler's tables or a large library's CFI, read while
+    /// a period's samples are unwound, would otherwise stay resident until the period's
+    /// symbolization releases them (13 MiB for Go's `compile` on a build host).
+    pub fn release_touched(&mut self) {
+        for file in self.touched.drain().filter_map(|(_, f)| f.upgrade()) {
+            file.release_pages();
+        }
+    }
+
     /// Drops every file's tables, rules and Go tables (the memory budget was exceeded): the
     /// next frames in each file build them again.
     pub fn shed(&mut self) {
@@ -503,6 +518,7 @@ impl StackUnwinder {
         self.go_frames = GoFrameCache::new(4096);
     }
 
+    /// Drops what was derived from files no process maps any more.
     pub fn forget_stale(&mut self, _registry: &Registry) {
         self.files.retain(|_, t| t.file.strong_count() > 0);
         self.go_files.forget_dropped();
