@@ -58,18 +58,28 @@ pub fn is_entry_name(name: &str) -> bool {
     ENTRY_POINTS.contains(&name)
 }
 
-/// The entry points named in one symbol table (the same SVMAs in a binary and its debug file).
-fn named_entries(obj: &object::File<'_>) -> Vec<Range<u64>> {
-    let named = |n: &str| obj.symbols().chain(obj.dynamic_symbols()).any(|s| s.name() == Ok(n));
-    let musl = named("libc_start_main_stage2");
-    obj.symbols()
-        .chain(obj.dynamic_symbols())
+/// Symbols read between two calls of the release callback of [`EntryPoints::of_releasing`]
+/// (about 1.5 MiB of symbol table and its names).
+pub const RELEASE_EVERY: usize = 1 << 16;
+
+/// The entry points named in one symbol table (the same SVMAs in a binary and its debug file),
+/// in one pass over its symbols.
+fn named_entries(obj: &object::File<'_>, release: &mut dyn FnMut()) -> Vec<Range<u64>> {
+    let mut musl = false;
+    let mut found: Vec<(bool, Range<u64>)> = Vec::new();
+    for (i, s) in obj.symbols().chain(obj.dynamic_symbols()).enumerate() {
+        if i % RELEASE_EVERY == RELEASE_EVERY - 1 {
+            release();
+        }
+        let Ok(name) = s.name() else { continue };
+        musl |= name == "libc_start_main_stage2";
         // Hand-written entry points (musl's `_start`) are labels without a type.
-        .filter(|s| matches!(s.kind(), SymbolKind::Text | SymbolKind::Unknown) && s.address() != 0)
-        .filter(|s| s.name().is_ok_and(|n| is_entry_name(n) && (musl || !MUSL_ONLY.contains(&n))))
-        // A symbol without a size (hand-written assembly): its first instruction.
-        .map(|s| s.address()..s.address().saturating_add(s.size().max(1)))
-        .collect()
+        if is_entry_name(name) && matches!(s.kind(), SymbolKind::Text | SymbolKind::Unknown) && s.address() != 0 {
+            // A symbol without a size (hand-written assembly): its first instruction.
+            found.push((MUSL_ONLY.contains(&name), s.address()..s.address().saturating_add(s.size().max(1))));
+        }
+    }
+    found.into_iter().filter(|(musl_only, _)| musl || !musl_only).map(|(_, r)| r).collect()
 }
 
 /// The entry points of one file, as SVMA ranges sorted by start.
@@ -81,11 +91,19 @@ impl EntryPoints {
     /// (the separate debug file's bytes, for a stripped file: Debian's dynamic loader names
     /// `_start` and `_dl_start_user` only there). Empty when nothing parses.
     pub fn of(bytes: &[u8], debug: Option<&[u8]>) -> EntryPoints {
+        Self::of_releasing(bytes, debug, &mut || {})
+    }
+
+    /// [`EntryPoints::of`], calling `release` after every [`RELEASE_EVERY`] symbols read:
+    /// the caller drops the pages read so far (`ElfFile::release_pages`), so that scanning a
+    /// large library's tables (libLLVM: 6 MiB of symbols, 17.5 MiB of names) does not make
+    /// them all resident at once.
+    pub fn of_releasing(bytes: &[u8], debug: Option<&[u8]>, release: &mut dyn FnMut()) -> EntryPoints {
         let Ok(obj) = object::File::parse(bytes) else { return EntryPoints::default() };
         let dbg = debug.and_then(|d| object::File::parse(d).ok());
-        let mut out = named_entries(&obj);
+        let mut out = named_entries(&obj, release);
         if let Some(d) = &dbg {
-            out.extend(named_entries(d));
+            out.extend(named_entries(d, release));
         }
         // `e_entry` is where the kernel starts the process (an executable's `_start`, the
         // dynamic loader's own `_start` when it maps itself), named or not. Shared libraries

@@ -144,7 +144,8 @@ impl FileTables {
         self.entries
             .get_or_init(|| {
                 let stripped = file.symbols.source() < crate::elf::SymbolSource::SymbolTable;
-                let e = EntryPoints::of(file.bytes(), file.debug_file().filter(|_| stripped).map(|d| d.bytes()));
+                let debug = file.debug_file().filter(|_| stripped);
+                let e = EntryPoints::of_releasing(file.bytes(), debug.as_ref().map(|d| d.bytes()), &mut || file.release_pages());
                 file.release_pages(); // the symbol tables, read once: not resident from now on
                 e
             })
