@@ -82,3 +82,15 @@ def test_a_bad_budget_is_one_clear_error(flags, message):
     with pytest.raises(config.ConfigError) as e:
         config.resolve(flags, {})
     assert str(e.value).startswith(message), str(e.value)
+
+
+def test_the_python_defaults_are_the_cores():
+    import inspect
+
+    from ddprofiler import _native, profiler
+
+    native = inspect.signature(_native.Profiler).parameters["memory_budget"].default
+    wrapper = inspect.signature(profiler.Profiler).parameters["memory_budget"].default
+    assert native == wrapper == config.DEFAULT_MEMORY_BUDGET == config.Settings().memory_budget == 128 << 20
+    with pytest.raises(ValueError, match="below the minimum of 64 MiB"):
+        _native.Profiler(memory_budget=config.MIN_MEMORY_BUDGET - 1)

@@ -63,6 +63,9 @@ fn counter_specs(py: Python<'_>) -> PyResult<Bound<'_, PyList>> {
     Ok(out)
 }
 
+// The constructor's default memory budget, written out so that Python's signature shows it.
+const _: () = assert!(ddprof_core::memory::DEFAULT_BUDGET == 134_217_728);
+
 #[pyclass(module = "ddprofiler._native", frozen)]
 struct Profiler {
     config: ProfilerConfig,
@@ -79,7 +82,7 @@ impl Profiler {
 #[pymethods]
 impl Profiler {
     #[new]
-    #[pyo3(signature = (frequency = 99, pids = None, stack_bytes = 16384, symbolize = "host", python = true, follow_children = false, idle = false, memory_budget = ddprof_core::memory::DEFAULT_BUDGET, off_cpu_rate = None, off_cpu_cap = 250))]
+    #[pyo3(signature = (frequency = 99, pids = None, stack_bytes = 16384, symbolize = "host", python = true, follow_children = false, idle = false, memory_budget = 134217728, off_cpu_rate = None, off_cpu_cap = 250))]
     #[allow(clippy::too_many_arguments)] // the keyword arguments of a Python constructor
     fn new(
         py: Python<'_>,
