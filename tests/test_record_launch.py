@@ -10,6 +10,7 @@ that recording stopped when the targets exited rather than at a fixed duration.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -99,6 +100,44 @@ def test_subprocesses_follows_a_wrapper_and_stops_when_it_exits(workloads, tmp_p
     total, share = chain_share(stacks)
     assert total > 100 and share > 0.9, (total, share, list(stacks)[:10])
     assert took < 30, f"recording ran {took:.0f} s of its 60: it should stop when the wrapper exits"
+
+
+def test_subprocesses_follows_the_processes_already_under_the_pid(workloads, tmp_path):
+    # A gunicorn master's workers exist before anyone attaches: the child running now, and
+    # the grandchild that a child running now starts later, are both followed.
+    chain = workloads["chain"]
+    wrapper = subprocess.Popen(["/bin/sh", "-c", f"{chain} 4 & (sleep 2; {chain} 1.5); wait; true"])
+    out = tmp_path / "p.speedscope.json"
+    try:
+        time.sleep(0.5)
+        done = subprocess.run([sys.executable, "-m", "ddprofiler", "record", "-r", "199", "-o", str(out),
+                               "-p", str(wrapper.pid), "--subprocesses", "-d", "60"],
+                              capture_output=True, text=True, timeout=90)
+    finally:
+        wrapper.kill()
+        wrapper.wait()
+    assert done.returncode == 0, done.stderr
+    import json
+    names = [p["name"] for p in json.loads(out.read_text())["profiles"]]
+    assert len([n for n in names if n.startswith("chain (")]) == 2, names
+
+
+def test_a_command_outliving_the_duration_is_waited_for_and_stopped_with_us(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "ddprofiler", "record", "-d", "1", "-o", str(tmp_path / "p.txt"),
+                             "--", "/bin/sleep", "31.7"], stderr=subprocess.PIPE, text=True)
+    try:
+        err = ""
+        while "waiting for" not in err:
+            line = proc.stderr.readline()
+            assert line, f"ended without waiting: {err}"
+            err += line
+        assert "waiting for /bin/sleep (pid " in err and "passed on to it" in err, err
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+    left = subprocess.run(["pgrep", "-f", "sleep 31.7"], capture_output=True, text=True).stdout.split()
+    assert not left, f"the command was left running: {left}"
 
 
 def test_a_wrapper_without_subprocesses_gets_a_hint(workloads, tmp_path):

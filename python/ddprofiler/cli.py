@@ -408,7 +408,7 @@ def _check_output(ctx: click.Context, param: click.Parameter, value: str) -> str
 )
 @click.option(
     "--subprocesses", is_flag=True,
-    help="With --pid: also sample the processes they start (and theirs), from their start.",
+    help="With --pid: also sample the processes running under them, and those they start (and theirs).",
 )
 @click.option("--idle", is_flag=True,
               help="Keep the idle task's samples (the kernel's swapper/N, pid 0): dropped by default.")
@@ -524,10 +524,15 @@ def record(pids: Tuple[int, ...], subprocesses: bool, idle: bool, duration: Opti
             child.forward(signal.SIGTERM)  # a terminal's Ctrl-C reached the command itself
     if stop_requested.signum is not None:
         log.debug("stopped early by %s", signal.Signals(stop_requested.signum).name)
-    if pids and profile.total == 0:
-        click.echo(f"ddprofiler: no samples of pid {', '.join(map(str, pids))}: it used no CPU while "
-                   "recorded. A wrapper (sh -c, a gunicorn master, a pyenv shim) runs its work in "
-                   "child processes: add --subprocesses.", err=True)
+    if pids and profile.total == 0 and not (off_cpu and profile.off_cpu_total_ns):
+        what = "it and the processes under it" if subprocesses else "it"
+        hint = ("" if subprocesses else " A wrapper (sh -c, a gunicorn master, a pyenv shim) runs its work in "
+                "child processes: add --subprocesses.")
+        if off_cpu:
+            hint += (" Off-CPU time is counted from a switch-out seen while recording: a thread blocked since "
+                     "before the start has none until it runs again.")
+        click.echo(f"ddprofiler: no samples of pid {', '.join(map(str, pids))}: {what} used no CPU while "
+                   f"recorded.{hint}", err=True)
 
     try:
         profile.write(output, fmt, value="off-cpu" if value == "off-cpu" else "cpu")
@@ -551,7 +556,8 @@ def record(pids: Tuple[int, ...], subprocesses: bool, idle: bool, duration: Opti
     if child is None:
         return 0
     if child.running():
-        log.info("waiting for %s (pid %d) to exit", command[0], child.pid)
+        click.echo(f"ddprofiler: recording ended; waiting for {command[0]} (pid {child.pid}) to exit "
+                   "(Ctrl-C or SIGTERM is passed on to it)", err=True)
     code = child.exit_code()
     log.debug("%s exited with %d", command[0], code)
     return code
@@ -629,7 +635,7 @@ def status_command(status_file: str, as_json: bool) -> None:
 @main.command("top")
 @click.option("-p", "--pid", "pids", type=click.IntRange(min=1), multiple=True, callback=_check_pids,
               help="Only this process (repeatable). Default: all processes.")
-@click.option("--subprocesses", is_flag=True, help="With --pid: and the processes they start.")
+@click.option("--subprocesses", is_flag=True, help="With --pid: and the processes under them, now and later.")
 @click.option("-r", "--rate", "frequency", type=click.IntRange(1, 10000), default=99, show_default=True,
               help="Samples per second on each CPU.")
 @click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True,

@@ -5,7 +5,8 @@ pid is known (and handed to the profiler, which follows its children) before it 
 anything; ``release()`` lets it go once sampling has started. The process keeps that pid
 through the ``exec``. ``exit_code()`` is what a shell would report: its status, or 128 +
 the signal that ended it. Non-goals: terminals, process groups (the command stays in ours,
-so a Ctrl-C at the terminal reaches it as it would without the profiler).
+so a Ctrl-C at the terminal reaches it as it would without the profiler). ``descendants``
+lists the processes already running under a pid (``--pid --subprocesses`` follows them too).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import shutil
 import signal
 import subprocess
 from collections.abc import Sequence
-from typing import Optional
+from typing import Dict, Iterable, List, Optional, Set
 
 __all__ = ["Launched", "find_command"]
 
@@ -80,6 +81,43 @@ class Launched:
             self.proc.send_signal(signum)
 
     def exit_code(self) -> int:
-        """Waits for the command; its exit status, or 128 + the signal that ended it."""
-        code = self.proc.wait()
+        """Waits for the command; its exit status, or 128 + the signal that ended it.
+
+        SIGINT, SIGTERM and SIGHUP received while waiting are passed on to the command (as
+        `timeout` does), so that stopping the profiler never leaves the command behind."""
+        forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        previous = {s: signal.signal(s, lambda signum, _frame: self.forward(signum)) for s in forwarded}
+        try:
+            code = self.proc.wait()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
         return 128 - code if code < 0 else code
+
+
+def descendants(pids: Iterable[int]) -> Set[int]:
+    """The processes running now under ``pids`` (children, theirs, ...), from each
+    process's parent in ``/proc/PID/stat``; ``pids`` themselves not included. A process
+    that exits while it is read is left out."""
+    children: Dict[int, List[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # The command name (field 2) may hold spaces and parentheses: the fields after it
+        # start past its last ')'.
+        fields = stat[stat.rfind(b")") + 2:].split()
+        if len(fields) > 1:
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found: Set[int] = set()
+    todo = list(pids)
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found - set(pids)

@@ -97,8 +97,8 @@ class Profiler:
     """A CPU profiler of every online CPU: BPF sampling, unwinding, symbolization.
 
     ``pids``: sample only these processes (None or empty: all; each must exist);
-    ``follow_children``: and the processes they start (and theirs), from their first
-    instruction, whatever they exec. ``idle``: keep the samples of the idle task (pid 0,
+    ``follow_children``: and the processes running under them at the start, and those they
+    start (and theirs), from their first instruction, whatever they exec. ``idle``: keep the samples of the idle task (pid 0,
     the kernel's ``swapper/N``), dropped by default. ``frequency``: samples per second on each CPU, 1 to 10000. ``stack_bytes``: bytes of
     user stack copied per sample (a multiple of 8, 1024 to 65536). ``symbolize``: see the
     module docstring. ``memory_budget``: bytes of resident memory to keep under (at least
@@ -173,8 +173,15 @@ class Profiler:
             load_native()  # a missing extension: NativeExtensionError, saying how to build it
             from ddprofiler import _native
 
+            pids = list(self.pids) if self.pids else None
+            if pids and self.follow_children:
+                # The fork tracepoint follows what the targets start from now on; what they
+                # started before (a gunicorn master's workers) is added here.
+                from ddprofiler.launch import descendants
+
+                pids += sorted(descendants(pids))
             profiler = _native.Profiler(
-                frequency=self.frequency, pids=list(self.pids) if self.pids else None,
+                frequency=self.frequency, pids=pids,
                 stack_bytes=self.stack_bytes, symbolize=self.symbolize, python=self.python,
                 follow_children=self.follow_children, idle=self.idle,
                 memory_budget=self.memory_budget,
