@@ -706,12 +706,12 @@ def report_command(profile: str, n: int, by: str, lines: bool, base: Optional[st
         raise Failure(str(e)) from None
     by_: report.By = "self" if by == "self" else "total"
     value_: Value = "off-cpu" if value == "off-cpu" else "cpu"
-    try:
-        for p in (new, old):
+    for p, path in ((new, profile), (old, base)):
+        try:
             if p is not None:
                 p.check_value(value_)
-    except ValueError as e:
-        raise click.UsageError(f"--value: {e}") from None
+        except ValueError as e:
+            raise click.UsageError(f"--value: {path}: {e}") from None
     rows = (report.top_table(new, n, by_, lines, value_) if old is None
             else report.diff_table(new, old, n, by_, lines, value_))
     if output is not None:

@@ -208,7 +208,8 @@ def format_status(doc: Mapping[str, Any], now: Optional[float] = None) -> List[s
         f"  periods:          {doc.get('periods', 0)} ({doc.get('samples_total', 0)} samples in all)",
         f"  last upload ok:   {_when(dest.get('last_ok'), now)}",
         "  destination:      " + (f"FAILING since {_when(dest.get('failing_since'), now)}: {dest.get('reason')}"
-                                  if dest.get("state") == "failing" else "ok"),
+                                  if dest.get("state") == "failing"
+                                  else "ok" if dest.get("last_ok") else "not contacted yet (as of the last period)"),
         f"  queue:            {up.get('queue_len', 0)} profiles, {format_bytes(up.get('queue_bytes', 0))}",
         f"  profiles:         {produced} produced: {up.get('uploads_ok', 0)} sent, "
         f"{up.get('uploads_failed', 0)} failed, {up.get('uploads_dropped', 0)} dropped, "
