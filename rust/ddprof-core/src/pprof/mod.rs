@@ -16,8 +16,8 @@
 //!   (a CPU sample has 0 off-CPU time, an off-CPU stack 0 CPU samples); the default sample
 //!   type stays `cpu-time`;
 //! - the string table is interned, `""` at index 0;
-//! - mappings, then locations, are the snapshot's in its order, those the profile's samples
-//!   use, numbered from 1; a frame without a mapping (markers) has `mapping_id` 0; the
+//! - mappings, then locations, are the snapshot's in its order (the kernel's mapping last),
+//!   those the profile's samples use, numbered from 1; a frame without a mapping (markers) has `mapping_id` 0; the
 //!   kernel's mapping is named `[kernel.kallsyms]`; `has_*` flags say what the lines of the
 //!   mapping's frames hold;
 //! - functions are interned by (name, system name, file), `start_line` 0; a frame without
@@ -155,10 +155,14 @@ fn encode(s: &Snapshot, samples: &[usize], extra: &ExtraLabels) -> Result<Encode
             *m = 1; // used; numbered below, in table order
         }
     }
-    let mut next = 0;
-    for id in mapping_id.iter_mut().filter(|id| **id != 0) {
-        next += 1;
-        *id = next;
+    // The kernel's mapping last: pprof readers take the first mapping for the main binary
+    // (`go tool pprof` prints it as `File:`), which a profile of one program should name.
+    let order: Vec<usize> = (0..s.mappings.len())
+        .filter(|&m| mapping_id[m] != 0 && !s.mappings[m].is_kernel)
+        .chain((0..s.mappings.len()).filter(|&m| mapping_id[m] != 0 && s.mappings[m].is_kernel))
+        .collect();
+    for (next, &m) in order.iter().enumerate() {
+        mapping_id[m] = next as u64 + 1;
     }
 
     let mut flags = vec![Flags::default(); s.mappings.len()];
@@ -184,12 +188,10 @@ fn encode(s: &Snapshot, samples: &[usize], extra: &ExtraLabels) -> Result<Encode
         f.line_numbers |= frame.lines.iter().any(|l| l.line > 0);
         f.inline_frames |= frame.lines.len() > 1;
     }
-    for ((mapping, &id), f) in s.mappings.iter().zip(&mapping_id).zip(&flags) {
-        if id == 0 {
-            continue;
-        }
+    for &m in &order {
+        let (mapping, f) = (&s.mappings[m], &flags[m]);
         pb.mapping.push(proto::Mapping {
-            id,
+            id: mapping_id[m],
             memory_start: mapping.start.0,
             memory_limit: mapping.limit.0,
             file_offset: mapping.offset.0,

@@ -179,15 +179,15 @@ fn one_profile_follows_the_contract() {
         maps,
         [
             (1, "/app", "abc", 0x1000, 0x200),
-            (2, "[kernel.kallsyms]", "", 0xffff_0000, 0x200),
-            (3, "/libc.so", "cde", 0x5000, 0x200)
+            (2, "/libc.so", "cde", 0x5000, 0x200),
+            (3, "[kernel.kallsyms]", "", 0xffff_0000, 0x200)
         ]
     );
     let app = &p.mapping[0];
     assert!(
         app.has_functions && app.has_filenames && app.has_line_numbers && app.has_inline_frames
     );
-    let libc = &p.mapping[2];
+    let libc = &p.mapping[1];
     assert!(
         libc.has_functions
             && !libc.has_filenames
@@ -205,8 +205,8 @@ fn one_profile_follows_the_contract() {
         [
             (1, 1, 0x1100, 2),
             (2, 1, 0x1200, 0),
-            (3, 2, 0xffff_0100, 1),
-            (4, 3, 0x5100, 1),
+            (3, 3, 0xffff_0100, 1),
+            (4, 2, 0x5100, 1),
             (5, 0, 0, 1)
         ]
     );
@@ -284,7 +284,7 @@ fn groups_hold_only_their_samples_and_tables() {
             .map(|m| p.string_table[m.filename as usize].clone())
             .collect::<Vec<_>>()
     };
-    assert_eq!(names(&kernel), ["[kernel.kallsyms]", "/libc.so"]);
+    assert_eq!(names(&kernel), ["/libc.so", "[kernel.kallsyms]"], "the kernel last");
     assert_eq!(names(&app), ["/app"]);
     assert_eq!(
         kernel
@@ -292,7 +292,7 @@ fn groups_hold_only_their_samples_and_tables() {
             .iter()
             .map(|l| (l.id, l.mapping_id))
             .collect::<Vec<_>>(),
-        [(1, 1), (2, 2), (3, 0)]
+        [(1, 2), (2, 1), (3, 0)]
     );
     assert_eq!(kernel.sample[0].location_id, [1, 2, 3]);
     assert!(
