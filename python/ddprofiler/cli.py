@@ -671,7 +671,7 @@ def top_command(pids: Tuple[int, ...], subprocesses: bool, frequency: int, inter
 @click.argument("profile", type=click.Path(exists=True, dir_okay=False))
 @click.option("-n", "--top", "n", type=click.IntRange(min=1), default=20, show_default=True,
               help="How many functions to list.")
-@click.option("--by", type=click.Choice(["self", "total"]), default="self", show_default=True,
+@click.option("--by", "--sort", "by", type=click.Choice(["self", "total"]), default="self", show_default=True,
               help="Rank by self samples (the innermost function) or total (anywhere in the stack).")
 @click.option("--lines", is_flag=True, help="Count each source line of a function on its own.")
 @click.option("--diff", "base", type=click.Path(exists=True, dir_okay=False), default=None,
