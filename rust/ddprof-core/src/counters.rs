@@ -145,7 +145,7 @@ registry! {
     SymbolParses = "symbol_parses", Gauge, None, "symbol files whose parse is kept between periods now";
     SymbolParseBytes = "symbol_parse_bytes", Gauge, None, "bytes of the kept symbol file parses, estimated from their sections";
     ParsesEvicted = "parses_evicted", Count, None, "kept symbol file parses dropped: for room within the parse budget, or when the memory budget was exceeded";
-    ParsesNoRoom = "parses_no_room", Count, None, "files named from their symbol tables only (no lines, no inlined functions) because parsing their DWARF would have taken the profiler over 15/16 of --memory-budget";
+    ParsesNoRoom = "parses_no_room", Count, None, "files named from their symbol tables only (no lines, no inlined functions) because parsing their DWARF would have taken the profiler over 7/8 of --memory-budget";
     // The memory budget (`memory`).
     ResidentBytes = "resident_bytes", Gauge, None, "the profiler's resident memory at the last period's end";
     MemorySheds = "memory_sheds", Count, None, "period ends whose resident memory was over 7/8 of --memory-budget: every cache that can be rebuilt was dropped";
