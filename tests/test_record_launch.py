@@ -137,6 +137,7 @@ def test_a_command_outliving_the_duration_is_waited_for_and_stopped_with_us(tmp_
     finally:
         proc.kill()
     left = subprocess.run(["pgrep", "-f", "sleep 31.7"], capture_output=True, text=True).stdout.split()
+    subprocess.run(["pkill", "-f", "sleep 31.7"], check=False)  # a failure leaves none behind
     assert not left, f"the command was left running: {left}"
 
 

@@ -15,16 +15,13 @@ uploads their symbols. Every command profiles through the public API
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
 import signal
 import sys
 import tempfile
-import time
-from types import FrameType
-from typing import IO, TYPE_CHECKING, Any, Callable, Dict, Iterator, Optional, Tuple, TypeVar
+from typing import IO, TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple, TypeVar
 
 import click
 
@@ -32,6 +29,7 @@ import ddprofiler
 from ddprofiler import _startup, config, errors, health, logs, privileges
 from ddprofiler.profiler import OFF_CPU_CAP, SymbolizeMode, load_native
 from ddprofiler.status import StatusLine, summary_lines
+from ddprofiler.stopping import stop_on_signals
 
 if TYPE_CHECKING:
     from ddprofiler.dogstatsd import Metrics as DogStatsdMetrics
@@ -205,7 +203,7 @@ def _run(flags: Dict[str, Any], verbose: bool) -> None:
         status.period(figures)
         if metrics is not None:
             metrics.period(figures)
-    with _stop_on_signals(second_exits=True) as stop_requested:
+    with stop_on_signals(second_exits=True) as stop_requested:
         profiler = ddprofiler.Profiler(frequency=settings.sampling_rate,
                                        stack_bytes=settings.stack_bytes,
                                        symbolize=symbolize, python=settings.python,
@@ -501,7 +499,7 @@ def record(pids: Tuple[int, ...], subprocesses: bool, idle: bool, duration: Opti
 
     child = launch.Launched(command) if command else None
     status = StatusLine(sys.stderr)
-    with _stop_on_signals() as stop_requested:
+    with stop_on_signals() as stop_requested:
         try:
             profile = ddprofiler.record(
                 duration, pids=(child.pid,) if child else pids or None, frequency=frequency,
@@ -555,51 +553,11 @@ def record(pids: Tuple[int, ...], subprocesses: bool, idle: bool, duration: Opti
                         100.0 * capped / max(1, switches))
     if child is None:
         return 0
-    if child.running():
-        click.echo(f"ddprofiler: recording ended; waiting for {command[0]} (pid {child.pid}) to exit "
-                   "(Ctrl-C or SIGTERM is passed on to it)", err=True)
-    code = child.exit_code()
+    code = child.exit_code(waiting=lambda: click.echo(
+        f"ddprofiler: recording ended; waiting for {command[0]} (pid {child.pid}) to exit "
+        "(Ctrl-C or SIGTERM is passed on to it)", err=True))
     log.debug("%s exited with %d", command[0], code)
     return code
-
-
-class _StopFlag:
-    """Callable flag set by SIGINT/SIGTERM; remembers which signal."""
-
-    # `timeout -s INT`, `kill -INT -PGID` and a terminal deliver one stop request as a
-    # signal to the process and another to its group, microseconds apart: signals within
-    # this window are one request. A person asking twice takes longer than this.
-    SAME_REQUEST_S = 0.5
-
-    def __init__(self, second_exits: bool = False) -> None:
-        self.signum: Optional[int] = None
-        self.second_exits = second_exits
-        self._at = 0.0
-
-    def __call__(self) -> bool:
-        return self.signum is not None
-
-    def set(self, signum: int, frame: Optional[FrameType]) -> None:
-        now = time.monotonic()
-        if self.signum is not None:
-            if self.second_exits and now - self._at > self.SAME_REQUEST_S:
-                os.write(2, b"ddprofiler: second signal, exiting now\n")
-                os._exit(128 + signum)
-            return
-        self.signum, self._at = signum, now
-
-
-@contextlib.contextmanager
-def _stop_on_signals(second_exits: bool = False) -> Iterator[_StopFlag]:
-    """While inside, SIGINT and SIGTERM set the yielded flag instead of killing us; with
-    `second_exits`, a second signal ends the process at once."""
-    flag = _StopFlag(second_exits)
-    previous = {sig: signal.signal(sig, flag.set) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield flag
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def _configure_logging(verbose: bool, default: int = logging.WARNING) -> None:
@@ -657,7 +615,7 @@ def top_command(pids: Tuple[int, ...], subprocesses: bool, frequency: int, inter
         raise click.UsageError("--subprocesses follows the processes of --pid")
     _configure_logging(verbose)
     _check_can_profile()
-    with _stop_on_signals() as stop_requested:
+    with stop_on_signals() as stop_requested:
         profiler = ddprofiler.Profiler(pids or None, frequency, python=python, follow_children=subprocesses)
         try:
             profiler.start()

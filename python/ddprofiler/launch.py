@@ -15,7 +15,7 @@ import shutil
 import signal
 import subprocess
 from collections.abc import Sequence
-from typing import Dict, Iterable, List, Optional, Set
+from typing import Callable, Dict, Iterable, List, Optional, Set
 
 __all__ = ["Launched", "find_command"]
 
@@ -80,14 +80,18 @@ class Launched:
         if self.running():
             self.proc.send_signal(signum)
 
-    def exit_code(self) -> int:
+    def exit_code(self, waiting: Optional[Callable[[], None]] = None) -> int:
         """Waits for the command; its exit status, or 128 + the signal that ended it.
 
         SIGINT, SIGTERM and SIGHUP received while waiting are passed on to the command (as
-        `timeout` does), so that stopping the profiler never leaves the command behind."""
+        `timeout` does), so that stopping the profiler never leaves the command behind.
+        ``waiting()`` is called once they are, when the command is still running (to say
+        that it is waited for)."""
         forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
         previous = {s: signal.signal(s, lambda signum, _frame: self.forward(signum)) for s in forwarded}
         try:
+            if waiting is not None and self.running():
+                waiting()
             code = self.proc.wait()
         finally:
             for s, handler in previous.items():
