@@ -219,7 +219,7 @@ def test_run_exports_to_the_collector(collector, workloads, tmp_path):
     assert proc.returncode == 0, err
     assert "upload to OTLP" not in err, err  # the uploader's warnings: failing, queue full, not sent
     assert "partial success" not in err, err  # the exporter's warning of rejected profiles
-    m = re.search(r"stopped: (\d+) profiles produced: (\d+) sent, (\d+) failed", err)
+    m = re.search(r"stopped: (\d+) OTLP requests produced: (\d+) sent, (\d+) failed", err)
     assert m, err
     produced, sent, failed = map(int, m.groups())
     summaries = collector.summaries()
