@@ -42,6 +42,12 @@ impl KernelSymbols {
             if !matches!(kind, "t" | "T" | "w" | "W") {
                 continue;
             }
+            // `__pfx_X` (kernels built with function padding, 6.2+) labels the padding before
+            // X, not a function: a return address there follows a call that ended the function
+            // before it, which is what it is named after.
+            if name.starts_with("__pfx_") {
+                continue;
+            }
             let Ok(addr) = u64::from_str_radix(addr, 16) else { continue };
             if addr == 0 || name.len() > u16::MAX as usize || names.len() > u32::MAX as usize - name.len() {
                 continue;
@@ -96,6 +102,7 @@ mod tests {
 ffffffff81000000 T _stext
 ffffffff81000100 t do_one
 ffffffff81000180 D some_data
+ffffffff810001f0 t __pfx_do_two
 ffffffff81000200 T do_two
 ffffffffc0201000 t ext4_read\t[ext4]
 ffffffffc0202000 t xfs_write\t[xfs]
@@ -104,8 +111,8 @@ ffffffffc0202000 t xfs_write\t[xfs]
         assert_eq!(k.len(), 5);
         let at = |a| k.lookup(Avma(a));
         assert_eq!(at(0xffffffff81000150), Some(("do_one", CORE_MODULE)));
-        // data symbols do not cut do_one short
-        assert_eq!(at(0xffffffff810001f0), Some(("do_one", CORE_MODULE)));
+        // data symbols and the padding label before do_two do not cut do_one short
+        assert_eq!(at(0xffffffff810001f8), Some(("do_one", CORE_MODULE)));
         assert_eq!(at(0xffffffff81000200), Some(("do_two", CORE_MODULE)));
         assert_eq!(at(0xffffffffc0201010), Some(("ext4_read", "ext4")));
         assert_eq!(at(0xffffffffc0202fff), Some(("xfs_write", "xfs")));
