@@ -144,6 +144,7 @@ def test_a_command_outliving_the_duration_is_waited_for_and_stopped_with_us(tmp_
 def test_a_wrapper_without_subprocesses_gets_a_hint(workloads, tmp_path):
     wrapper = subprocess.Popen(["/bin/sh", "-c", f"sleep 2; {workloads['chain']} 1; true"])
     try:
+        time.sleep(0.3)  # the shell's own start is CPU time of its pid: wait until it waits
         done, stacks, _ = record(tmp_path, "-p", str(wrapper.pid), "-d", "60")
     finally:
         wrapper.kill()

@@ -143,6 +143,12 @@ impl Parses {
         self
     }
 
+    /// No resident limit (the default of [`Parses::new`]).
+    pub fn without_resident_limit(mut self) -> Self {
+        self.resident_limit = None;
+        self
+    }
+
     /// Starts a batch (a period's symbolization): see [`Parse::batch`].
     pub fn next_batch(&mut self) {
         self.batch += 1;

@@ -112,12 +112,17 @@ pub struct Symbolizer {
 }
 
 impl Symbolizer {
-    /// A symbolizer within the default memory budget.
+    /// A symbolizer with the default budget's parse bounds, for one-shot use (tools,
+    /// `symbolize_file`): the process's own resident size does not limit its parses, since
+    /// the caller's memory (a test run, a tool) is not the profiler's.
     pub fn new(mode: SymbolizeMode, counters: Arc<Counters>) -> Self {
-        Self::with_budget(mode, counters, MemoryBudget::default())
+        let mut s = Self::with_budget(mode, counters, MemoryBudget::default());
+        s.parses = s.parses.without_resident_limit();
+        s
     }
 
-    /// A symbolizer whose kept parses fit `budget` (see `memory`).
+    /// The profiler's symbolizer: its parses fit `budget`, and a new one must leave the
+    /// process under `budget.parse_limit()` (see `memory`).
     pub fn with_budget(mode: SymbolizeMode, counters: Arc<Counters>, budget: MemoryBudget) -> Self {
         Symbolizer {
             mode,
