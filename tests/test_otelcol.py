@@ -23,7 +23,6 @@ import os
 import re
 import selectors
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_fixtures import FakeAgent
+from agent_fixtures import FakeAgent, free_port
 from helpers import skip_or_fail
 from test_otlp import export, otlp  # noqa: F401 - `otlp` is a fixture used here
 from test_runner import profile_two_services
@@ -82,18 +81,12 @@ def otelcol_binary(go_binary) -> Path:
     return binary
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Collector:
     """The receiver on a free loopback port; ``summaries()`` are its JSON lines so far."""
 
     def __init__(self, binary: Path, out: Path, timeout: float = 30):
         self.out, self.log = out, ""
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen([str(binary), "-endpoint", f"127.0.0.1:{self.port}", "-out", str(out)],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
