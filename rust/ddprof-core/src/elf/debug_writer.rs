@@ -39,7 +39,7 @@ use std::path::{Path, PathBuf};
 
 use flate2::write::ZlibEncoder;
 use flate2::Compression;
-use memmap2::Mmap;
+use super::maps::FileMap;
 use object::elf::{self, CompressionHeader64, FileHeader64, ProgramHeader64, SectionHeader64};
 use object::endian::{LittleEndian, U16, U32, U64};
 use object::pod::{bytes_of, bytes_of_slice};
@@ -142,13 +142,13 @@ fn io_err(path: &Path, what: &str, source: io::Error) -> Error {
 struct Input {
     path: PathBuf,
     file: File,
-    map: Mmap,
+    map: FileMap,
 }
 
 impl Input {
     fn new(src: Source) -> Result<Self> {
         // SAFETY: read-only private map; a file truncated under us may fault, as in `elf`.
-        let map = unsafe { Mmap::map(&src.file) }.map_err(|e| io_err(&src.name, "cannot map", e))?;
+        let map = unsafe { FileMap::map(&src.file) }.map_err(|e| io_err(&src.name, "cannot map", e))?;
         let me = Input { path: src.name, file: src.file, map };
         me.header()?;
         Ok(me)
@@ -543,7 +543,7 @@ fn verify(input: &Input, pcln_file: Option<&Input>, w: &Written, out_path: &Path
     let bad = |what: String| Error::DebugFile(format!("{}: the debug file does not verify: {what}", out_path.display()));
     let file = w.out.try_clone().map_err(|e| io_err(out_path, "cannot reopen", e))?;
     // SAFETY: read-only map of our own file, which nobody writes any more.
-    let map = unsafe { Mmap::map(&file) }.map_err(|e| io_err(out_path, "cannot map", e))?;
+    let map = unsafe { FileMap::map(&file) }.map_err(|e| io_err(out_path, "cannot map", e))?;
     let out = Input { path: out_path.to_path_buf(), file, map };
     let table = out.sections()?;
     let named = |n: &[u8]| table.iter().find(|s| table.section_name(LE, s) == Ok(n));

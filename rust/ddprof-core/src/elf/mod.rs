@@ -19,7 +19,7 @@ use std::ops::{Deref, Range};
 use std::os::unix::fs::MetadataExt;
 use std::sync::{Arc, OnceLock};
 
-use memmap2::Mmap;
+use maps::FileMap;
 use object::{Object, ObjectSection, ObjectSegment, SectionKind};
 
 use crate::addr::{Avma, Bias, FileOffset, LoadSegment, Svma};
@@ -31,6 +31,7 @@ pub mod gobuildinfo;
 pub mod gopclntab;
 pub mod ids;
 pub mod inspect;
+pub mod maps;
 pub mod plt;
 mod vdso;
 
@@ -83,7 +84,7 @@ impl SymbolSource {
 /// A byte range of a shared memory map; what framehop keeps of each section.
 #[derive(Clone)]
 pub struct MapSlice {
-    map: Arc<Mmap>,
+    map: Arc<FileMap>,
     range: Range<usize>,
 }
 
@@ -144,7 +145,7 @@ pub struct ElfFile {
     /// Kept open so that the file stays readable (for symbolization at snapshot time, and
     /// symbol upload) after the process that mapped it exits or the file is deleted.
     file: File,
-    map: Arc<Mmap>,
+    map: Arc<FileMap>,
     pub size: u64,
     /// `e_machine`.
     pub machine: u16,
@@ -209,7 +210,7 @@ impl ElfFile {
         // SAFETY: the map is read-only. A file truncated under us could fault on access; the
         // files we map are executables mapped by live processes, which the kernel protects
         // from writes (ETXTBSY) for as long as they are mapped, or files a user named.
-        let map = Arc::new(unsafe { Mmap::map(&file) }.map_err(ElfError::Map)?);
+        let map = Arc::new(unsafe { FileMap::map(&file) }.map_err(ElfError::Map)?);
         Self::parse(file, map, key, meta.len(), origin)
     }
 
@@ -220,7 +221,7 @@ impl ElfFile {
         Self::open(file, FileKey { dev: meta.dev(), inode: meta.ino() }, origin)
     }
 
-    fn parse(file: File, map: Arc<Mmap>, key: FileKey, size: u64, origin: Origin) -> Result<ElfFile, ElfError> {
+    fn parse(file: File, map: Arc<FileMap>, key: FileKey, size: u64, origin: Origin) -> Result<ElfFile, ElfError> {
         let obj = object::File::parse(&**map).map_err(|e| ElfError::Parse(e.to_string()))?;
         let machine = match &obj {
             object::File::Elf32(f) => f.elf_header().e_machine.get(f.endian()),
@@ -339,14 +340,21 @@ impl ElfFile {
     /// any scan ever touched (symbol tables, Go's tables, unwind tables) stayed resident for
     /// as long as the file was held: 51 MiB for one 112 MiB Go binary.
     pub fn release_pages(&self) {
-        // SAFETY: a read-only, file-backed mapping: after DONTNEED a read faults the same bytes
-        // back from the page cache (no private copy exists to be lost). A file truncated
-        // under it raises SIGBUS with or without this call.
-        if let Err(e) = unsafe { self.map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) } {
+        // A file truncated under the map raises SIGBUS with or without this call.
+        if let Err(e) = self.map.release() {
             log::debug!("{}: madvise(DONTNEED): {e}", self.origin.path);
         }
         if let Some(Some(d)) = self.debug_file.get() {
             d.release_pages();
+        }
+    }
+
+    /// Where this file's map, and its debug file's if looked up, start: for
+    /// [`maps::release_mappings_of`], which also releases other maps of the same files.
+    pub fn map_starts(&self, out: &mut std::collections::HashSet<usize>) {
+        out.insert(self.map.as_ptr() as usize);
+        if let Some(Some(d)) = self.debug_file.get() {
+            d.map_starts(out);
         }
     }
 
@@ -379,7 +387,7 @@ impl ElfFile {
             .get_or_init(|| {
                 let build_id_of = |f: &File| -> Option<Vec<u8>> {
                     // SAFETY: read-only map of a debug file, dropped before returning.
-                    let map = unsafe { Mmap::map(f) }.ok()?;
+                    let map = unsafe { FileMap::map(f) }.ok()?;
                     ids::gnu_build_id(&object::File::parse(&*map).ok()?)
                 };
                 let want = debug_files::Wanted {

@@ -20,15 +20,35 @@ use crate::addr::Svma;
 use crate::memory;
 use crate::elf::ElfFile;
 
-fn new_blaze() -> Blaze {
-    Blaze::builder()
+/// A blazesym symbolizer, dropped (its maps of our files unmapped) under
+/// `elf::maps::unmap_guard`, so that releasing those maps' pages never meets a range that was
+/// just unmapped and reused.
+struct Guarded(std::mem::ManuallyDrop<Blaze>);
+
+impl std::ops::Deref for Guarded {
+    type Target = Blaze;
+    fn deref(&self) -> &Blaze {
+        &self.0
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        let _guard = crate::elf::maps::unmap_guard();
+        // SAFETY: dropped once, here; the field is never used again.
+        unsafe { std::mem::ManuallyDrop::drop(&mut self.0) }
+    }
+}
+
+fn new_blaze() -> Guarded {
+    Guarded(std::mem::ManuallyDrop::new(Blaze::builder()
         // Paths are /proc/self/fd/N, which a later file may reuse: check identity each time.
         .enable_auto_reload(true)
         .enable_code_info(true)
         .enable_inlined_fns(true)
         .enable_demangling(true)
         .set_debug_dirs(Some(Vec::<PathBuf>::new()))
-        .build()
+        .build()))
 }
 
 fn code_file(ci: Option<&CodeInfo<'_>>) -> (String, u32) {
@@ -84,7 +104,7 @@ pub type Resolved = Vec<Option<Vec<Line>>>;
 /// One file's parse, and the file itself: held open so that its `/proc/self/fd/N` path
 /// stays this file's for as long as the parse is kept.
 struct Parse {
-    blaze: Blaze,
+    blaze: Guarded,
     file: Arc<ElfFile>,
     dwarf: bool,
     bytes: u64,

@@ -95,6 +95,9 @@ const MAX_CACHED: usize = 32_768;
 // large Go or C++ binary built with debug info, is named from its symbol tables only,
 // without lines or inlined functions, so that one binary cannot raise the profiler's peak
 // by that much).
+/// Files at least this large have their pages released right after their parse is used,
+/// the rest at the end of the batch (one read of `/proc/self/maps` each time).
+const RELEASE_EACH_FILE_ABOVE: u64 = 1 << 20;
 const KALLSYMS_MAX_AGE: Duration = Duration::from_secs(600);
 
 pub struct Symbolizer {
@@ -182,15 +185,15 @@ impl Symbolizer {
             self.resolve_kernel(&kmissing);
         }
         // What this period read of its files (their unwind tables while sampling, Go's
-        // tables just now) need not stay resident until the next: see `release_pages`.
-        let mut released = std::collections::HashSet::new();
+        // tables and the DWARF just now, through our maps and blazesym's) need not stay
+        // resident until the next: see `elf::maps`.
+        let mut starts = std::collections::HashSet::new();
         for r in requests {
             if let SymRequest::File { file, .. } = r {
-                if released.insert(Arc::as_ptr(file)) {
-                    file.release_pages();
-                }
+                file.map_starts(&mut starts);
             }
         }
+        crate::elf::maps::release_mappings_of(&starts);
         self.publish_usage();
         requests
             .iter()
@@ -268,6 +271,13 @@ impl Symbolizer {
                     }
                 }
                 Err(e) => log::debug!("symbolizing {}: {e}", file.origin.path),
+            }
+            // What a large file's parse read goes before the next file's is read, so that a
+            // batch's peak holds one such file's pages, not all of them (see `elf::maps`).
+            if source.size >= RELEASE_EACH_FILE_ABOVE {
+                let mut starts = std::collections::HashSet::new();
+                file.map_starts(&mut starts);
+                crate::elf::maps::release_mappings_of(&starts);
             }
         }
         out
