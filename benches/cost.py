@@ -2,7 +2,7 @@
 """What the continuous profiler costs, side by side with Datadog's dd-otel-host-profiler.
 
 Run as root: `python3 benches/cost.py [--rates 20,99,999] [--duration 60] [--rounds 1]
-[--spawn-rate 50] [--peer PATH] [--ours-python PY] [--json out.json]`. It starts the usual
+[--spawn-rate 50] [--peer PATH] [--ours-python PY] [--also perf,py-spy] [--json out.json]`. It starts the usual
 mix once and keeps it running: one busy tests/workloads/chain.c, one busy gowork (stripped,
 allocating), one busy pure-Python program run by Debian's /usr/bin/python3 (json, sorted with
 key=, str.format, re) and continuous.py's spawner of --spawn-rate short-lived processes a
@@ -13,6 +13,16 @@ second. Then, for each rate and round, one after the other, never both at once, 
 - the peer: `DD_HOST_PROFILING_UPLOAD_SYMBOLS=false dd-otel-host-profiler --agent-url URL
   --sampling-rate HZ --upload-period 10s` (--peer, else $DDPROF_PEER, else
   /work/peer/bin/dd-otel-host-profiler; when absent its columns are "-").
+
+In the same rounds, where found (--also, default both), the tools a user compares with:
+- `perf record -a --call-graph dwarf -F HZ -o FILE` (system-wide, unwinding without frame
+  pointers as we do; symbolization is left to `perf report`, which is not run, so perf's figures
+  are a lower bound of what a symbolized profile costs it, and its in-kernel stack copies are
+  not measured);
+- `py-spy record --pid PY --rate HZ --nonblocking --format raw -o FILE`, on the Python workload
+  only (one process: it applies there, not to the host).
+Their samples come from their own summaries (perf: "(N samples)", py-spy: "Samples: N"), so
+their user-space CPU / sample is whole-window CPU / samples, start-up included.
 
 URL is a dummy Agent served here (200 and `{}` to anything). Each profiler is stopped with
 SIGINT (SIGKILL after 15 s). From /proc: process CPU (utime+stime, all threads); start to first
@@ -136,6 +146,7 @@ def start_load(tmp: Path, args, seconds: float) -> Path:
     short, spawner = compile_c(tmp, "shortlived", SHORT_C), compile_c(tmp, "spawner", SPAWNER_C)
     with open(tmp / "spawner.out", "w") as out:
         spawn([str(spawner), str(args.spawn_rate), str(seconds), str(short)], stdout=out, start_new_session=True)
+    args.py_pid = py.pid
     return tmp / "spawner.out"
 
 
@@ -184,6 +195,8 @@ def run_window(cmd, env, args, log: Path, spawn_log: Path, seen: set) -> dict:
         r["log_samples"], r["lost"] = sum(int(m[0]) for m in periods), sum(int(m[2]) for m in periods)
     elif counts := re.findall(r"total_samples=(\d+)", text):  # the peer
         r["log_samples"] = sum(map(int, counts))
+    elif counts := re.findall(r"\((\d+) samples\)|Samples: (\d+)", text):  # perf, py-spy
+        r["log_samples"] = r["tool_samples"] = sum(int(a or b) for a, b in counts)
     r["log_tail"] = text.strip().splitlines()[-5:]
     derive(r, args.rate)
     return r
@@ -207,6 +220,10 @@ def derive(r, rate):
         if "bpf_us_per_sample" in r and "user_us_per_sample" in r:
             r["total_us_per_sample"] = r["user_us_per_sample"] + r["bpf_us_per_sample"]
         r["total_cpu_pct"] = r["cpu_pct_steady"] + r.get("bpf_cpu_pct", 0)
+    elif not b and r.get("tool_samples") and r["cpu_s"] is not None:  # perf, py-spy: no BPF of theirs
+        r["samples"] = r["tool_samples"]
+        r["cpu_pct_steady"] = r["total_cpu_pct"] = r["cpu_pct"]
+        r["user_us_per_sample"] = r["cpu_s"] / r["tool_samples"] * 1e6
 
 
 ROWS = [
@@ -241,17 +258,26 @@ def median(rounds, key):
     return round(m) if all(isinstance(v, int) for v in vals) else m
 
 
-def print_table(rate, ours, peer, args):
+def print_table(rate, rounds, args):
+    """Ours, then each other tool that ran, with ours / it for each."""
     n = f", median of {args.rounds} rounds" if args.rounds > 1 else ""
     print(f"\n== {rate} Hz, {args.duration:g} s windows{n}: chain.c + gowork + python3 + "
           f"{args.spawn_rate:g} spawns/s on {NCPU} CPUs ==")
+    names = [k for k in rounds[0] if k != "ours" and any(r.get(k) for r in rounds)]
     w = max(len(r[0]) for r in ROWS)
-    print(f"{'':{w}}  {'ddprofiler':>11} {'peer':>11} {'ours/peer':>10}")
+    head = "".join(f" {k:>11} {'ours/' + k:>12}" for k in names)
+    print(f"{'':{w}}  {'ddprofiler':>11}{head}")
     fmt = lambda v, spec: "-" if v is None else f"{v:{spec}}"  # noqa: E731
     for label, key, spec in ROWS:
-        a, b = median(ours, key), median(peer, key)
-        ratio = f"{a / b:.2f}x" if a is not None and b else "-"
-        print(f"{label:{w}}  {fmt(a, spec):>11} {fmt(b, spec):>11} {ratio:>10}")
+        a = median([r["ours"] for r in rounds], key)
+        cells = ""
+        for k in names:
+            b = median([r.get(k) for r in rounds], key)
+            ratio = f"{a / b:.2f}x" if a is not None and b else "-"
+            cells += f" {fmt(b, spec):>11} {ratio:>12}"
+        print(f"{label:{w}}  {fmt(a, spec):>11}{cells}")
+    if "py-spy" in names:
+        print("(py-spy samples the Python workload only; perf's symbolization, `perf report`, is not counted)")
 
 
 def findings(results, peer, seen, stats_reset, spawn_target) -> list:
@@ -263,12 +289,14 @@ def findings(results, peer, seen, stats_reset, spawn_target) -> list:
                     continue
                 tag = f"{rate} Hz round {i + 1} {name}:"
                 got, want = r.get("samples") or 0, r.get("expected") or 0
+                bpf = name in ("ours", "peer")
                 checks = [
                     (r["exited_early"], f"{tag} exited before the end of the window: {r['log_tail']}"),
                     (r.get("killed"), f"{tag} did not stop within {STOP_TIMEOUT_S:.0f} s of SIGINT; killed"),
                     (r["returncode"] not in (0, 130, -2), f"{tag} exit code {r['returncode']}"),
-                    (r.get("first") is None, f"{tag} no perf-event BPF run within {FIRST_TIMEOUT_S:.0f} s"),
-                    (want and abs(got - want) > 0.1 * want, f"{tag} {got} perf-event runs, {want:.0f} expected"),
+                    (not bpf and not r.get("tool_samples"), f"{tag} no sample count in its output: {r['log_tail']}"),
+                    (bpf and r.get("first") is None, f"{tag} no perf-event BPF run within {FIRST_TIMEOUT_S:.0f} s"),
+                    (bpf and want and abs(got - want) > 0.1 * want, f"{tag} {got} perf-event runs, {want:.0f} expected"),
                     (r.get("lost"), f"{tag} {r.get('lost')} samples lost"),
                     ((r.get("spawn_rate") or 0) < 0.9 * spawn_target,
                      f"{tag} spawn rate {r.get('spawn_rate') or 0:.1f}/s"),
@@ -282,13 +310,27 @@ def findings(results, peer, seen, stats_reset, spawn_target) -> list:
     return notes
 
 
-def commands(args, rate, url, peer) -> dict:
+def tools(also: str) -> dict:
+    """The other tools asked for with --also that are installed: name -> binary."""
+    want = {t.strip() for t in also.split(",") if t.strip()}
+    found = {t: shutil.which(t) for t in ("perf", "py-spy") if t in want}
+    return {t: path for t, path in found.items() if path}
+
+
+def commands(args, rate, url, peer, tmp: Path) -> dict:
     ours = [args.ours_python, "-m", "ddprofiler", "--agent-url", url, "--upload-period", str(PERIOD_S),
             "--sampling-rate", str(rate)]
     cmds = {"ours": (ours, dict(os.environ))}
     if peer:
         cmds["peer"] = ([peer, "--agent-url", url, "--sampling-rate", str(rate), "--upload-period", f"{PERIOD_S}s"],
                         {**os.environ, "DD_HOST_PROFILING_UPLOAD_SYMBOLS": "false"})
+    found = tools(args.also)
+    if "perf" in found:
+        cmds["perf"] = ([found["perf"], "record", "-a", "--call-graph", "dwarf", "-F", str(rate),
+                         "-o", str(tmp / "perf.data")], dict(os.environ))
+    if "py-spy" in found:
+        cmds["py-spy"] = ([found["py-spy"], "record", "--pid", str(args.py_pid), "--rate", str(rate), "--nonblocking",
+                           "--format", "raw", "-o", str(tmp / "py-spy.txt")], dict(os.environ))
     return cmds
 
 
@@ -309,6 +351,8 @@ def main(argv=None) -> int:
     ap.add_argument("--peer", default=default_peer, help="dd-otel-host-profiler binary (default: $DDPROF_PEER, "
                     f"else {DEFAULT_PEER} if it exists)")
     ap.add_argument("--ours-python", default=sys.executable, help="interpreter for -m ddprofiler (default: this one)")
+    ap.add_argument("--also", default="perf,py-spy",
+                    help="other tools run in the same rounds, where installed (default perf,py-spy; '' for none)")
     ap.add_argument("--json", help="also write the figures to this file")
     args = ap.parse_args(argv)
     rates = [int(x) for x in args.rates.split(",") if x.strip()]
@@ -327,20 +371,23 @@ def main(argv=None) -> int:
         old_stats = overhead.BPF_STATS.read_text().strip()
         overhead.BPF_STATS.write_text("1")
         seen |= foreign()
-        spawn_log = start_load(tmp, args, len(rates) * args.rounds * 2 * (args.duration + 40) + 120)
+        windows = len(rates) * args.rounds * (2 + len(tools(args.also)))
+        spawn_log = start_load(tmp, args, windows * (args.duration + 40) + 120)
         time.sleep(1.0)
         for rate in rates:
             args.rate, results[rate] = rate, []
             for i in range(args.rounds):
                 rnd = {"ours": None, "peer": None}
-                for name, (cmd, env) in commands(args, rate, url, peer).items():
+                for name, (cmd, env) in commands(args, rate, url, peer, tmp).items():
                     if overhead.BPF_STATS.read_text().strip() != "1":
                         stats_reset += 1
                         overhead.BPF_STATS.write_text("1")
                     print(f"cost: {rate} Hz round {i + 1}: {name} for {args.duration:g} s ...", file=sys.stderr)
                     rnd[name] = run_window(cmd, env, args, tmp / f"{name}-{rate}-{i}.log", spawn_log, seen)
+                    for out in ("perf.data", "py-spy.txt"):  # perf.data grows to ~1 GB at 999 Hz
+                        (tmp / out).unlink(missing_ok=True)
                 results[rate].append(rnd)
-            print_table(rate, [r["ours"] for r in results[rate]], [r["peer"] for r in results[rate]], args)
+            print_table(rate, results[rate], args)
     except KeyboardInterrupt:
         print("\ncost: interrupted", file=sys.stderr)
         return 130
@@ -362,7 +409,7 @@ def main(argv=None) -> int:
     if args.json:
         meta = {"commit": rev, "version": version, "ours_python": args.ours_python, "peer": peer, "cpus": NCPU,
                 "kernel": os.uname().release, "duration_s": args.duration, "rounds": args.rounds,
-                "spawn_rate": args.spawn_rate, "period_s": PERIOD_S, "notes": notes}
+                "spawn_rate": args.spawn_rate, "period_s": PERIOD_S, "also": tools(args.also), "notes": notes}
         Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     return 0
 

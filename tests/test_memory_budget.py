@@ -94,3 +94,62 @@ def test_the_python_defaults_are_the_cores():
     assert native == wrapper == config.DEFAULT_MEMORY_BUDGET == config.Settings().memory_budget == 128 << 20
     with pytest.raises(ValueError, match="below the minimum of 64 MiB"):
         _native.Profiler(memory_budget=config.MIN_MEMORY_BUDGET - 1)
+
+
+BUSY_PY = "import sys\nprint('ready', flush=True)\nwhile True:\n    sorted(str(i * 7) for i in range(20000))\n"
+
+
+def _shared_rss_kib(pid: int, path: str) -> int:
+    """The profiler's resident KiB of its shared read-only maps of `path` (ours and blazesym's)."""
+    total, inside = 0, False
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        head = line.split()
+        if head and "-" in head[0] and ":" not in head[0]:
+            inside = len(head) >= 6 and head[1] == "r--s" and line.endswith(path)
+        elif inside and line.startswith("Rss:"):
+            total += int(head[1])
+    return total
+
+
+def test_debug_info_read_in_place_does_not_stay_resident(tmp_path):
+    """A library with uncompressed DWARF (pyenv's libpython, 22 MiB) is parsed once and the parse
+    kept, but the pages its symbolization read through blazesym's own map of the file are
+    released after each period (`elf::maps`): 8.7 MiB of it stayed resident before."""
+    with Workload([sys.executable, "-c", BUSY_PY]) as w:
+        maps = Path(f"/proc/{w.pid}/maps").read_text().split()
+        lib = next((m for m in maps if "/libpython" in m and ".so" in m), None)
+        if lib is None:
+            pytest.skip(f"{sys.executable} has no shared libpython")
+        sections = subprocess.run(["readelf", "-SW", lib], capture_output=True, text=True).stdout.splitlines()
+        info = next((ln.split(".debug_info", 1)[1] for ln in sections if " .debug_info " in ln), None)
+        if info is None or " C " in info:  # the flags column: C for compressed
+            pytest.skip(f"{lib} carries no uncompressed DWARF")
+        out = tmp_path / "out"
+        prof = subprocess.Popen(
+            [sys.executable, "-m", "ddprofiler", "--output-dir", str(out), "--upload-period", "2",
+             "--sampling-rate", "99"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            time.sleep(7)  # three periods: the parse is made, then kept
+            seen = []
+            for _ in range(30):
+                seen.append(_shared_rss_kib(prof.pid, lib))
+                time.sleep(0.1)
+        finally:
+            prof.send_signal(signal.SIGTERM)
+            _, err = prof.communicate(timeout=60)
+    assert prof.returncode == 0, err
+    # Named from the DWARF (a file and line), so the parse was made and read the file.
+    named = [f for p in out.iterdir() if p.suffix == ".pprof" for f in _libpython_lines(p)]
+    assert any(line > 0 and name.endswith(".c") for name, line in named), named[:10]
+    # Between periods it holds at most what the unwinder read of the CFI this second.
+    assert min(seen) < 1024, f"KiB resident of {lib}'s shared maps, every 0.1 s: {seen}"
+
+
+def _libpython_lines(path: Path):
+    profile, _ = load(path)
+    strings, funcs = profile.string_table, {f.id: f for f in profile.function}
+    names = {m.id for m in profile.mapping if "libpython" in strings[m.filename]}
+    for loc in profile.location:
+        if loc.mapping_id in names:
+            for ln in loc.line:
+                yield strings[funcs[ln.function_id].filename], ln.line
