@@ -59,6 +59,7 @@ def test_lines_count_each_source_line(tmp_path):
     write_pprof(profile({"parse": 6, "render": 3}), path)
     rows = report(path, "--lines", "-n", "1").stdout.splitlines()
     assert rows[-1].endswith("  parse (app.c:22)"), rows
+    assert rows[0].startswith("4 function lines, 9 samples") and rows[1].endswith("  function (line)"), rows
 
 
 def test_zstd_profile_as_datadog_uploads_it(tmp_path):

@@ -252,7 +252,7 @@ def _metrics(settings: config.Settings) -> Optional[DogStatsdMetrics]:
 
 def _startup_details(settings: config.Settings) -> str:
     """The start-up line's settings: what an operator checks first (no secret)."""
-    return (f"env {settings.environment or '(none but each process own DD_ENV)'}, host {settings.node}, "
+    return (f"env {settings.environment or '(none: each process keeps its own DD_ENV)'}, host {settings.node}, "
             f"tags {','.join(settings.tags) or '(none)'}"
             + (f", version {settings.version}" if settings.version else "")
             + f", sampling {settings.sampling_rate} Hz per CPU"

@@ -99,15 +99,16 @@ def top_table(profile: Profile, n: int = 20, by: By = "self", lines: bool = Fals
     def show(count: int) -> str:
         return f"{count / 1e6:.1f}" if value == "off-cpu" else str(count)
 
+    what = f"{len(total_counts)} function lines" if lines else f"{len(total_counts)} functions"
     if value == "off-cpu":
-        header = f"{len(total_counts)} functions, {grand / 1e9:.2f} s off-CPU (switched out)"
+        header = f"{what}, {grand / 1e9:.2f} s off-CPU (switched out)"
         unit = "ms"
     else:
         seconds = grand / profile.frequency if profile.frequency else 0.0
-        header = f"{len(total_counts)} functions, {grand} samples ({seconds:.2f} s of CPU at {profile.frequency} Hz)"
+        header = f"{what}, {grand} samples ({seconds:.2f} s of CPU at {profile.frequency} Hz)"
         unit = ""
     rows = [f"{header}; top {len(ranked)} by {by}:",
-            f"{'self%':>7} {'self' + unit:>8} {'total%':>7} {'total' + unit:>8}  function"]
+            f"{'self%':>7} {'self' + unit:>8} {'total%':>7} {'total' + unit:>8}  function{' (line)' if lines else ''}"]
     for name in ranked:
         s, t = self_counts.get(name, 0), total_counts.get(name, 0)
         rows.append(f"{_pct(s, grand):>7} {show(s):>8} {_pct(t, grand):>7} {show(t):>8}  {name}")

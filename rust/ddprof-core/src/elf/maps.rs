@@ -14,8 +14,16 @@
 //! `MADV_DONTNEED` on a shared read-only file map only drops page-table entries: the next
 //! read faults the same bytes back from the page cache. On any other kind of map it would
 //! zero memory, so a range found in `/proc/self/maps` must not be unmapped and replaced
-//! between the read and the advice: every unmap of a map of these files (our [`FileMap`]s,
-//! blazesym's symbolizers through [`unmap_guard`]) and every release hold one lock.
+//! between the read and the advice. Two locks make sure, and a release holds both:
+//! - [`unmap_guard`]: every unmap of our [`FileMap`]s (short: the drain thread drops files);
+//! - [`blazesym_guard`]: every call into blazesym and every drop of a blazesym symbolizer.
+//!   blazesym maps and unmaps files of its own inside a call too (a debug link's build id is
+//!   read through a map of the binary made and dropped at once), so with two symbolizers in
+//!   one process (the profiler's and a `symbolize_file`), one thread's release could
+//!   otherwise meet a range another thread's call just unmapped and reused.
+//!
+//! Non-goal: maps of these files made by code other than ours and blazesym's (none in this
+//! process).
 use std::collections::HashSet;
 use std::fs::File;
 use std::mem::ManuallyDrop;
@@ -25,10 +33,18 @@ use std::sync::{Mutex, MutexGuard};
 use memmap2::Mmap;
 
 static UNMAP: Mutex<()> = Mutex::new(());
+static BLAZESYM: Mutex<()> = Mutex::new(());
 
-/// Held while a map of one of our files may be unmapped, and while ranges are released.
+/// Held while a [`FileMap`] is unmapped, and while ranges are released.
 pub fn unmap_guard() -> MutexGuard<'static, ()> {
     UNMAP.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Held around every call into blazesym and every drop of a blazesym symbolizer, and while
+/// ranges are released (taken before [`unmap_guard`]). Never take it while holding it: a
+/// symbolizer must not be dropped inside a call.
+pub fn blazesym_guard() -> MutexGuard<'static, ()> {
+    BLAZESYM.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A whole file mapped read-only and shared (memmap2), unmapped under [`unmap_guard`].
@@ -87,20 +103,32 @@ fn parse_line(line: &str) -> Option<MapLine<'_>> {
 
 /// Drops the resident pages of every shared read-only map of the files whose own maps start
 /// at `starts` (our maps of them, found by address; blazesym's, by the same device and
-/// inode). Returns how many ranges were released. Costs one read of `/proc/self/maps`.
+/// inode). Returns how many ranges were released. Costs one read of `/proc/self/maps`; when
+/// it cannot be read (said once), nothing is released here: callers release their own maps
+/// with [`FileMap::release`] as well.
 pub fn release_mappings_of(starts: &HashSet<usize>) -> usize {
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     if starts.is_empty() {
         return 0;
     }
-    let _guard = unmap_guard();
-    let Ok(text) = std::fs::read_to_string("/proc/self/maps") else { return 0 };
+    let _blazesym = blazesym_guard();
+    let _unmap = unmap_guard();
+    let text = match std::fs::read_to_string("/proc/self/maps") {
+        Ok(text) => text,
+        Err(e) => {
+            if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                log::warn!("cannot read /proc/self/maps ({e}): pages of parsed debug info stay resident until their parse is dropped");
+            }
+            return 0;
+        }
+    };
     let lines: Vec<MapLine<'_>> = text.lines().filter_map(parse_line).collect();
     let ids: HashSet<(&str, &str)> =
         lines.iter().filter(|l| l.shared_read_only && starts.contains(&l.start)).map(|l| (l.dev, l.inode)).collect();
     let mut released = 0;
     for l in lines.iter().filter(|l| l.shared_read_only && l.inode != "0" && ids.contains(&(l.dev, l.inode))) {
-        // SAFETY: a shared read-only map of one of our files (see the module doc: under the
-        // lock, no map of these files is unmapped, so the range is still this map).
+        // SAFETY: a shared read-only map of one of our files (see the module doc: under both
+        // locks, no map of these files is unmapped, so the range is still this map).
         if unsafe { libc::madvise(l.start as *mut libc::c_void, l.end - l.start, libc::MADV_DONTNEED) } == 0 {
             released += 1;
         }

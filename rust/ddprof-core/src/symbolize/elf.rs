@@ -21,8 +21,8 @@ use crate::memory;
 use crate::elf::ElfFile;
 
 /// A blazesym symbolizer, dropped (its maps of our files unmapped) under
-/// `elf::maps::unmap_guard`, so that releasing those maps' pages never meets a range that was
-/// just unmapped and reused.
+/// `elf::maps::blazesym_guard`, so that releasing those maps' pages never meets a range that
+/// was just unmapped and reused.
 struct Guarded(std::mem::ManuallyDrop<Blaze>);
 
 impl std::ops::Deref for Guarded {
@@ -34,7 +34,7 @@ impl std::ops::Deref for Guarded {
 
 impl Drop for Guarded {
     fn drop(&mut self) {
-        let _guard = crate::elf::maps::unmap_guard();
+        let _guard = crate::elf::maps::blazesym_guard();
         // SAFETY: dropped once, here; the field is never used again.
         unsafe { std::mem::ManuallyDrop::drop(&mut self.0) }
     }
@@ -94,6 +94,8 @@ fn symbolize_with(blaze: &Blaze, path: &str, dwarf: bool, svmas: &[Svma]) -> Res
     let addrs: Vec<u64> = svmas.iter().map(|s| s.0).collect();
     let mut src = Elf::new(path);
     src.debug_syms = dwarf;
+    // blazesym maps and unmaps files inside the call: see `elf::maps`.
+    let _guard = crate::elf::maps::blazesym_guard();
     let syms = blaze.symbolize(&Source::Elf(src), Input::VirtOffset(&addrs))?;
     Ok(syms.iter().map(to_lines).collect())
 }

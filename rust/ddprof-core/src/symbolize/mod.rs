@@ -187,10 +187,13 @@ impl Symbolizer {
         // What this period read of its files (their unwind tables while sampling, Go's
         // tables and the DWARF just now, through our maps and blazesym's) need not stay
         // resident until the next: see `elf::maps`.
-        let mut starts = std::collections::HashSet::new();
+        let (mut seen, mut starts) = (std::collections::HashSet::new(), std::collections::HashSet::new());
         for r in requests {
             if let SymRequest::File { file, .. } = r {
-                file.map_starts(&mut starts);
+                if seen.insert(Arc::as_ptr(file)) {
+                    file.release_pages(); // ours, even when /proc/self/maps cannot be read
+                    file.map_starts(&mut starts);
+                }
             }
         }
         crate::elf::maps::release_mappings_of(&starts);
