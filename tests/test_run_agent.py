@@ -177,8 +177,12 @@ def test_output_dir_writes_one_pprof_per_service_per_period(tmp_path, workloads)
             [sys.executable, "-m", "ddprofiler", "--output-dir", str(out), "--upload-period", "2",
              "--sampling-rate", "99"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         time.sleep(7)
-        stop(prof)
+        err = stop(prof)
     files = sorted(out.glob("*.pprof"))
+    # Files are written, not uploads sent, in the operator's lines too; and the counts add up.
+    periods = [ln for ln in err.splitlines() if "| period: " in ln]
+    assert periods and all("; files " in ln and " written, 0 failed" in ln and "uploads" not in ln for ln in periods), err
+    assert re.search(rf"stopped: {len(files)} profiles produced: {len(files)} written, 0 failed .* 0 not written at exit", err), err
     mine = [f for f in files if f.name.startswith(SERVICE + "-")]
     other = [f for f in files if f.name.startswith("other-e2e-")]
     assert len(mine) >= 3 and len(other) >= 3, [f.name for f in files]

@@ -225,7 +225,7 @@ def _run(flags: Dict[str, Any], verbose: bool) -> None:
             log.info("stop requested by %s", signal.Signals(stop_requested.signum).name)
         pending = exporter.stats().get("queue_len", 0)
         # An OTLP upload is one request a period holding every profile: what is counted.
-        unit = "OTLP requests" if settings.exporter == "otlp" else "profiles"
+        unit = "OTLP requests" if settings.exporter == "otlp" and not settings.output_dir else "profiles"
         if pending:
             log.info("stopping: %d %s to deliver, waiting up to %gs", pending, unit,
                      settings.shutdown_timeout)
@@ -234,7 +234,7 @@ def _run(flags: Dict[str, Any], verbose: bool) -> None:
         status.stopped(stats, dest)
         if metrics is not None:
             metrics.close()
-        _exit_summary(stats, dest, unit)
+        _exit_summary(stats, dest, unit, "written" if settings.output_dir else "sent")
 
 
 def _metrics(settings: config.Settings) -> Optional[DogStatsdMetrics]:
@@ -264,14 +264,15 @@ def _startup_details(settings: config.Settings) -> str:
             f"{health.describe_capabilities()}")
 
 
-def _exit_summary(stats: Dict[str, int], dest: Dict[str, Any], unit: str = "profiles") -> None:
-    """One line whose numbers add up: produced = sent + failed + dropped + not sent."""
+def _exit_summary(stats: Dict[str, int], dest: Dict[str, Any], unit: str = "profiles", verb: str = "sent") -> None:
+    """One line whose numbers add up: produced = sent (or written) + failed + dropped + not
+    delivered."""
     produced = stats.get("uploads_submitted", 0)
     sent, failed = stats.get("uploads_ok", 0), stats.get("uploads_failed", 0)
     dropped, unsent = stats.get("uploads_dropped", 0), stats.get("uploads_abandoned", 0)
     level = logging.INFO if failed + dropped + unsent == 0 else logging.WARNING
-    log.log(level, "stopped: %d %s produced: %d sent, %d failed (rejected or retried too "
-            "often), %d dropped (queue full, or after the stop), %d not sent at exit%s; %d retries", produced, unit, sent,
+    log.log(level, f"stopped: %d %s produced: %d {verb}, %d failed (rejected or retried too "
+            f"often), %d dropped (queue full, or after the stop), %d not {verb} at exit%s; %d retries", produced, unit, sent,
             failed, dropped, unsent,
             f" (destination failing: {dest.get('reason')})" if dest.get("state") == "failing" else "",
             stats.get("uploads_retried", 0))

@@ -211,9 +211,11 @@ class Runner:
         memory = (f"memory {format_bytes(resident)} of {format_bytes(self.settings.memory_budget)}"
                   + (f", caches shed {changed['memory_sheds']} time(s)" if changed.get("memory_sheds") else "")
                   if resident else "memory not measured")
+        # Profiles written to --output-dir are files written, not uploads sent.
+        noun, verb = ("files", "written") if self.settings.output_dir else ("uploads", "sent")
         log.info(
             "period: %d samples in %d profiles over %.1f s; samples lost %d; stacks cut short %s; "
-            "errors %s; uploads %d sent, %d failed, %d dropped, %d retries, %d waiting in the "
+            f"errors %s; {noun} %d {verb}, %d failed, %d dropped, %d retries, %d waiting in the "
             "queue (%s); %s; destination %s",
             profile.total, profiles, seconds, lost, _total(unwind), _total(errors),
             moved["uploads_ok"], moved["uploads_failed"], moved["uploads_dropped"],
