@@ -49,6 +49,17 @@ pub enum Merged {
     EvalLeft,
 }
 
+impl Merged {
+    /// Whether the merged order can be trusted: exact, or off for a reason the stack shows
+    /// already (the native walk stopped early: its own marker; the Python walk was cut: a
+    /// [`Piece::Gap`]). Otherwise one side has a call the other lacks (the sampler read the
+    /// frames while an eval call was being entered or left), so a run of Python frames may sit
+    /// at the wrong eval frame, and the stack gets a marker.
+    pub fn trusted(self, native_complete: bool, python_cut: bool) -> bool {
+        self == Merged::Exact || !native_complete || python_cut
+    }
+}
+
 /// Merges into `out` (cleared first). `cut`: the Python walk stopped before the thread's
 /// first frame (a [`Piece::Gap`] follows the last frame read).
 pub fn merge(native_len: usize, is_eval: impl Fn(usize) -> bool, python: &[PyFrame], cut: bool, out: &mut Vec<Piece>) -> Merged {
@@ -93,6 +104,23 @@ pub fn merge(native_len: usize, is_eval: impl Fn(usize) -> bool, python: &[PyFra
     }
 }
 
+/// [`merge`], for a sampled stack: when it does not line up because the leaf frame is a call
+/// of the eval loop that has not linked its first Python frame yet (or has unlinked its
+/// last: the sample fell in its prologue or epilogue), that frame has no Python frames of its
+/// own and stays native, and the runs go to the eval frames below it. Measured on a busy
+/// Debian python3.11 at 999 Hz: 19 of 7,992 samples, each with its module-level run on that
+/// leaf frame, above the C calls that led to it.
+pub fn merge_sampled(native_len: usize, is_eval: impl Fn(usize) -> bool, python: &[PyFrame], cut: bool, out: &mut Vec<Piece>) -> Merged {
+    let merged = merge(native_len, &is_eval, python, cut, out);
+    if merged != Merged::EvalLeft || cut || native_len == 0 || !is_eval(0) {
+        return merged;
+    }
+    if merge(native_len, |i| i > 0 && is_eval(i), python, cut, out) == Merged::Exact {
+        return Merged::Exact;
+    }
+    merge(native_len, &is_eval, python, cut, out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,6 +162,34 @@ mod tests {
         // Not Python at all.
         assert_eq!(merge(2, |_| false, &[], false, &mut out), Merged::Exact);
         assert_eq!(out, [Piece::Native(0), Piece::Native(1)]);
+    }
+
+    #[test]
+    fn a_leaf_eval_call_without_its_frame_yet_stays_native() {
+        use Piece::*;
+        let mut out = Vec::new();
+        // native: EVAL (entering: no frame linked), builtin_sorted, EVAL (<module>'s), main.
+        let eval = [true, false, true, false];
+        let python = py(&[true]);
+        assert_eq!(merge(4, |i| eval[i], &python, false, &mut out), Merged::EvalLeft);
+        assert_eq!(out, [Python(0), Native(1), Native(2), Native(3)], "the run on the wrong eval frame");
+        assert_eq!(merge_sampled(4, |i| eval[i], &python, false, &mut out), Merged::Exact);
+        assert_eq!(out, [Native(0), Native(1), Python(0), Native(3)]);
+        // Not the leaf: left as merge has it (and marked by the caller).
+        let eval = [false, true, true, false];
+        assert_eq!(merge_sampled(4, |i| eval[i], &python, false, &mut out), Merged::EvalLeft);
+        assert_eq!(out, [Native(0), Python(0), Native(2), Native(3)]);
+    }
+
+    #[test]
+    fn leftovers_are_trusted_only_when_the_stack_says_why() {
+        // A complete native walk and a whole Python walk that do not line up: marked.
+        assert!(!Merged::PythonLeft.trusted(true, false));
+        assert!(!Merged::EvalLeft.trusted(true, false));
+        // The native walk stopped early (its marker), or the Python walk was cut (a gap).
+        assert!(Merged::PythonLeft.trusted(false, false));
+        assert!(Merged::EvalLeft.trusted(true, true));
+        assert!(Merged::Exact.trusted(true, false));
     }
 
     #[test]

@@ -29,7 +29,7 @@ use crate::addr::Avma;
 use crate::aggregate::{Aggregate, FrameKey, FrameKind, Snapshot, SnapshotMapping, Values, ELIDED};
 use crate::counters::{Counter, Counters};
 use crate::cpython::code::CodeCache;
-use crate::cpython::merge::{merge, Merged, Piece, PyFrame, NO_INSTR};
+use crate::cpython::merge::{merge_sampled, Piece, PyFrame, NO_INSTR};
 use crate::cpython::offsets::FrameLayout;
 use crate::cpython::trampoline::Trampolines;
 use crate::cpython::{Detected, Detector, Interpreter};
@@ -53,6 +53,9 @@ pub const MAPS_CHANGED: &str = "[unwind failed: mappings changed]";
 pub const PREEMPTED: &str = "[preempted]";
 /// A Python frame whose code object could not be read.
 pub const PYTHON_UNREADABLE: &str = "[python: unreadable code object]";
+/// The root of a stack whose Python frames and eval-loop frames did not line up
+/// (`Merged::trusted`): the frames are all there, their interleaving may be wrong.
+pub const PYTHON_UNALIGNED: &str = "[python: frames not aligned with the native stack]";
 
 /// How often the BPF counters are read between snapshots (`Profiler.stats()` sees them so),
 /// and the pages the walks read are released (`StackUnwinder::release_touched`).
@@ -329,8 +332,9 @@ impl Drain {
         match &interp {
             Some(interp) if !self.python.is_empty() => {
                 let cut = rec.py_status == PyStatus::Cut;
-                let merged = merge(addrs.len(), |i| interp.is_eval(addrs[i]), &self.python, cut, &mut self.pieces);
-                if merged != Merged::Exact && outcome == Outcome::Complete && !cut {
+                let merged = merge_sampled(addrs.len(), |i| interp.is_eval(addrs[i]), &self.python, cut, &mut self.pieces);
+                let unaligned = !merged.trusted(outcome == Outcome::Complete, cut);
+                if unaligned {
                     self.counters.incr(Counter::PythonMergeMismatch);
                 }
                 let pieces = std::mem::take(&mut self.pieces);
@@ -347,6 +351,10 @@ impl Drain {
                     self.frames.push(id);
                 }
                 self.pieces = pieces;
+                if unaligned {
+                    let id = self.aggregate.marker(PYTHON_UNALIGNED);
+                    self.frames.push(id);
+                }
             }
             _ => {
                 for (i, &addr) in addrs.iter().enumerate() {
