@@ -104,12 +104,12 @@ fn parse_line(line: &str) -> Option<MapLine<'_>> {
 /// Drops the resident pages of every shared read-only map of the files whose own maps start
 /// at `starts` (our maps of them, found by address; blazesym's, by the same device and
 /// inode). Returns how many ranges were released. Costs one read of `/proc/self/maps`; when
-/// it cannot be read (said once), nothing is released here: callers release their own maps
-/// with [`FileMap::release`] as well.
-pub fn release_mappings_of(starts: &HashSet<usize>) -> usize {
+/// it cannot be read (said once), None: nothing was released, and callers release their own
+/// maps with [`FileMap::release`] instead.
+pub fn release_mappings_of(starts: &HashSet<usize>) -> Option<usize> {
     static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     if starts.is_empty() {
-        return 0;
+        return Some(0);
     }
     let _blazesym = blazesym_guard();
     let _unmap = unmap_guard();
@@ -119,7 +119,7 @@ pub fn release_mappings_of(starts: &HashSet<usize>) -> usize {
             if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
                 log::warn!("cannot read /proc/self/maps ({e}): pages of parsed debug info stay resident until their parse is dropped");
             }
-            return 0;
+            return None;
         }
     };
     let lines: Vec<MapLine<'_>> = text.lines().filter_map(parse_line).collect();
@@ -133,7 +133,7 @@ pub fn release_mappings_of(starts: &HashSet<usize>) -> usize {
             released += 1;
         }
     }
-    released
+    Some(released)
 }
 
 #[cfg(test)]
@@ -161,7 +161,7 @@ mod tests {
         };
         let before = rss_of(theirs.as_ptr() as usize);
         assert!(before > 0 && sum > 0, "read, so resident: {before} kB");
-        let n = release_mappings_of(&HashSet::from([ours.as_ptr() as usize]));
+        let n = release_mappings_of(&HashSet::from([ours.as_ptr() as usize])).expect("/proc/self/maps");
         assert!(n >= 2, "both maps released: {n}");
         assert_eq!(rss_of(theirs.as_ptr() as usize), 0, "not resident after the release");
         let again: u64 = theirs.iter().step_by(4096).map(|&b| u64::from(b)).sum();

@@ -87,6 +87,9 @@ pub enum SymRequest {
 
 /// Entries of each result cache (~150 bytes each): a few MiB at most, then start over.
 const MAX_CACHED: usize = 32_768;
+/// Files at least this large have their pages released right after their parse is used,
+/// the rest at the end of the batch (one read of `/proc/self/maps` each time).
+const RELEASE_EACH_FILE_ABOVE: u64 = 1 << 20;
 // The bytes of blazesym parses kept between periods (`elf::Parses`) and what parses may hold
 // at once come from the memory budget (`MemoryBudget::parse_budget`, `parse_cap`): with the
 // default, 36 MiB kept (libc's debug file, ~13 MiB estimated, and a libpython with its
@@ -95,9 +98,6 @@ const MAX_CACHED: usize = 32_768;
 // large Go or C++ binary built with debug info, is named from its symbol tables only,
 // without lines or inlined functions, so that one binary cannot raise the profiler's peak
 // by that much).
-/// Files at least this large have their pages released right after their parse is used,
-/// the rest at the end of the batch (one read of `/proc/self/maps` each time).
-const RELEASE_EACH_FILE_ABOVE: u64 = 1 << 20;
 const KALLSYMS_MAX_AGE: Duration = Duration::from_secs(600);
 
 pub struct Symbolizer {
@@ -188,15 +188,17 @@ impl Symbolizer {
         // tables and the DWARF just now, through our maps and blazesym's) need not stay
         // resident until the next: see `elf::maps`.
         let (mut seen, mut starts) = (std::collections::HashSet::new(), std::collections::HashSet::new());
-        for r in requests {
-            if let SymRequest::File { file, .. } = r {
-                if seen.insert(Arc::as_ptr(file)) {
-                    file.release_pages(); // ours, even when /proc/self/maps cannot be read
-                    file.map_starts(&mut starts);
-                }
-            }
+        let files: Vec<&Arc<ElfFile>> = requests
+            .iter()
+            .filter_map(|r| match r {
+                SymRequest::File { file, .. } if seen.insert(Arc::as_ptr(file)) => Some(file),
+                _ => None,
+            })
+            .collect();
+        files.iter().for_each(|f| f.map_starts(&mut starts));
+        if crate::elf::maps::release_mappings_of(&starts).is_none() {
+            files.iter().for_each(|f| f.release_pages()); // ours at least
         }
-        crate::elf::maps::release_mappings_of(&starts);
         self.publish_usage();
         requests
             .iter()
